@@ -1,0 +1,240 @@
+"""CrossModel HTTP client: GET /credits and /usage with retries, caps and key hygiene.
+
+Knows nothing of MQTT. Every failure becomes an `ApiError` whose `status` is one of the
+API-status values shown in Home Assistant, and whose message is redacted and short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
+
+from . import __version__
+from .clock import Clock
+from .redact import redact, shorten
+from .wire import CreditsWire, UsageWire
+
+log = logging.getLogger(__name__)
+
+ApiStatus = Literal["ok", "auth_failed", "rate_limited", "unreachable", "invalid_response"]
+API_STATUSES: tuple[ApiStatus, ...] = (
+    "ok",
+    "auth_failed",
+    "rate_limited",
+    "unreachable",
+    "invalid_response",
+)
+MAX_BODY = 1024 * 1024
+MAX_REDIRECTS = 3
+# Backoff cap: a Retry-After longer than this ends the attempt; the poller waits it out instead.
+MAX_RETRY_WAIT = 60.0
+
+W = TypeVar("W", bound=BaseModel)
+
+
+class ApiError(Exception):
+    status: ApiStatus = "invalid_response"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthError(ApiError):
+    status: ApiStatus = "auth_failed"
+
+
+class InvalidResponse(ApiError):
+    status: ApiStatus = "invalid_response"
+
+
+class TransientError(ApiError):
+    status: ApiStatus = "unreachable"
+
+
+class RateLimited(TransientError):
+    status: ApiStatus = "rate_limited"
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date (relative to `now`)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+class CrossModelClient:
+    """One account's view of the API; the aiohttp session is shared by the whole process."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        api_key: str,
+        clock: Clock,
+        credits_timeout: float = 15.0,
+        usage_timeout: float = 5.0,
+        retries: int = 3,
+        max_body: int = MAX_BODY,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._key = api_key
+        self._clock = clock
+        self._timeouts = {"credits": credits_timeout, "usage": usage_timeout}
+        self._retries = retries
+        self._max_body = max_body
+        self._rng = rng
+
+    async def get_credits(self) -> CreditsWire:
+        return await self._get("credits", CreditsWire)
+
+    async def get_usage(self) -> UsageWire:
+        return await self._get("usage", UsageWire)
+
+    def _redact(self, text: str) -> str:
+        return redact(text, (self._key,))
+
+    def _wait(self, state: RetryCallState) -> float:
+        # Full-jitter exponential backoff (1, 2, 4 … s, capped), never shorter than Retry-After.
+        backoff = min(MAX_RETRY_WAIT, 2.0 ** (state.attempt_number - 1)) * (0.5 + self._rng() / 2)
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+        return max(backoff, retry_after or 0.0)
+
+    def _stop(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ApiError) and (exc.retry_after or 0.0) > MAX_RETRY_WAIT:
+            return True
+        return stop_after_attempt(self._retries + 1)(state)
+
+    async def _get(self, endpoint: str, model: type[W]) -> W:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=self._wait,
+            stop=self._stop,
+            sleep=self._clock.sleep,
+            reraise=True,
+            before_sleep=lambda s: log.info(
+                "%s: attempt %d failed (%s), retrying in %.1f s",
+                endpoint,
+                s.attempt_number,
+                s.outcome.exception() if s.outcome else "?",
+                s.next_action.sleep if s.next_action else 0.0,
+            ),
+        )
+        return await retrying(self._get_once, endpoint, model)
+
+    async def _get_once(self, endpoint: str, model: type[W]) -> W:
+        limit = self._timeouts[endpoint]
+        try:
+            # One deadline for the whole exchange, so a server trickling bytes cannot hold us.
+            async with asyncio.timeout(limit):
+                body, content_type = await self._fetch(f"{self._base}/{endpoint}")
+        except TimeoutError:
+            raise TransientError(f"/{endpoint}: no complete answer within {limit:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise TransientError(
+                f"/{endpoint}: connection failed: {self._redact(str(exc) or type(exc).__name__)}"
+            ) from None
+        return self._parse(endpoint, model, body, content_type)
+
+    async def _fetch(self, url: str) -> tuple[bytes, str]:
+        origin = _origin(url)
+        headers = {
+            "Authorization": f"Bearer {self._key}",
+            "Accept": "application/json",
+            "User-Agent": f"cm-mqtt-bridge/{__version__}",
+        }
+        endpoint = urlsplit(url).path.rsplit("/", 1)[-1]
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
+                if resp.status in (301, 302, 303, 307, 308):
+                    target = urljoin(url, resp.headers.get("Location", ""))
+                    if _origin(target) != origin:
+                        # Following would hand the key to another origin: refuse instead.
+                        raise InvalidResponse(
+                            f"/{endpoint}: refused redirect to another host or scheme"
+                        )
+                    url = target
+                    continue
+                self._check_status(endpoint, resp)
+                body = await self._read_capped(endpoint, resp)
+                return body, resp.headers.get("Content-Type", "")
+        raise InvalidResponse(f"/{endpoint}: too many redirects")
+
+    def _check_status(self, endpoint: str, resp: aiohttp.ClientResponse) -> None:
+        if resp.status in (401, 403):
+            raise AuthError(f"/{endpoint}: HTTP {resp.status}: the API key was rejected")
+        retry_after = parse_retry_after(
+            resp.headers.get("Retry-After"), self._clock.now().timestamp()
+        )
+        if resp.status == 429:
+            raise RateLimited(f"/{endpoint}: HTTP 429 rate limited", retry_after=retry_after)
+        if resp.status >= 500:
+            raise TransientError(f"/{endpoint}: HTTP {resp.status}", retry_after=retry_after)
+        if resp.status != 200:
+            raise InvalidResponse(f"/{endpoint}: unexpected HTTP {resp.status}")
+
+    async def _read_capped(self, endpoint: str, resp: aiohttp.ClientResponse) -> bytes:
+        too_big = InvalidResponse(f"/{endpoint}: body larger than {self._max_body} bytes")
+        if resp.content_length is not None and resp.content_length > self._max_body:
+            raise too_big
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self._max_body:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _parse(self, endpoint: str, model: type[W], body: bytes, content_type: str) -> W:
+        try:
+            data: Any = json.loads(body)
+        except (ValueError, RecursionError):
+            excerpt = shorten(self._redact(body[:300].decode("utf-8", "replace")), 120)
+            ctype = content_type.split(";")[0] or "no content type"
+            raise InvalidResponse(f"/{endpoint}: not JSON ({ctype}): {excerpt!r}") from None
+        if not isinstance(data, dict):
+            raise InvalidResponse(f"/{endpoint}: expected a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                ".".join(str(p) for p in e["loc"]) + ": " + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors(include_input=False, include_url=False)[:5]
+            )
+            raise InvalidResponse(f"/{endpoint}: {self._redact(problems)}") from None

@@ -1,0 +1,283 @@
+"""Command line: `status`, `run`, `check`, `config set-api-key`. Exit 0 ok, 1 upstream, 2 config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+
+from . import __version__
+from .api import ApiError, CrossModelClient
+from .clock import Clock, SystemClock
+from .config import Config, ConfigError, load_config, normalize_api_key
+from .money import format_money, format_plain
+from .redact import RedactingFilter
+from .snapshot import Snapshot, UsageState, Window, fetch_snapshot
+
+EXIT_OK, EXIT_UPSTREAM, EXIT_CONFIG = 0, 1, 2
+log = logging.getLogger("cm_mqtt_bridge")
+
+
+def default_key_file(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")) / ".config")
+    return Path(base).expanduser() / "cm-mqtt-bridge" / "api_key"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS lets the same flags stand before or after the command without clobbering.
+    s = argparse.SUPPRESS
+    common.add_argument("--config", "-c", type=Path, default=s, help="YAML config file")
+    common.add_argument("-v", "--verbose", action="count", default=s, help="more logging")
+    common.add_argument("--api-url", default=s, help="CrossModel API base URL (one account)")
+    common.add_argument("--mqtt-host", default=s)
+    common.add_argument("--mqtt-port", type=int, default=s)
+    common.add_argument("--mqtt-username", default=s)
+    common.add_argument("--interval", type=int, default=s, help="poll interval in seconds")
+    common.add_argument("--data-dir", default=s)
+
+    parser = argparse.ArgumentParser(
+        prog="cm-mqtt-bridge",
+        description="CrossModel wallet balance and spend on MQTT / Home Assistant.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"cm-mqtt-bridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = sub.add_parser("status", parents=[common], help="poll once and print the wallet")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    cfg = sub.add_parser("config", help="manage configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    setkey = cfg_sub.add_parser("set-api-key", help="store an API key in a secret file (mode 0600)")
+    setkey.add_argument(
+        "--stdin", action="store_true", required=True, help="read the key from stdin"
+    )
+    setkey.add_argument("--file", type=Path, help="where to store it (default: ~/.config/...)")
+    return parser
+
+
+def cli_layer(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as a config layer (the highest precedence)."""
+    out: dict[str, Any] = {}
+    mqtt = {
+        key: getattr(args, f"mqtt_{key}")
+        for key in ("host", "port", "username")
+        if hasattr(args, f"mqtt_{key}")
+    }
+    if mqtt:
+        out["mqtt"] = mqtt
+    if hasattr(args, "interval"):
+        out["poll"] = {"interval": args.interval}
+    if hasattr(args, "data_dir"):
+        out["data_dir"] = args.data_dir
+    if hasattr(args, "api_url"):
+        out["api_url"] = args.api_url
+    if getattr(args, "verbose", 0):
+        out["log_level"] = "DEBUG"
+    return out
+
+
+def setup_logging(level: str, secrets: Sequence[str] = ()) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(secrets))
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Third-party loggers can print URLs and headers at DEBUG; keep them at WARNING.
+    for noisy in ("aiohttp", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    return load_config(
+        config_path=getattr(args, "config", None),
+        env=env,
+        cli=cli_layer(args),
+        default_key_file=default_key_file(env),
+    )
+
+
+# ---- status -------------------------------------------------------------------------------
+
+
+def _window_text(w: Window, currency: str) -> str:
+    return (
+        f"{format_money(w.cost_micro, currency)} · {w.total_tokens:,} tokens · "
+        f"{w.request_count:,} requests"
+    )
+
+
+def render_status(account_name: str, account_id: str, snap: Snapshot) -> str:
+    c = snap.currency
+    rows = [
+        ("Balance", format_money(snap.balance_micro, c)),
+        ("Holds", format_money(snap.holds_micro, c)),
+        ("Available", format_money(snap.available_micro, c)),
+    ]
+    if snap.usage is not None:
+        rows += [
+            ("Today", _window_text(snap.usage.daily, c)),
+            ("Week", _window_text(snap.usage.weekly, c)),
+            ("Month", _window_text(snap.usage.monthly, c)),
+        ]
+    else:
+        rows.append(("Usage", f"unavailable ({snap.usage_state.value}: {snap.usage_error})"))
+    lines = [f"CrossModel · {account_name} ({account_id})"]
+    lines += [f"  {label:<10} {value}" for label, value in rows]
+    return "\n".join(lines)
+
+
+def _window_json(w: Window) -> dict[str, Any]:
+    return {
+        "cost_micro": w.cost_micro,
+        "cost": format_plain(w.cost_micro),
+        "prompt_tokens": w.prompt_tokens,
+        "completion_tokens": w.completion_tokens,
+        "total_tokens": w.total_tokens,
+        "request_count": w.request_count,
+        "success_count": w.success_count,
+    }
+
+
+def snapshot_json(snap: Snapshot) -> dict[str, Any]:
+    usage = snap.usage
+    return {
+        "currency": snap.currency,
+        "balance_micro": snap.balance_micro,
+        "holds_micro": snap.holds_micro,
+        "available_micro": snap.available_micro,
+        "balance": format_plain(snap.balance_micro),
+        "holds": format_plain(snap.holds_micro),
+        "available": format_plain(snap.available_micro),
+        "fetched_at": snap.fetched_at.isoformat(),
+        "usage_state": snap.usage_state.value,
+        "usage_error": snap.usage_error,
+        "usage": None
+        if usage is None
+        else {name: _window_json(getattr(usage, name)) for name in ("daily", "weekly", "monthly")},
+    }
+
+
+async def poll_all(config: Config, clock: Clock) -> list[tuple[str, str, Snapshot | ApiError]]:
+    results: list[tuple[str, str, Snapshot | ApiError]] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def one(acc_index: int) -> Snapshot | ApiError:
+            acc = config.accounts[acc_index]
+            client = CrossModelClient(
+                session,
+                base_url=acc.api_url,
+                api_key=acc.api_key.get_secret_value(),
+                clock=clock,
+                credits_timeout=config.poll.credits_timeout,
+                usage_timeout=config.poll.usage_timeout,
+                retries=config.poll.retries,
+            )
+            try:
+                return await fetch_snapshot(
+                    acc.id, client, clock, usage_deadline=config.poll.usage_timeout
+                )
+            except ApiError as exc:
+                return exc
+
+        outcomes = await asyncio.gather(*(one(i) for i in range(len(config.accounts))))
+    for acc, outcome in zip(config.accounts, outcomes, strict=True):
+        results.append((acc.id, acc.name, outcome))
+    return results
+
+
+def cmd_status(config: Config, as_json: bool, out: TextIO) -> int:
+    results = asyncio.run(poll_all(config, SystemClock()))
+    failed = any(isinstance(r, ApiError) for _, _, r in results)
+    if as_json:
+        doc = {
+            "accounts": [
+                {"id": acc_id, "name": name, "ok": True, **snapshot_json(r)}
+                if isinstance(r, Snapshot)
+                else {
+                    "id": acc_id,
+                    "name": name,
+                    "ok": False,
+                    "api_status": r.status,
+                    "error": str(r),
+                }
+                for acc_id, name, r in results
+            ]
+        }
+        out.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        blocks = []
+        for acc_id, name, r in results:
+            if isinstance(r, Snapshot):
+                blocks.append(render_status(name, acc_id, r))
+            else:
+                blocks.append(f"CrossModel · {name} ({acc_id})\n  Error      {r.status}: {r}")
+        out.write("\n\n".join(blocks) + "\n")
+    if any(isinstance(r, Snapshot) and r.usage_state != UsageState.OK for _, _, r in results):
+        log.warning("usage figures were not available for every account (balance is current)")
+    return EXIT_UPSTREAM if failed else EXIT_OK
+
+
+# ---- config set-api-key -------------------------------------------------------------------
+
+
+def write_secret_file(path: Path, secret: str) -> None:
+    """Write atomically, mode 0600 from the first byte (no window where others can read it)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (secret + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def cmd_set_api_key(args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO) -> int:
+    try:
+        key = normalize_api_key(stdin.read())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    path = args.file or default_key_file(env)
+    write_secret_file(path, key)
+    print(f"API key stored in {path} (mode 0600). Point api_key_file at it, or leave it there.")
+    return EXIT_OK
+
+
+# ---- entry point --------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    args = build_parser().parse_args(argv)
+    setup_logging("DEBUG" if getattr(args, "verbose", 0) else "INFO")
+    if args.command == "config":
+        return cmd_set_api_key(args, env, sys.stdin)
+    try:
+        config = load(args, env)
+    except ConfigError as exc:
+        print("cm-mqtt-bridge: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.log_level, config.secrets())
+    if args.command == "status":
+        return cmd_status(config, args.json, sys.stdout)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""The one frozen, validated configuration, built once from CLI > env > YAML file > defaults.
+
+Layering is done on plain dicts by pure functions (`file_layer`, `env_layer`, `merge`), then
+validated once by pydantic. Every validation problem becomes one readable line naming the field;
+no pydantic traceback and no secret ever reaches the user.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .redact import redact
+
+DEFAULT_API_URL = "https://api.crossmodel.ai/v1"
+ENV_PREFIX = "CM_MQTT_BRIDGE__"
+CONFIG_ENV = "CM_MQTT_BRIDGE_CONFIG"
+# Plain env names users know from other bridges, mapped onto the config tree.
+ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "MQTT_HOST": ("mqtt", "host"),
+    "MQTT_PORT": ("mqtt", "port"),
+    "MQTT_USERNAME": ("mqtt", "username"),
+    "MQTT_PASSWORD": ("mqtt", "password"),
+}
+
+_ACCOUNT_ID_RE = re.compile(r"^[a-z0-9_-]{1,40}$")
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+$")
+
+
+class ConfigError(Exception):
+    """Invalid configuration; `problems` holds one readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def normalize_api_key(raw: str) -> str:
+    """Trim whitespace and one pair of matching quotes; keys must start with `cm-`."""
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] and key[0] in "\"'":
+        key = key[1:-1].strip()
+    if not key:
+        raise ValueError("API key is empty")
+    if not key.startswith("cm-"):
+        raise ValueError("API key must start with 'cm-' (CrossModel keys do)")
+    if any(c.isspace() or ord(c) < 32 for c in key):
+        raise ValueError("API key contains whitespace or control characters")
+    return key
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_api_url(url: str) -> str:
+    """Apply the API URL rule before any request can carry the key; return it without '/'."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise ValueError("must not contain whitespace or control characters")
+    if "%" in url:
+        raise ValueError("must not contain '%' (percent-encoded characters are refused)")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http"):
+        raise ValueError("must be an absolute URL starting with https://")
+    if "@" in parts.netloc:
+        raise ValueError("must not contain credentials (user:password@)")
+    try:
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    bracketed = parts.netloc.startswith("[")
+    if not host or (not bracketed and not _HOST_RE.match(host)):
+        raise ValueError("must have a plain host name")
+    if bracketed:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("must have a plain host name") from None
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ValueError("http is only allowed for loopback hosts; use https")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return url.rstrip("/")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AccountConfig(_Model):
+    id: str
+    name: str = ""
+    api_key: SecretStr
+    api_url: str = DEFAULT_API_URL
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ACCOUNT_ID_RE.match(v):
+            raise ValueError("use 1-40 characters from a-z, 0-9, '_' and '-' (it goes into topics)")
+        return v
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _key(cls, v: Any) -> Any:
+        raw = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if not isinstance(raw, str):
+            raise ValueError("API key must be a string")
+        return SecretStr(normalize_api_key(raw))
+
+    @field_validator("api_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return check_api_url(v)
+
+    @model_validator(mode="after")
+    def _default_name(self) -> Self:
+        if not self.name.strip():
+            object.__setattr__(self, "name", self.id)
+        return self
+
+
+class PollConfig(_Model):
+    interval: Annotated[int, Field(ge=30, le=86400)] = 60
+    # Default 3 x interval: a single missed poll is not "stale".
+    stale_after: Annotated[int, Field(ge=30)] | None = None
+    credits_timeout: Annotated[float, Field(gt=0, le=120)] = 15.0
+    usage_timeout: Annotated[float, Field(gt=0, le=120)] = 5.0
+    jitter: Annotated[float, Field(ge=0, le=60)] = 5.0
+    max_concurrency: Annotated[int, Field(ge=1, le=1000)] = 10
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+    min_refresh_interval: Annotated[float, Field(ge=0, le=3600)] = 10.0
+
+    @property
+    def stale_after_s(self) -> int:
+        return self.stale_after if self.stale_after is not None else 3 * self.interval
+
+
+class MqttConfig(_Model):
+    host: str = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str = Field(default_factory=lambda: f"cm-mqtt-bridge-{socket.gethostname()}"[:64])
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 60
+    tls: bool = False
+    ca_file: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    tls_insecure: bool = False
+    discovery_prefix: str = "homeassistant"
+    base_topic: str = "cm_mqtt_bridge"
+    qos: Literal[0, 1, 2] = 1
+
+    @field_validator("discovery_prefix", "base_topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if not _TOPIC_RE.match(v):
+            raise ValueError("use letters, digits, '_', '-' and '/' separators (no + or #)")
+        return v
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Self:
+        if self.password is not None and not self.username:
+            raise ValueError("password given without username")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together")
+        uses_tls_files = self.ca_file or self.certfile or self.tls_insecure
+        if uses_tls_files and not self.tls:
+            raise ValueError("ca_file/certfile/tls_insecure need tls: true")
+        return self
+
+
+class Config(_Model):
+    accounts: tuple[AccountConfig, ...]
+    poll: PollConfig = PollConfig()
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    data_dir: Path = Path("./data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("accounts")
+    @classmethod
+    def _accounts(cls, v: tuple[AccountConfig, ...]) -> tuple[AccountConfig, ...]:
+        if not v:
+            raise ValueError(
+                "no account configured: set CROSSMODEL_API_KEY or list accounts in the config file"
+            )
+        seen: set[str] = set()
+        for acc in v:
+            if acc.id in seen:
+                raise ValueError(f"duplicate account id {acc.id!r}")
+            seen.add(acc.id)
+        return v
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for log redaction."""
+        out = [a.api_key.get_secret_value() for a in self.accounts]
+        if self.mqtt.password is not None:
+            out.append(self.mqtt.password.get_secret_value())
+        return out
+
+
+# ---- layers -------------------------------------------------------------------------------
+
+
+def file_layer(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path}: not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"config file {path}: cannot read ({exc.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError([f"config file {path}: invalid YAML{where}: {redact(problem)}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"config file {path}: the top level must be a mapping of options"])
+    return data
+
+
+def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = target
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    """Everything the environment sets, except the CROSSMODEL_* account variables."""
+    out: dict[str, Any] = {}
+    for name, path in ENV_ALIASES.items():
+        if env.get(name, "") != "":
+            _set_path(out, path, env[name])
+    for name, value in env.items():
+        if name.upper().startswith(ENV_PREFIX) and value != "":
+            path = tuple(p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p)
+            if path and path[0] != "accounts":
+                _set_path(out, path, value)
+    return out
+
+
+def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge dicts, later layers winning; lists and scalars are replaced whole."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            elif isinstance(value, Mapping):
+                out[key] = merge(value)
+            else:
+                out[key] = value
+    return out
+
+
+def _read_key_file(path_value: Any, where: str, problems: list[str]) -> str | None:
+    path = Path(str(path_value)).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(f"{where}.api_key_file: cannot read {path} ({exc.strerror})")
+        return None
+
+
+def _resolve_accounts(
+    merged: dict[str, Any],
+    env: Mapping[str, str],
+    cli_url: str | None,
+    key_file: Path | None,
+    problems: list[str],
+) -> None:
+    """Apply CROSSMODEL_API_KEY/URL and read api_key_file; mutates `merged`."""
+    env_key = env.get("CROSSMODEL_API_KEY") or None
+    env_url = cli_url or env.get("CROSSMODEL_API_URL") or None
+    accounts = merged.get("accounts")
+    if accounts is None or accounts == []:
+        acc: dict[str, Any] = {"id": "default", "name": "Default"}
+        if env_key is not None:
+            acc["api_key"] = env_key
+        elif key_file is not None and key_file.is_file():
+            acc["api_key_file"] = str(key_file)
+        else:
+            return
+        if env_url:
+            acc["api_url"] = env_url
+        accounts = merged["accounts"] = [acc]
+    if not isinstance(accounts, list) or not all(isinstance(a, dict) for a in accounts):
+        problems.append("accounts: must be a list of mappings (id, name, api_key_file, api_url)")
+        merged.pop("accounts")
+        return
+    if (env_key or env_url) and len(accounts) > 1:
+        problems.append(
+            "CROSSMODEL_API_KEY/CROSSMODEL_API_URL/--api-url apply to a single account; "
+            f"the config lists {len(accounts)}: set api_key_file and api_url per account"
+        )
+        return
+    for i, acc in enumerate(accounts):
+        where = f"accounts[{i}]"
+        if env_key is not None:
+            acc.pop("api_key_file", None)
+            acc["api_key"] = env_key
+        if env_url:
+            acc["api_url"] = env_url
+        key_file = acc.pop("api_key_file", None)
+        if key_file is not None:
+            if "api_key" in acc:
+                problems.append(f"{where}: give api_key or api_key_file, not both")
+                continue
+            content = _read_key_file(key_file, where, problems)
+            if content is not None:
+                acc["api_key"] = content
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    lines: list[str] = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = ""
+        for part in err["loc"]:
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            else:
+                loc += ("." if loc else "") + str(part)
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if err["type"] == "missing":
+            msg = "required option is missing"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown option (check the spelling against config.example.yaml)"
+        lines.append(redact(f"{loc or 'config'}: {msg}"))
+    return lines
+
+
+def load_config(
+    *,
+    config_path: Path | None = None,
+    env: Mapping[str, str],
+    cli: Mapping[str, Any] | None = None,
+    default_key_file: Path | None = None,
+) -> Config:
+    """Build the Config: CLI > env > YAML file > defaults. Raises ConfigError.
+
+    `default_key_file` (where `config set-api-key` stores a key) is used only when neither the
+    file nor CROSSMODEL_API_KEY defines an account.
+    """
+    cli = dict(cli or {})
+    cli_url = cli.pop("api_url", None)
+    if config_path is None and env.get(CONFIG_ENV):
+        config_path = Path(env[CONFIG_ENV])
+    merged = merge(file_layer(config_path), env_layer(env), cli)
+    problems: list[str] = []
+    _resolve_accounts(merged, env, cli_url, default_key_file, problems)
+    if "accounts" not in merged:
+        merged["accounts"] = []
+    try:
+        config = Config.model_validate(merged)
+    except ValidationError as exc:
+        problems.extend(format_validation_error(exc))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config

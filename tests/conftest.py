@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mosquitto import Mosquitto
+from tests.standin import CrossModelStandin
+
+KEY = "cm-test-0123456789abcdefSECRET"
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[CrossModelStandin]:
+    server = CrossModelStandin()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests pass env explicitly; a developer's real key must never leak into one.
+    for name in ("CROSSMODEL_API_KEY", "CROSSMODEL_API_URL", "CM_MQTT_BRIDGE_CONFIG",
+                 "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def caplog_all(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    return caplog
