@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+import aiomqtt
 
 from . import __version__
 from .api import ApiError, CrossModelClient
 from .clock import Clock, SystemClock
 from .config import Config, ConfigError, load_config, normalize_api_key
+from .discovery import Topics, device_payload
 from .money import format_money, format_plain
-from .redact import RedactingFilter
+from .publisher import Publisher
+from .redact import REDACTED, RedactingFilter
+from .service import run_service
 from .snapshot import Snapshot, UsageState, Window, fetch_snapshot
 
 EXIT_OK, EXIT_UPSTREAM, EXIT_CONFIG = 0, 1, 2
@@ -53,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status = sub.add_parser("status", parents=[common], help="poll once and print the wallet")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("run", parents=[common], help="run the bridge (MQTT / Home Assistant)")
+    sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate config, poll once, connect to the broker, print discovery (dry run)",
+    )
     cfg = sub.add_parser("config", help="manage configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     setkey = cfg_sub.add_parser("set-api-key", help="store an API key in a secret file (mode 0600)")
@@ -228,6 +238,63 @@ def cmd_status(config: Config, as_json: bool, out: TextIO) -> int:
     return EXIT_UPSTREAM if failed else EXIT_OK
 
 
+# ---- check -------------------------------------------------------------------------------
+
+
+async def broker_reachable(config: Config) -> str | None:
+    """None when a connection to the broker works, else the reason."""
+    topics = Topics(base=config.mqtt.base_topic, prefix=config.mqtt.discovery_prefix)
+
+    async def ignore(topic: str, payload: bytes) -> None:
+        return None
+
+    publisher = Publisher(config.mqtt, topics, SystemClock(), subscriptions=(), on_message=ignore)
+    try:
+        # A probe connection must not fire our Will on the real status topic.
+        async with publisher.make_client(will=False):
+            return None
+    except aiomqtt.MqttError as exc:
+        return str(exc) or type(exc).__name__
+
+
+async def cmd_check(config: Config, out: TextIO) -> int:
+    ok = True
+    topics = Topics(base=config.mqtt.base_topic, prefix=config.mqtt.discovery_prefix)
+    out.write("Configuration: valid\n")
+    results = await poll_all(config, SystemClock())
+    currencies: dict[str, str | None] = {}
+    for (acc_id, _name, result), acc in zip(results, config.accounts, strict=True):
+        if isinstance(result, Snapshot):
+            currencies[acc_id] = result.currency
+            out.write(
+                f"Account {acc_id}: OK ({acc.api_url}, key {REDACTED}) "
+                f"balance {format_money(result.balance_micro, result.currency)}\n"
+            )
+        else:
+            ok = False
+            currencies[acc_id] = None
+            out.write(f"Account {acc_id}: FAILED {result.status}: {result}\n")
+    problem = await broker_reachable(config)
+    where = f"{config.mqtt.host}:{config.mqtt.port}"
+    if problem is None:
+        out.write(f"MQTT broker {where}: OK\n")
+    else:
+        ok = False
+        out.write(f"MQTT broker {where}: FAILED: {problem}\n")
+    out.write("\nDiscovery (dry run, nothing published):\n")
+    for acc in config.accounts:
+        payload = device_payload(
+            account_id=acc.id,
+            account_name=acc.name,
+            topics=topics,
+            currency=currencies[acc.id],
+            qos=config.mqtt.qos,
+        )
+        out.write(f"\n{topics.device(acc.id)} (retained)\n{json.dumps(payload, indent=2)}\n")
+    out.write("\n" + ("All checks passed.\n" if ok else "Some checks FAILED.\n"))
+    return EXIT_OK if ok else EXIT_UPSTREAM
+
+
 # ---- config set-api-key -------------------------------------------------------------------
 
 
@@ -276,6 +343,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     setup_logging(config.log_level, config.secrets())
     if args.command == "status":
         return cmd_status(config, args.json, sys.stdout)
+    if args.command == "run":
+        asyncio.run(run_service(config))
+        return EXIT_OK
+    if args.command == "check":
+        return asyncio.run(cmd_check(config, sys.stdout))
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -1,0 +1,268 @@
+"""The MQTT side: one connection, a reconnect loop, and a reconciler for retained topics.
+
+Callers say what each retained topic should hold (`set`); the publisher sends only what this
+connection has not sent yet, in priority order (bridge status, discovery, availability, state).
+A reconnect starts a fresh connection record, so everything is republished after a broker
+restart; an unchanged value is never sent twice on one connection. Non-retained messages
+(alerts) wait in a queue until a connection takes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+
+import aiomqtt
+
+from .clock import Clock
+from .config import MqttConfig
+from .discovery import Topics
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+
+
+class _QuietPending(logging.Filter):
+    # aiomqtt warns once more than 10 publishes await their ack; we batch on purpose.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pending publish calls" not in record.getMessage()
+
+
+_MQTT_LOG = logging.getLogger("cm_mqtt_bridge.mqtt")
+_MQTT_LOG.addFilter(_QuietPending())
+
+
+class Kind(IntEnum):
+    """Publish order on (re)connect; also what an HA birth message asks to resend."""
+
+    STATUS = 0
+    DISCOVERY = 1
+    AVAILABILITY = 2
+    STATE = 3
+
+
+@dataclass(slots=True)
+class _Entry:
+    kind: Kind
+    payload: bytes
+    once: bool = False  # e.g. a device removal: send once, then forget
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+ReadbackHandler = Callable[[dict[str, bytes]], Awaitable[None]]
+
+
+class Publisher:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        topics: Topics,
+        clock: Clock,
+        *,
+        subscriptions: Iterable[str],
+        on_message: MessageHandler,
+        on_readback: ReadbackHandler | None = None,
+        readback_seconds: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._topics = topics
+        self._clock = clock
+        self._subscriptions = list(subscriptions)
+        self._on_message = on_message
+        self._on_readback = on_readback
+        self._readback_seconds = readback_seconds
+        self._rng = rng or random.Random()
+        self._desired: dict[str, _Entry] = {}
+        self._sent: dict[str, bytes] = {}
+        self._events: deque[Message] = deque()
+        self._dirty = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._readback_done = False
+        self._readback: dict[str, bytes] = {}
+        self._stopping = False
+        self.connected = asyncio.Event()
+        self.publish_count = 0
+        self.connections = 0
+
+    # ---- what should be on the broker --------------------------------------------------
+
+    def set(self, topic: str, payload: str | bytes, kind: Kind, *, once: bool = False) -> None:
+        data = payload.encode() if isinstance(payload, str) else payload
+        entry = self._desired.get(topic)
+        if entry is None or entry.payload != data or entry.kind != kind:
+            self._desired[topic] = _Entry(kind, data, once)
+            self._dirty.set()
+
+    def get(self, topic: str) -> bytes | None:
+        entry = self._desired.get(topic)
+        return entry.payload if entry else None
+
+    def resend(self, *kinds: Kind) -> None:
+        """Forget that these kinds were sent on this connection (HA restarted and lost them)."""
+        for topic, entry in self._desired.items():
+            if entry.kind in kinds:
+                self._sent.pop(topic, None)
+        self._dirty.set()
+
+    def send(self, topic: str, payload: str | bytes, *, qos: int | None = None) -> None:
+        """A non-retained message, delivered once a connection takes it."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        self._events.append(Message(topic, data, self._cfg.qos if qos is None else qos, False))
+        self._dirty.set()
+
+    # ---- connection --------------------------------------------------------------------
+
+    def _tls(self) -> aiomqtt.TLSParameters | None:
+        if not self._cfg.tls:
+            return None
+        return aiomqtt.TLSParameters(
+            ca_certs=str(self._cfg.ca_file) if self._cfg.ca_file else None,
+            certfile=str(self._cfg.certfile) if self._cfg.certfile else None,
+            keyfile=str(self._cfg.keyfile) if self._cfg.keyfile else None,
+            cert_reqs=ssl.CERT_NONE if self._cfg.tls_insecure else ssl.CERT_REQUIRED,
+        )
+
+    def make_client(self, *, will: bool = True) -> aiomqtt.Client:
+        cfg = self._cfg
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            identifier=cfg.client_id,
+            logger=_MQTT_LOG,
+            keepalive=cfg.keepalive,
+            will=aiomqtt.Will(self._topics.bridge_status, "offline", qos=1, retain=True)
+            if will
+            else None,
+            tls_params=self._tls(),
+            tls_insecure=cfg.tls_insecure if cfg.tls else None,
+            clean_session=True,
+            timeout=10,
+        )
+
+    async def run(self) -> None:
+        """Connect, and reconnect with capped exponential backoff, until cancelled."""
+        backoff = 1.0
+        while not self._stopping:
+            try:
+                async with self.make_client() as client:
+                    backoff = 1.0
+                    await self._serve(client)
+            except* aiomqtt.MqttError as group:
+                exc = group.exceptions[0]
+                if not self._stopping:
+                    log.warning(
+                        "MQTT broker %s:%d: %s; reconnecting in %.0f s",
+                        self._cfg.host,
+                        self._cfg.port,
+                        exc,
+                        backoff,
+                    )
+            finally:
+                self._client = None
+                self.connected.clear()
+            if self._stopping:
+                return
+            await self._clock.sleep(backoff * (0.8 + 0.4 * self._rng.random()))
+            backoff = min(MAX_BACKOFF, backoff * 2)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._sent.clear()
+        self.connections += 1
+        log.info("connected to MQTT broker %s:%d", self._cfg.host, self._cfg.port)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._receive(client))
+            for topic in self._subscriptions:
+                await client.subscribe(topic, qos=1)
+            if not self._readback_done and self._on_readback is not None:
+                # What we announced last time (retained), to remove what is gone since.
+                await client.subscribe(self._topics.device_wildcard, qos=1)
+                await asyncio.sleep(self._readback_seconds)
+                await client.unsubscribe(self._topics.device_wildcard)
+                self._readback_done = True
+                await self._on_readback(dict(self._readback))
+                self._readback.clear()
+            self.connected.set()
+            self._dirty.set()
+            tg.create_task(self._sync(client))
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if message.topic.matches(self._topics.device_wildcard):
+                if not self._readback_done and message.retain:
+                    self._readback[topic] = payload
+                continue
+            try:
+                await self._on_message(topic, payload)
+            except Exception:
+                # A bad command must never take the connection down.
+                log.exception("error handling message on %s", topic)
+
+    async def _sync(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._flush(client)
+
+    async def _flush(self, client: aiomqtt.Client) -> None:
+        pending = sorted(
+            (entry.kind, topic)
+            for topic, entry in self._desired.items()
+            if self._sent.get(topic) != entry.payload
+        )
+        for kind in Kind:
+            batch = [topic for k, topic in pending if k == kind]
+            if not batch:
+                continue
+            entries = [self._desired[t] for t in batch]
+            # One kind at a time, in parallel within it: paho sends in call order anyway.
+            await asyncio.gather(
+                *(
+                    client.publish(t, e.payload, qos=self._cfg.qos, retain=True)
+                    for t, e in zip(batch, entries, strict=True)
+                )
+            )
+            for topic, entry in zip(batch, entries, strict=True):
+                self.publish_count += 1
+                if entry.once and self._desired.get(topic) is entry:
+                    del self._desired[topic]
+                else:
+                    self._sent[topic] = entry.payload
+        while self._events:
+            msg = self._events[0]
+            await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=False)
+            self.publish_count += 1
+            self._events.popleft()
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Say `offline` (clean disconnects do not trigger the Will) and stop reconnecting."""
+        self._stopping = True
+        client = self._client
+        if client is None:
+            return
+        try:
+            await asyncio.wait_for(
+                client.publish(self._topics.bridge_status, "offline", qos=1, retain=True), timeout
+            )
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.warning("could not publish offline status: %s", exc)

@@ -1,0 +1,371 @@
+"""The `run` service: pollers per account, one MQTT publisher, HA birth and refresh handling.
+
+Data flows one way: poll -> Snapshot -> AccountView -> (state document, discovery) -> Publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+
+from .api import ApiError, CrossModelClient
+from .clock import Clock, SystemClock
+from .config import AccountConfig, Config
+from .discovery import Topics, announced_components, announced_currency, device_payload
+from .entities import ENTITIES
+from .publisher import Kind, Publisher
+from .snapshot import Snapshot, UsageState, fetch_snapshot
+from .state import AccountView, plain_values, same_values, state_document
+
+log = logging.getLogger(__name__)
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=False)
+
+
+@dataclass
+class Account:
+    """Runtime state of one account; only the service mutates it."""
+
+    cfg: AccountConfig
+    client: CrossModelClient
+    view: AccountView = field(default_factory=AccountView)
+    currency: str | None = None
+    doc: dict[str, Any] | None = None
+    last_success: float | None = None  # monotonic time of the last good /credits
+    last_poll_start: float | None = None
+    fresh: bool = False
+    retry_after: float | None = None
+    removed: dict[str, str] = field(default_factory=dict)
+    refresh: asyncio.Event = field(default_factory=asyncio.Event)
+    polls: int = 0
+
+
+async def wait_event(clock: Clock, event: asyncio.Event, timeout: float) -> bool:
+    """Wait for `event` or `timeout` seconds on the injected clock; True if the event fired."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    sleeper = asyncio.ensure_future(clock.sleep(timeout))
+    try:
+        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiter, sleeper):
+            task.cancel()
+        await asyncio.gather(waiter, sleeper, return_exceptions=True)
+    return event.is_set()
+
+
+class Bridge:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        readback_seconds: float = 1.0,
+        birth_delay: tuple[float, float] = (0.5, 3.0),
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.topics = Topics(base=config.mqtt.base_topic, prefix=config.mqtt.discovery_prefix)
+        self.birth_delay = birth_delay
+        self.accounts: dict[str, Account] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._sem = asyncio.Semaphore(config.poll.max_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        base = self.topics.base
+        self.publisher = Publisher(
+            config.mqtt,
+            self.topics,
+            self.clock,
+            subscriptions=[self.topics.ha_status, f"{base}/+/refresh/set", f"{base}/refresh/set"],
+            on_message=self.on_message,
+            on_readback=self.on_readback,
+            readback_seconds=readback_seconds,
+            rng=self.rng,
+        )
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        connector = aiohttp.TCPConnector(limit=self.config.poll.max_concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            self._session = session
+            for acc_cfg in self.config.accounts:
+                self.accounts[acc_cfg.id] = Account(acc_cfg, self._client(session, acc_cfg))
+            self.publisher.set(self.topics.bridge_status, "online", Kind.STATUS)
+            for acc in self.accounts.values():
+                self._set_discovery(acc)
+            self._spawn(self.publisher.run())
+            for acc in self.accounts.values():
+                self._spawn(self._poller(acc))
+            await stop.wait()
+            log.info("shutting down")
+            await self.publisher.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed: %r", task.exception())
+
+    def _client(self, session: aiohttp.ClientSession, acc: AccountConfig) -> CrossModelClient:
+        poll = self.config.poll
+        return CrossModelClient(
+            session,
+            base_url=acc.api_url,
+            api_key=acc.api_key.get_secret_value(),
+            clock=self.clock,
+            credits_timeout=poll.credits_timeout,
+            usage_timeout=poll.usage_timeout,
+            retries=poll.retries,
+        )
+
+    # ---- polling -------------------------------------------------------------------------
+
+    async def _poller(self, acc: Account) -> None:
+        poll = self.config.poll
+        if len(self.accounts) > 1 and poll.jitter:
+            # Spread accounts so they do not poll in lockstep.
+            await self.clock.sleep(self.rng.uniform(0, poll.jitter))
+        while True:
+            if acc.last_poll_start is not None:
+                # At most one poll per min_refresh_interval: a refresh inside the window is
+                # deferred to its end, and several collapse into one.
+                wait = acc.last_poll_start + poll.min_refresh_interval - self.clock.monotonic()
+                if wait > 0:
+                    await self.clock.sleep(wait)
+            acc.refresh.clear()
+            acc.last_poll_start = self.clock.monotonic()
+            async with self._sem:
+                await self.poll_once(acc)
+            delay = poll.interval + self.rng.uniform(0, poll.jitter)
+            if acc.retry_after is not None:
+                delay = max(delay, acc.retry_after)
+            await self._idle(acc, acc.last_poll_start + delay)
+
+    async def _idle(self, acc: Account, until: float) -> None:
+        """Wait for the next poll or a refresh, marking the account stale when its time comes."""
+        while True:
+            now = self.clock.monotonic()
+            if now >= until:
+                return
+            timeout = until - now
+            stale_at = self._stale_at(acc)
+            if acc.fresh and stale_at is not None:
+                timeout = min(timeout, max(0.0, stale_at - now))
+            if await wait_event(self.clock, acc.refresh, timeout):
+                return
+            self.check_stale(acc)
+
+    def _stale_at(self, acc: Account) -> float | None:
+        if acc.last_success is None:
+            return None
+        return acc.last_success + self.config.poll.stale_after_s
+
+    def check_stale(self, acc: Account) -> None:
+        stale_at = self._stale_at(acc)
+        if acc.fresh and stale_at is not None and self.clock.monotonic() >= stale_at:
+            log.warning(
+                "%s: no good data for %d s; values now unavailable",
+                acc.cfg.id,
+                self.config.poll.stale_after_s,
+            )
+            acc.fresh = False
+            self._set_availability(acc)
+
+    async def poll_once(self, acc: Account) -> None:
+        acc.polls += 1
+        try:
+            snap = await fetch_snapshot(
+                acc.cfg.id,
+                acc.client,
+                self.clock,
+                usage_deadline=self.config.poll.usage_timeout,
+                on_balance=lambda s: self._apply_async(acc, s, partial=True),
+            )
+        except ApiError as exc:
+            self._apply_error(acc, exc)
+            return
+        except Exception as exc:
+            # Never let a surprise kill the poller; the next poll tries again.
+            log.exception("%s: unexpected error while polling", acc.cfg.id)
+            self._apply_error(acc, ApiError(f"internal error: {type(exc).__name__}"))
+            return
+        self.apply_snapshot(acc, snap, partial=False)
+
+    async def _apply_async(self, acc: Account, snap: Snapshot, *, partial: bool) -> None:
+        self.apply_snapshot(acc, snap, partial=partial)
+
+    def apply_snapshot(self, acc: Account, snap: Snapshot, *, partial: bool) -> None:
+        view = replace(acc.view, snapshot=snap, api_status="ok", connected=True, error=None)
+        if snap.usage is not None:
+            view = replace(
+                view, usage=snap.usage, usage_at=snap.fetched_at, usage_state=UsageState.OK
+            )
+        elif not partial:
+            view = replace(view, usage_state=snap.usage_state)
+        acc.view = view
+        acc.retry_after = None
+        acc.last_success = self.clock.monotonic()
+        if not acc.fresh:
+            acc.fresh = True
+            self._set_availability(acc)
+        if snap.currency != acc.currency:
+            if acc.currency is not None:
+                log.warning(
+                    "%s: currency changed from %s to %s; discovery republished with the new unit",
+                    acc.cfg.id,
+                    acc.currency,
+                    snap.currency,
+                )
+            acc.currency = snap.currency
+            self._set_discovery(acc)
+        self._set_state(acc)
+
+    def _apply_error(self, acc: Account, exc: ApiError) -> None:
+        log.warning("%s: poll failed (%s): %s", acc.cfg.id, exc.status, exc)
+        acc.view = replace(acc.view, api_status=exc.status, connected=False, error=str(exc))
+        acc.retry_after = exc.retry_after
+        if acc.last_success is None:
+            self._set_availability(acc)
+        self._set_state(acc)
+
+    # ---- publishing ----------------------------------------------------------------------
+
+    def _set_availability(self, acc: Account) -> None:
+        self.publisher.set(
+            self.topics.availability(acc.cfg.id),
+            "online" if acc.fresh else "offline",
+            Kind.AVAILABILITY,
+        )
+
+    def _set_state(self, acc: Account) -> None:
+        doc = state_document(acc.view)
+        if same_values(acc.doc, doc):
+            return
+        acc.doc = doc
+        self.publisher.set(self.topics.state(acc.cfg.id), _dumps(doc), Kind.STATE)
+        for key, value in plain_values(doc).items():
+            self.publisher.set(self.topics.value(acc.cfg.id, key), value, Kind.STATE)
+
+    def discovery_for(self, acc: Account) -> dict[str, Any]:
+        return device_payload(
+            account_id=acc.cfg.id,
+            account_name=acc.cfg.name,
+            topics=self.topics,
+            currency=acc.currency,
+            qos=self.config.mqtt.qos,
+            entities=ENTITIES,
+            removed=acc.removed,
+        )
+
+    def _set_discovery(self, acc: Account) -> None:
+        self.publisher.set(
+            self.topics.device(acc.cfg.id), _dumps(self.discovery_for(acc)), Kind.DISCOVERY
+        )
+
+    # ---- incoming ------------------------------------------------------------------------
+
+    async def on_readback(self, retained: dict[str, bytes]) -> None:
+        """Compare what an earlier run announced with what is configured now."""
+        by_topic = {self.topics.device(a): a for a in self.accounts}
+        for topic, payload in retained.items():
+            if not payload:
+                continue
+            try:
+                doc = json.loads(payload)
+            except ValueError:
+                continue
+            if not isinstance(doc, dict):
+                continue
+            announced = announced_components(doc)
+            if announced is None or not self._is_ours(doc):
+                continue
+            acc_id = by_topic.get(topic)
+            if acc_id is None:
+                log.info("removing device for account no longer configured (%s)", topic)
+                self.publisher.set(topic, b"", Kind.DISCOVERY, once=True)
+                continue
+            acc = self.accounts[acc_id]
+            if acc.currency is None:
+                acc.currency = announced_currency(doc)
+            current = set(self.discovery_for(acc)["cmps"])
+            acc.removed = {k: p for k, p in announced.items() if k not in current}
+            self._set_discovery(acc)
+
+    def _is_ours(self, doc: dict[str, Any]) -> bool:
+        # Several bridges may share a broker: only touch devices under our base topic.
+        cmps = doc.get("cmps")
+        prefix = self.topics.base + "/"
+        if not isinstance(cmps, dict):
+            return False
+        return any(
+            isinstance(c, dict) and str(c.get("state_topic", "")).startswith(prefix)
+            for c in cmps.values()
+        )
+
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.ha_status:
+            if payload.strip().lower() == b"online":
+                self._spawn(self._ha_birth())
+            return
+        if topic == self.topics.refresh_all:
+            for acc in self.accounts.values():
+                acc.refresh.set()
+            return
+        parts = topic.split("/")
+        base_len = len(self.topics.base.split("/"))
+        if parts[base_len + 1 :] == ["refresh", "set"]:
+            acc_id = parts[base_len]
+            if acc_id in self.accounts:
+                log.info("%s: refresh requested", acc_id)
+                self.accounts[acc_id].refresh.set()
+            else:
+                log.warning("refresh for unknown account %r ignored", acc_id[:40])
+
+    async def _ha_birth(self) -> None:
+        # HA subscribes after its birth message; a short random delay spreads the load.
+        await self.clock.sleep(self.rng.uniform(*self.birth_delay))
+        log.info("Home Assistant restarted: resending discovery and state")
+        self.publisher.resend(Kind.STATUS, Kind.DISCOVERY, Kind.AVAILABILITY, Kind.STATE)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> Callable[[], None]:
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def remove() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
+async def run_service(config: Config) -> None:
+    stop = asyncio.Event()
+    remove = install_signal_handlers(stop)
+    try:
+        await Bridge(config).run(stop)
+    finally:
+        remove()

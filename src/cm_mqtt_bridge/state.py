@@ -1,0 +1,83 @@
+"""What is published for an account: its JSON state document and its plain value topics.
+
+Pure functions of an `AccountView` (the last good snapshot plus the API status), so what
+Home Assistant sees is testable without a broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .api import ApiStatus
+from .entities import PLAIN_VALUES, WINDOW_LABELS
+from .money import format_plain
+from .snapshot import Snapshot, Usage, UsageState, window_start
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """The account as the bridge currently knows it. Last good values stay after a failure."""
+
+    snapshot: Snapshot | None = None  # last good /credits answer
+    usage: Usage | None = None  # last good /usage answer
+    usage_at: datetime | None = None
+    usage_state: UsageState | None = None
+    api_status: ApiStatus | None = None
+    connected: bool = False
+    error: str | None = None
+
+
+def state_document(view: AccountView) -> dict[str, Any]:
+    """Every value of the account; entities read it with value templates.
+
+    Money is a decimal string (exact, and HA parses it); a value not known yet is null, which
+    HA shows as unknown.
+    """
+    snap = view.snapshot
+    doc: dict[str, Any] = {
+        "balance": format_plain(snap.balance_micro) if snap else None,
+        "holds": format_plain(snap.holds_micro) if snap else None,
+        "available": format_plain(snap.available_micro) if snap else None,
+        "currency": snap.currency if snap else None,
+    }
+    for suffix, _label, window in WINDOW_LABELS:
+        w = getattr(view.usage, window) if view.usage is not None else None
+        start = window_start(window, view.usage_at) if view.usage_at else None
+        doc[f"spend_{suffix}"] = format_plain(w.cost_micro) if w else None
+        doc[f"reset_{suffix}"] = start.isoformat() if w and start else None
+        doc[f"tokens_{suffix}"] = w.total_tokens if w else None
+        doc[f"prompt_tokens_{suffix}"] = w.prompt_tokens if w else None
+        doc[f"completion_tokens_{suffix}"] = w.completion_tokens if w else None
+        doc[f"requests_{suffix}"] = w.request_count if w else None
+        doc[f"success_rate_{suffix}"] = w.success_rate if w else None
+    doc["api_status"] = view.api_status
+    doc["connected"] = view.connected
+    doc["error"] = view.error
+    doc["usage_state"] = view.usage_state.value if view.usage_state else None
+    doc["last_update"] = snap.fetched_at.isoformat() if snap else None
+    return doc
+
+
+def same_values(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """Equal but for the poll time: an unchanged poll publishes nothing."""
+    if a is None:
+        return False
+    return {k: v for k, v in a.items() if k != "last_update"} == {
+        k: v for k, v in b.items() if k != "last_update"
+    }
+
+
+def plain_values(doc: dict[str, Any]) -> dict[str, str]:
+    """Plain retained topics (`balance` -> '8.059489'); unknown values are left out."""
+    out: dict[str, str] = {}
+    for key in PLAIN_VALUES:
+        value = doc.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[key] = "ON" if value else "OFF"
+        else:
+            out[key] = str(value)
+    return out
