@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +18,7 @@ import aiohttp
 import aiomqtt
 
 from . import __version__
+from .alerts.store import DB_NAME, Store
 from .api import ApiError, CrossModelClient
 from .clock import Clock, SystemClock
 from .config import Config, ConfigError, load_config, normalize_api_key
@@ -33,6 +36,14 @@ log = logging.getLogger("cm_mqtt_bridge")
 def default_key_file(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")) / ".config")
     return Path(base).expanduser() / "cm-mqtt-bridge" / "api_key"
+
+
+def parse_since(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-01") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         parents=[common],
         help="validate config, poll once, connect to the broker, print discovery (dry run)",
+    )
+    history = sub.add_parser("history", parents=[common], help="export recorded history")
+    history.add_argument("--csv", action="store_true", required=True, help="CSV on stdout")
+    history.add_argument("--account", help="only this account id")
+    history.add_argument(
+        "--since", type=parse_since, help="only samples at or after DATE (YYYY-MM-DD, UTC)"
     )
     cfg = sub.add_parser("config", help="manage configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -295,6 +312,56 @@ async def cmd_check(config: Config, out: TextIO) -> int:
     return EXIT_OK if ok else EXIT_UPSTREAM
 
 
+# ---- history -----------------------------------------------------------------------------
+
+HISTORY_COLUMNS = (
+    "account",
+    "time",
+    "balance",
+    "holds",
+    "available",
+    "spend_today",
+    "spend_week",
+    "spend_month",
+    "spent_total",
+)
+
+
+def cmd_history(config: Config, account: str | None, since: datetime | None, out: TextIO) -> int:
+    path = config.data_dir / DB_NAME
+    if not path.exists():
+        print(f"no history yet: {path} does not exist (run the bridge first)", file=sys.stderr)
+        return EXIT_UPSTREAM
+    if account is not None and account not in {a.id for a in config.accounts}:
+        print(f"unknown account {account!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    store = Store(path)
+    try:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(HISTORY_COLUMNS)
+        for acc_id, s in store.samples(account, since):
+
+            def plain(m: int | None) -> str:
+                return "" if m is None else format_plain(m)
+
+            writer.writerow(
+                (
+                    acc_id,
+                    s.at.isoformat(),
+                    plain(s.balance_micro),
+                    plain(s.holds_micro),
+                    plain(s.balance_micro - s.holds_micro),
+                    plain(s.spend_day_micro),
+                    plain(s.spend_week_micro),
+                    plain(s.spend_month_micro),
+                    plain(s.spent_total_micro),
+                )
+            )
+    finally:
+        store.close()
+    return EXIT_OK
+
+
 # ---- config set-api-key -------------------------------------------------------------------
 
 
@@ -346,6 +413,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if args.command == "run":
         asyncio.run(run_service(config))
         return EXIT_OK
+    if args.command == "history":
+        return cmd_history(config, args.account, args.since, sys.stdout)
     if args.command == "check":
         return asyncio.run(cmd_check(config, sys.stdout))
     raise AssertionError(f"unhandled command {args.command}")

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from .alerts.config import AlertsConfig, NotifyConfig, merge_alerts
+from .discovery import entity_slug
 from .redact import redact
 
 DEFAULT_API_URL = "https://api.crossmodel.ai/v1"
@@ -48,6 +50,8 @@ class ConfigError(Exception):
     """Invalid configuration; `problems` holds one readable line per problem."""
 
     def __init__(self, problems: list[str]) -> None:
+        # A key typed into the wrong place (api_key_file, a path) must not be echoed back.
+        problems = [redact(p) for p in problems]
         super().__init__("\n".join(problems))
         self.problems = problems
 
@@ -115,6 +119,8 @@ class AccountConfig(_Model):
     name: str = ""
     api_key: SecretStr
     api_url: str = DEFAULT_API_URL
+    # The top-level `alerts` merged with the account's own (see Config._account_alerts).
+    alerts: AlertsConfig = AlertsConfig()
 
     @field_validator("id")
     @classmethod
@@ -200,6 +206,26 @@ class Config(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     data_dir: Path = Path("./data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    alerts: AlertsConfig = AlertsConfig()
+    notify: NotifyConfig = NotifyConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _account_alerts(cls, data: Any) -> Any:
+        # Top-level `alerts` are defaults; an account's own `alerts` override them rule by rule.
+        if not isinstance(data, dict) or not isinstance(data.get("accounts"), list | tuple):
+            return data
+        defaults = data.get("alerts")
+        if defaults is not None and not isinstance(defaults, dict):
+            return data  # let field validation report it
+        accounts = []
+        for acc in data["accounts"]:
+            if isinstance(acc, dict) and (defaults or acc.get("alerts")):
+                own = acc.get("alerts")
+                if own is None or isinstance(own, dict):
+                    acc = {**acc, "alerts": merge_alerts(defaults, own)}
+            accounts.append(acc)
+        return {**data, "accounts": accounts}
 
     @field_validator("accounts")
     @classmethod
@@ -208,11 +234,17 @@ class Config(_Model):
             raise ValueError(
                 "no account configured: set CROSSMODEL_API_KEY or list accounts in the config file"
             )
-        seen: set[str] = set()
+        seen: dict[str, str] = {}
         for acc in v:
-            if acc.id in seen:
+            if acc.id in seen.values():
                 raise ValueError(f"duplicate account id {acc.id!r}")
-            seen.add(acc.id)
+            slug = entity_slug(acc.id)
+            if slug in seen:
+                raise ValueError(
+                    f"account ids {seen[slug]!r} and {acc.id!r} give the same Home Assistant "
+                    "entity ids; rename one"
+                )
+            seen[slug] = acc.id
         return v
 
     def secrets(self) -> list[str]:
@@ -220,7 +252,7 @@ class Config(_Model):
         out = [a.api_key.get_secret_value() for a in self.accounts]
         if self.mqtt.password is not None:
             out.append(self.mqtt.password.get_secret_value())
-        return out
+        return out + self.notify.secrets()
 
 
 # ---- layers -------------------------------------------------------------------------------
@@ -295,7 +327,7 @@ def _read_key_file(path_value: Any, where: str, problems: list[str]) -> str | No
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
-        problems.append(f"{where}.api_key_file: cannot read {path} ({exc.strerror})")
+        problems.append(f"{where}: cannot read {path} ({exc.strerror})")
         return None
 
 
@@ -308,6 +340,11 @@ def _resolve_accounts(
 ) -> None:
     """Apply CROSSMODEL_API_KEY/URL and read api_key_file; mutates `merged`."""
     env_key = env.get("CROSSMODEL_API_KEY") or None
+    if env_key is None and env.get("CROSSMODEL_API_KEY_FILE"):
+        # The Docker-secrets convention: the variable names a file holding the key.
+        env_key = _read_key_file(
+            env["CROSSMODEL_API_KEY_FILE"], "CROSSMODEL_API_KEY_FILE", problems
+        )
     env_url = cli_url or env.get("CROSSMODEL_API_URL") or None
     accounts = merged.get("accounts")
     if accounts is None or accounts == []:
@@ -343,7 +380,7 @@ def _resolve_accounts(
             if "api_key" in acc:
                 problems.append(f"{where}: give api_key or api_key_file, not both")
                 continue
-            content = _read_key_file(key_file, where, problems)
+            content = _read_key_file(key_file, f"{where}.api_key_file", problems)
             if content is not None:
                 acc["api_key"] = content
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
-from .entities import CURRENCY, ENTITIES, Entity
+from .entities import Entity, entities_for
 
 ORIGIN_NAME = "cm-mqtt-bridge"
 SUPPORT_URL = "https://github.com/crossmodel/cm-mqtt-bridge"
@@ -49,6 +50,12 @@ class Topics:
     def value(self, account_id: str, key: str) -> str:
         return f"{self.base}/{account_id}/{key}"
 
+    def alerts(self, account_id: str) -> str:
+        return f"{self.base}/{account_id}/alerts"
+
+    def alerts_active(self, account_id: str) -> str:
+        return f"{self.base}/{account_id}/alerts/active"
+
     def device(self, account_id: str) -> str:
         return f"{self.prefix}/device/{device_id(account_id)}/config"
 
@@ -61,9 +68,13 @@ def unique_id(account_id: str, key: str) -> str:
     return f"cm_{account_id}_{key}"
 
 
+def entity_slug(account_id: str) -> str:
+    """The account id as HA entity ids allow it: [a-z0-9_], no '__', no '_' at either end."""
+    return re.sub("_+", "_", account_id.replace("-", "_")).strip("_") or "account"
+
+
 def default_entity_id(platform: str, account_id: str, key: str) -> str:
-    # Entity ids allow [a-z0-9_] only; account ids may also hold '-'.
-    return f"{platform}.crossmodel_{account_id.replace('-', '_')}_{key}"
+    return f"{platform}.crossmodel_{entity_slug(account_id)}_{key}"
 
 
 def _attributes_template(attributes: Iterable[tuple[str, str]]) -> str:
@@ -86,7 +97,10 @@ def component(
         gates.append(topics.availability(account_id))
     cfg["availability"] = [{"topic": t} for t in gates]
     cfg["availability_mode"] = "all"
-    if entity.value is not None:
+    if entity.platform == "event":
+        cfg["state_topic"] = topics.alerts(account_id)
+        cfg["event_types"] = list(entity.event_types)
+    elif entity.value is not None:
         cfg["state_topic"] = topics.state(account_id)
         if entity.platform == "binary_sensor":
             cfg["value_template"] = f"{{{{ 'ON' if value_json.{entity.value} else 'OFF' }}}}"
@@ -105,8 +119,12 @@ def component(
     ):
         if val is not None:
             cfg[key] = val
-    if entity.unit is not None:
-        cfg["unit_of_measurement"] = currency if entity.unit == CURRENCY else entity.unit
+    unit = entity.unit_for(currency)
+    if unit is not None:
+        cfg["unit_of_measurement"] = unit
+    if entity.number is not None:
+        cfg["min"], cfg["max"], cfg["step"] = entity.number
+        cfg["mode"] = "box"
     if entity.options:
         cfg["options"] = list(entity.options)
     if entity.attributes:
@@ -125,7 +143,7 @@ def device_payload(
     topics: Topics,
     currency: str | None,
     qos: int,
-    entities: Iterable[Entity] = ENTITIES,
+    entities: Iterable[Entity] | None = None,
     removed: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The retained device message for one account.
@@ -136,7 +154,7 @@ def device_payload(
     removes a single component from a device.
     """
     cmps: dict[str, Any] = {}
-    for entity in entities:
+    for entity in entities_for(()) if entities is None else entities:
         if entity.needs_currency and not currency:
             continue
         cmps[entity.key] = component(entity, account_id, topics, currency, qos)

@@ -30,6 +30,8 @@ def format_money(micro: int, currency: str, places: int = 2) -> str:
     """Human text, rounded half-even to `places`: 8059489, 'USD' -> '8.06 USD'."""
     quantum = Decimal(1).scaleb(-places)
     value = micro_to_decimal(micro).quantize(quantum, rounding=ROUND_HALF_EVEN)
+    if value.is_zero():
+        value = abs(value)  # -0.004 rounds to 0.00, never "-0.00"
     return f"{value:,.{places}f} {currency}"
 
 

@@ -77,6 +77,7 @@ class Publisher:
         subscriptions: Iterable[str],
         on_message: MessageHandler,
         on_readback: ReadbackHandler | None = None,
+        on_connect: Callable[[], None] | None = None,
         readback_seconds: float = 1.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -86,6 +87,7 @@ class Publisher:
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
         self._on_readback = on_readback
+        self._on_connect = on_connect
         self._readback_seconds = readback_seconds
         self._rng = rng or random.Random()
         self._desired: dict[str, _Entry] = {}
@@ -203,6 +205,8 @@ class Publisher:
             self.connected.set()
             self._dirty.set()
             tg.create_task(self._sync(client))
+            if self._on_connect is not None:
+                self._on_connect()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -253,6 +257,15 @@ class Publisher:
             await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=False)
             self.publish_count += 1
             self._events.popleft()
+
+    async def publish_now(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1 and return once the broker acknowledged it; raise
+        aiomqtt.MqttError when there is no connection (the caller keeps the message)."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise aiomqtt.MqttError("not connected to the MQTT broker")
+        await client.publish(topic, payload, qos=1, retain=False)
+        self.publish_count += 1
 
     async def close(self, timeout: float = 2.0) -> None:
         """Say `offline` (clean disconnects do not trigger the Will) and stop reconnecting."""

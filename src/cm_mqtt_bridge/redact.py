@@ -7,7 +7,7 @@ import re
 import traceback
 from collections.abc import Iterable
 
-_KEY_RE = re.compile(r"cm-[A-Za-z0-9._~+/=-]+")
+_KEY_RE = re.compile(r"\bcm-[A-Za-z0-9._~+/=-]+")
 _AUTH_RE = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(bearer\s+)?[^\s\"',}]+")
 _BEARER_RE = re.compile(r"(?i)\bbearer\s+[^\s\"',}]+")
 REDACTED = "cm-…"

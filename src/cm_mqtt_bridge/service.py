@@ -11,18 +11,31 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import aiohttp
+import aiomqtt
 
+from .alerts.dispatch import Dispatcher
+from .alerts.engine import SETTABLE, AlertEngine, ThresholdError
+from .alerts.notifiers import (
+    AppriseChannel,
+    Channel,
+    DeliveryError,
+    MqttChannel,
+    NtfyChannel,
+    WebhookChannel,
+)
+from .alerts.store import DB_NAME, Store
 from .api import ApiError, CrossModelClient
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, wait_event
 from .config import AccountConfig, Config
 from .discovery import Topics, announced_components, announced_currency, device_payload
-from .entities import ENTITIES
+from .entities import entities_for
 from .publisher import Kind, Publisher
 from .snapshot import Snapshot, UsageState, fetch_snapshot
-from .state import AccountView, plain_values, same_values, state_document
+from .state import AccountView, active_alerts, plain_values, same_values, state_document
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +54,13 @@ class Account:
     currency: str | None = None
     doc: dict[str, Any] | None = None
     last_success: float | None = None  # monotonic time of the last good /credits
+    last_success_at: datetime | None = None
     last_poll_start: float | None = None
     fresh: bool = False
     retry_after: float | None = None
     removed: dict[str, str] = field(default_factory=dict)
     refresh: asyncio.Event = field(default_factory=asyncio.Event)
     polls: int = 0
-
-
-async def wait_event(clock: Clock, event: asyncio.Event, timeout: float) -> bool:
-    """Wait for `event` or `timeout` seconds on the injected clock; True if the event fired."""
-    if event.is_set():
-        return True
-    waiter = asyncio.ensure_future(event.wait())
-    sleeper = asyncio.ensure_future(clock.sleep(timeout))
-    try:
-        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (waiter, sleeper):
-            task.cancel()
-        await asyncio.gather(waiter, sleeper, return_exceptions=True)
-    return event.is_set()
 
 
 class Bridge:
@@ -88,33 +87,77 @@ class Bridge:
             config.mqtt,
             self.topics,
             self.clock,
-            subscriptions=[self.topics.ha_status, f"{base}/+/refresh/set", f"{base}/refresh/set"],
+            subscriptions=[self.topics.ha_status, f"{base}/+/+/set", f"{base}/refresh/set"],
             on_message=self.on_message,
             on_readback=self.on_readback,
+            on_connect=self._on_connect,
             readback_seconds=readback_seconds,
             rng=self.rng,
         )
+        self.store: Store | None = None
+        self.engine: AlertEngine | None = None
+        self.dispatcher: Dispatcher | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
+
+    def _on_connect(self) -> None:
+        # Alerts that waited for the broker go out now.
+        if self.dispatcher is not None:
+            self.dispatcher.wake("mqtt")
 
     async def run(self, stop: asyncio.Event) -> None:
         connector = aiohttp.TCPConnector(limit=self.config.poll.max_concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
             self._session = session
+            self.store = Store(self.config.data_dir / DB_NAME)
+            channels = self._channels(session)
+            self.dispatcher = Dispatcher(self.store, channels, self.clock)
+            self.engine = AlertEngine(
+                self.store, self.config.accounts, self.clock, self.dispatcher.names
+            )
             for acc_cfg in self.config.accounts:
                 self.accounts[acc_cfg.id] = Account(acc_cfg, self._client(session, acc_cfg))
             self.publisher.set(self.topics.bridge_status, "online", Kind.STATUS)
             for acc in self.accounts.values():
                 self._set_discovery(acc)
             self._spawn(self.publisher.run())
+            self._spawn(self.dispatcher.run())
+            self._spawn(self._housekeeping())
             for acc in self.accounts.values():
                 self._spawn(self._poller(acc))
-            await stop.wait()
-            log.info("shutting down")
-            await self.publisher.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            try:
+                await stop.wait()
+                log.info("shutting down")
+                await self.publisher.close()
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                self.store.close()
+
+    def _channels(self, session: aiohttp.ClientSession) -> list[Channel]:
+        async def publish(topic: str, payload: bytes) -> None:
+            try:
+                await self.publisher.publish_now(topic, payload)
+            except aiomqtt.MqttError as exc:
+                raise DeliveryError(str(exc)) from None
+
+        channels: list[Channel] = [MqttChannel(publish, self.topics.alerts)]
+        notify = self.config.notify
+        if notify.ntfy is not None:
+            channels.append(NtfyChannel(session, notify.ntfy))
+        if notify.webhook is not None:
+            channels.append(WebhookChannel(session, notify.webhook))
+        if notify.apprise:
+            channels.append(AppriseChannel([u.get_secret_value() for u in notify.apprise]))
+        return channels
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await self.clock.sleep(3600)
+            if self.store is not None:
+                removed = self.store.compact(self.clock.now())
+                log.debug("history compaction removed %d rows", removed)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -222,9 +265,12 @@ class Bridge:
             )
         elif not partial:
             view = replace(view, usage_state=snap.usage_state)
-        acc.view = view
         acc.retry_after = None
         acc.last_success = self.clock.monotonic()
+        acc.last_success_at = self.clock.now()
+        if not partial:
+            view = self._observe(acc, view, record=True)
+        acc.view = view
         if not acc.fresh:
             acc.fresh = True
             self._set_availability(acc)
@@ -242,11 +288,22 @@ class Bridge:
 
     def _apply_error(self, acc: Account, exc: ApiError) -> None:
         log.warning("%s: poll failed (%s): %s", acc.cfg.id, exc.status, exc)
-        acc.view = replace(acc.view, api_status=exc.status, connected=False, error=str(exc))
+        view = replace(acc.view, api_status=exc.status, connected=False, error=str(exc))
+        acc.view = self._observe(acc, view, record=False)
         acc.retry_after = exc.retry_after
         if acc.last_success is None:
             self._set_availability(acc)
         self._set_state(acc)
+
+    def _observe(self, acc: Account, view: AccountView, *, record: bool) -> AccountView:
+        if self.engine is None:
+            return view
+        status, notices = self.engine.observe(
+            acc.cfg.id, view, last_success=acc.last_success_at, record=record
+        )
+        if notices and self.dispatcher is not None:
+            self.dispatcher.wake()
+        return replace(view, alerts=status)
 
     # ---- publishing ----------------------------------------------------------------------
 
@@ -265,6 +322,10 @@ class Bridge:
         self.publisher.set(self.topics.state(acc.cfg.id), _dumps(doc), Kind.STATE)
         for key, value in plain_values(doc).items():
             self.publisher.set(self.topics.value(acc.cfg.id, key), value, Kind.STATE)
+        if acc.cfg.alerts.rule_names():
+            self.publisher.set(
+                self.topics.alerts_active(acc.cfg.id), _dumps(active_alerts(acc.view)), Kind.STATE
+            )
 
     def discovery_for(self, acc: Account) -> dict[str, Any]:
         return device_payload(
@@ -273,7 +334,7 @@ class Bridge:
             topics=self.topics,
             currency=acc.currency,
             qos=self.config.mqtt.qos,
-            entities=ENTITIES,
+            entities=entities_for(acc.cfg.alerts.rule_names()),
             removed=acc.removed,
         )
 
@@ -328,18 +389,35 @@ class Bridge:
                 self._spawn(self._ha_birth())
             return
         if topic == self.topics.refresh_all:
-            for acc in self.accounts.values():
-                acc.refresh.set()
+            for each in self.accounts.values():
+                each.refresh.set()
             return
         parts = topic.split("/")
         base_len = len(self.topics.base.split("/"))
-        if parts[base_len + 1 :] == ["refresh", "set"]:
-            acc_id = parts[base_len]
-            if acc_id in self.accounts:
-                log.info("%s: refresh requested", acc_id)
-                self.accounts[acc_id].refresh.set()
-            else:
-                log.warning("refresh for unknown account %r ignored", acc_id[:40])
+        if len(parts) != base_len + 3 or parts[-1] != "set":
+            return
+        acc_id, command = parts[base_len], parts[base_len + 1]
+        acc = self.accounts.get(acc_id)
+        if acc is None:
+            log.warning("command for unknown account %r ignored", acc_id[:40])
+        elif command == "refresh":
+            log.info("%s: refresh requested", acc_id)
+            acc.refresh.set()
+        elif command in SETTABLE:
+            self._set_threshold(acc, command, payload)
+        else:
+            log.warning("%s: unknown command %r ignored", acc_id, command[:40])
+
+    def _set_threshold(self, acc: Account, key: str, payload: bytes) -> None:
+        assert self.engine is not None
+        try:
+            value = self.engine.set_threshold(acc.cfg.id, key, payload)
+        except ThresholdError as exc:
+            log.warning("%s: rejected threshold from MQTT: %s", acc.cfg.id, exc)
+            return
+        log.info("%s: %s set to %s from Home Assistant", acc.cfg.id, key, value)
+        acc.view = self._observe(acc, acc.view, record=False)
+        self._set_state(acc)
 
     async def _ha_birth(self) -> None:
         # HA subscribes after its birth message; a short random delay spreads the load.

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from .alerts.rules import AlertStatus
 from .api import ApiStatus
 from .entities import PLAIN_VALUES, WINDOW_LABELS
 from .money import format_plain
@@ -27,6 +29,7 @@ class AccountView:
     api_status: ApiStatus | None = None
     connected: bool = False
     error: str | None = None
+    alerts: AlertStatus | None = None
 
 
 def state_document(view: AccountView) -> dict[str, Any]:
@@ -56,8 +59,33 @@ def state_document(view: AccountView) -> dict[str, Any]:
     doc["connected"] = view.connected
     doc["error"] = view.error
     doc["usage_state"] = view.usage_state.value if view.usage_state else None
+    alerts = view.alerts or AlertStatus()
+    burn = alerts.burn
+    doc["burn_rate"] = format_plain(int(burn.per_day_micro.to_integral_value())) if burn else None
+    doc["burn_rate_source"] = burn.source if burn else None
+    doc["runway_days"] = (
+        str(alerts.runway_days.quantize(Decimal("0.01")))
+        if alerts.runway_days is not None
+        else None
+    )
+    for rule in alerts.rules:
+        doc[f"alert_{rule}"] = rule in alerts.active
+    if alerts.low_balance_below is not None:
+        doc["low_balance_below"] = format_plain(alerts.low_balance_below)
+    if alerts.runway_below_days is not None:
+        doc["runway_below_days"] = str(alerts.runway_below_days)
     doc["last_update"] = snap.fetched_at.isoformat() if snap else None
     return doc
+
+
+def active_alerts(view: AccountView) -> list[dict[str, str]]:
+    """The retained `alerts/active` list."""
+    if view.alerts is None:
+        return []
+    return [
+        {"rule": rule, "since": since.isoformat()}
+        for rule, since in sorted(view.alerts.active.items())
+    ]
 
 
 def same_values(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:

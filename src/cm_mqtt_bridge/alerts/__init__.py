@@ -1,0 +1,1 @@
+"""Alerts: rules with hysteresis, durable state and outbox, and the channels that deliver them."""

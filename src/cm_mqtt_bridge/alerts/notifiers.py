@@ -1,0 +1,143 @@
+"""Channels that deliver a notice: MQTT (Home Assistant event + plain topic), ntfy, a generic
+webhook, and Apprise URLs (optional extra). Each raises DeliveryError when it could not deliver;
+the dispatcher keeps the notice in the outbox and tries again later."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import aiohttp
+
+from .. import __version__
+from ..redact import redact, shorten
+from .config import NtfyConfig, WebhookConfig
+
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+USER_AGENT = f"cm-mqtt-bridge/{__version__}"
+NTFY_PRIORITY = {"min": "1", "low": "2", "default": "3", "high": "4", "urgent": "5"}
+
+
+class DeliveryError(Exception):
+    pass
+
+
+class Channel(Protocol):
+    name: str
+
+    async def deliver(self, notice: dict[str, Any]) -> None: ...
+
+
+async def _post(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    data: bytes,
+    headers: dict[str, str],
+    secrets: Sequence[str] = (),
+) -> None:
+    try:
+        async with session.post(
+            url, data=data, headers=headers, timeout=TIMEOUT, allow_redirects=False
+        ) as resp:
+            if resp.status >= 300:
+                body = (await resp.content.read(300)).decode("utf-8", "replace")
+                raise DeliveryError(f"HTTP {resp.status}: {shorten(redact(body, secrets), 120)}")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise DeliveryError(redact(str(exc) or type(exc).__name__, secrets)) from None
+
+
+class NtfyChannel:
+    name = "ntfy"
+
+    def __init__(self, session: aiohttp.ClientSession, cfg: NtfyConfig) -> None:
+        self._session = session
+        self._cfg = cfg
+
+    async def deliver(self, notice: dict[str, Any]) -> None:
+        cfg = self._cfg
+        tags = list(notice.get("tags") or cfg.tags)
+        headers = {
+            # HTTP headers are latin-1: replace what it cannot carry rather than fail delivery.
+            "Title": str(notice["title"]).encode("latin-1", "replace").decode("latin-1"),
+            "Priority": NTFY_PRIORITY[str(notice.get("priority") or cfg.priority)],
+            "Tags": ",".join(tags),
+            "User-Agent": USER_AGENT,
+            "X-Message-Id": str(notice["id"]),
+        }
+        secrets: list[str] = []
+        if cfg.token is not None:
+            headers["Authorization"] = f"Bearer {cfg.token.get_secret_value()}"
+            secrets.append(cfg.token.get_secret_value())
+        await _post(
+            self._session,
+            f"{cfg.url}/{cfg.topic}",
+            data=str(notice["message"]).encode(),
+            headers=headers,
+            secrets=secrets,
+        )
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class WebhookChannel:
+    name = "webhook"
+
+    def __init__(self, session: aiohttp.ClientSession, cfg: WebhookConfig) -> None:
+        self._session = session
+        self._cfg = cfg
+
+    async def deliver(self, notice: dict[str, Any]) -> None:
+        body = json.dumps(notice, sort_keys=True, separators=(",", ":")).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-CM-Bridge-Id": str(notice["id"]),
+        }
+        if self._cfg.secret is not None:
+            headers["X-CM-Bridge-Signature"] = sign(self._cfg.secret.get_secret_value(), body)
+        await _post(self._session, self._cfg.url, data=body, headers=headers)
+
+
+class AppriseChannel:
+    name = "apprise"
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        import apprise  # optional extra; config validation checked it is installed
+
+        self._apprise = apprise.Apprise()
+        for url in urls:
+            self._apprise.add(url)
+        self._secrets = list(urls)
+
+    async def deliver(self, notice: dict[str, Any]) -> None:
+        try:
+            ok = await self._apprise.async_notify(
+                body=str(notice["message"]), title=str(notice["title"])
+            )
+        except Exception as exc:  # Apprise plugins raise anything
+            raise DeliveryError(redact(str(exc), self._secrets)) from None
+        if not ok:
+            raise DeliveryError("Apprise reported a failed delivery")
+
+
+class MqttChannel:
+    """Publishes the notice (QoS 1, not retained) where HA's event entity and any subscriber
+    read it. Succeeds only once the broker acknowledged it."""
+
+    name = "mqtt"
+
+    def __init__(
+        self, publish: Callable[[str, bytes], Awaitable[None]], topic_for: Callable[[str], str]
+    ) -> None:
+        self._publish = publish
+        self._topic_for = topic_for
+
+    async def deliver(self, notice: dict[str, Any]) -> None:
+        payload = json.dumps(notice, separators=(",", ":")).encode()
+        await self._publish(self._topic_for(str(notice["account"])), payload)

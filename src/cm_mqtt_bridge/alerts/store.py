@@ -1,0 +1,263 @@
+"""Durable alert state, thresholds set from Home Assistant, the outbox and history (SQLite).
+
+One WAL database in the data dir. A rule's new state and the notices it produced are written
+in ONE transaction: after any crash (kill -9 included) an alert is either not fired yet or
+fired with its notices waiting in the outbox, so it is never fired twice and never lost.
+Writes are small and local, so they run on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .burn import Sample
+from .rules import Notice, RuleState
+
+DB_NAME = "cm_mqtt_bridge.db"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rule_state (
+    account TEXT NOT NULL, rule TEXT NOT NULL, firing INTEGER NOT NULL, since REAL,
+    last_notified REAL, window TEXT, seq INTEGER NOT NULL, PRIMARY KEY (account, rule));
+CREATE TABLE IF NOT EXISTS overrides (
+    account TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, config_value TEXT,
+    PRIMARY KEY (account, key));
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT NOT NULL, channel TEXT NOT NULL, account TEXT NOT NULL, payload TEXT NOT NULL,
+    created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL,
+    delivered REAL, last_error TEXT, PRIMARY KEY (id, channel));
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, delivered, next_attempt);
+CREATE TABLE IF NOT EXISTS samples (
+    account TEXT NOT NULL, at REAL NOT NULL, balance INTEGER NOT NULL, holds INTEGER NOT NULL,
+    spend_day INTEGER, spend_week INTEGER, spend_month INTEGER, spent_total INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS samples_account_at ON samples (account, at);
+"""
+# History thinning: every poll for 48 h, then one per hour, then one per day; gone after 400 d.
+KEEP_ALL = timedelta(hours=48)
+KEEP_HOURLY = timedelta(days=30)
+KEEP_DAILY = timedelta(days=400)
+
+
+def _ts(dt: datetime | None) -> float | None:
+    return None if dt is None else dt.timestamp()
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: str
+    channel: str
+    account: str
+    payload: dict[str, object]
+    attempts: int
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable against a process crash (our kill -9 case) and cheap.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- rule state + outbox, atomically ---------------------------------------------------
+
+    def rule_states(self, account: str) -> dict[str, RuleState]:
+        rows = self._db.execute(
+            "SELECT rule, firing, since, last_notified, window, seq FROM rule_state "
+            "WHERE account = ?",
+            (account,),
+        )
+        return {
+            rule: RuleState(bool(firing), _dt(since), _dt(last), window, seq)
+            for rule, firing, since, last, window, seq in rows
+        }
+
+    def commit(
+        self,
+        account: str,
+        changed: Mapping[str, RuleState],
+        notices: Sequence[Notice],
+        channels: Sequence[str],
+        now: datetime,
+    ) -> None:
+        if not changed and not notices:
+            return
+        with self._tx():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO rule_state VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        account,
+                        rule,
+                        int(s.firing),
+                        _ts(s.since),
+                        _ts(s.last_notified),
+                        s.window,
+                        s.seq,
+                    )
+                    for rule, s in changed.items()
+                ],
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO outbox (id, channel, account, payload, created, "
+                "next_attempt) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (n.id, ch, account, json.dumps(_payload(n)), now.timestamp(), now.timestamp())
+                    for n in notices
+                    for ch in channels
+                ],
+            )
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db)
+
+    # ---- outbox ------------------------------------------------------------------------
+
+    def due(self, channel: str, now: datetime, limit: int = 50) -> list[OutboxItem]:
+        rows = self._db.execute(
+            "SELECT id, channel, account, payload, attempts FROM outbox "
+            "WHERE channel = ? AND delivered IS NULL AND next_attempt <= ? "
+            "ORDER BY created, id LIMIT ?",
+            (channel, now.timestamp(), limit),
+        )
+        return [OutboxItem(i, c, a, json.loads(p), n) for i, c, a, p, n in rows]
+
+    def next_due(self, channel: str) -> datetime | None:
+        row = self._db.execute(
+            "SELECT MIN(next_attempt) FROM outbox WHERE channel = ? AND delivered IS NULL",
+            (channel,),
+        ).fetchone()
+        return _dt(row[0]) if row and row[0] is not None else None
+
+    def delivered(self, item: OutboxItem, now: datetime) -> None:
+        self._db.execute(
+            "UPDATE outbox SET delivered = ?, attempts = attempts + 1, last_error = NULL "
+            "WHERE id = ? AND channel = ?",
+            (now.timestamp(), item.id, item.channel),
+        )
+
+    def failed(self, item: OutboxItem, retry_at: datetime, error: str) -> None:
+        self._db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ? "
+            "WHERE id = ? AND channel = ?",
+            (retry_at.timestamp(), error[:500], item.id, item.channel),
+        )
+
+    def pending(self, channel: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM outbox WHERE delivered IS NULL"
+        args: tuple[str, ...] = ()
+        if channel is not None:
+            sql += " AND channel = ?"
+            args = (channel,)
+        return int(self._db.execute(sql, args).fetchone()[0])
+
+    # ---- thresholds set from Home Assistant ----------------------------------------------
+
+    def overrides(self, account: str) -> dict[str, tuple[str, str | None]]:
+        rows = self._db.execute(
+            "SELECT key, value, config_value FROM overrides WHERE account = ?", (account,)
+        )
+        return {key: (value, cfg) for key, value, cfg in rows}
+
+    def set_override(self, account: str, key: str, value: str, config_value: str | None) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO overrides VALUES (?, ?, ?, ?)",
+            (account, key, value, config_value),
+        )
+
+    def drop_override(self, account: str, key: str) -> None:
+        self._db.execute("DELETE FROM overrides WHERE account = ? AND key = ?", (account, key))
+
+    # ---- history -----------------------------------------------------------------------
+
+    def add_sample(self, account: str, s: Sample) -> None:
+        self._db.execute(
+            "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                account,
+                s.at.timestamp(),
+                s.balance_micro,
+                s.holds_micro,
+                s.spend_day_micro,
+                s.spend_week_micro,
+                s.spend_month_micro,
+                s.spent_total_micro,
+            ),
+        )
+
+    def latest_sample(self, account: str, at_or_before: datetime | None = None) -> Sample | None:
+        sql = "SELECT * FROM samples WHERE account = ?"
+        args: tuple[object, ...] = (account,)
+        if at_or_before is not None:
+            sql += " AND at <= ?"
+            args += (at_or_before.timestamp(),)
+        row = self._db.execute(sql + " ORDER BY at DESC LIMIT 1", args).fetchone()
+        return _sample(row) if row else None
+
+    def samples(
+        self, account: str | None = None, since: datetime | None = None
+    ) -> Iterator[tuple[str, Sample]]:
+        sql = "SELECT * FROM samples WHERE 1=1"
+        args: tuple[object, ...] = ()
+        if account is not None:
+            sql += " AND account = ?"
+            args += (account,)
+        if since is not None:
+            sql += " AND at >= ?"
+            args += (since.timestamp(),)
+        for row in self._db.execute(sql + " ORDER BY account, at", args):
+            yield row[0], _sample(row)
+
+    def compact(self, now: datetime) -> int:
+        """Thin old history; returns the number of rows removed."""
+        before = self._db.total_changes
+        with self._tx():
+            for older_than, bucket in ((KEEP_ALL, 3600), (KEEP_HOURLY, 86400)):
+                cutoff = (now - older_than).timestamp()
+                self._db.execute(
+                    "DELETE FROM samples WHERE at < ? AND rowid NOT IN ("
+                    "SELECT MIN(rowid) FROM samples WHERE at < ? "
+                    "GROUP BY account, CAST(at / ? AS INTEGER))",
+                    (cutoff, cutoff, bucket),
+                )
+            self._db.execute("DELETE FROM samples WHERE at < ?", ((now - KEEP_DAILY).timestamp(),))
+            self._db.execute(
+                "DELETE FROM outbox WHERE delivered IS NOT NULL AND delivered < ?",
+                ((now - timedelta(days=7)).timestamp(),),
+            )
+        return self._db.total_changes - before
+
+
+def _sample(row: tuple[Any, ...]) -> Sample:
+    _acc, at, balance, holds, day, week, month, total = row
+    return Sample(datetime.fromtimestamp(at, UTC), balance, holds, day, week, month, total)
+
+
+def _payload(n: Notice) -> dict[str, object]:
+    return {**n.as_dict(), "priority": n.priority, "tags": list(n.tags)}
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
