@@ -31,8 +31,15 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture(autouse=True)
 def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests pass env explicitly; a developer's real key must never leak into one.
-    for name in ("CROSSMODEL_API_KEY", "CROSSMODEL_API_URL", "CM_MQTT_BRIDGE_CONFIG",
-                 "MQTT_HOST", "MQTT_PORT", "MQTT_USERNAME", "MQTT_PASSWORD"):
+    for name in (
+        "CROSSMODEL_API_KEY",
+        "CROSSMODEL_API_URL",
+        "CM_MQTT_BRIDGE_CONFIG",
+        "MQTT_HOST",
+        "MQTT_PORT",
+        "MQTT_USERNAME",
+        "MQTT_PASSWORD",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -12,12 +12,30 @@ from aiohttp import web
 
 SAMPLE_USAGE: dict[str, Any] = {
     "currency": "USD",
-    "daily": {"cost_micro": 10250, "prompt_tokens": 9100, "completion_tokens": 2900,
-              "total_tokens": 12000, "request_count": 41, "success_count": 40},
-    "weekly": {"cost_micro": 670000, "prompt_tokens": 401000, "completion_tokens": 128000,
-               "total_tokens": 529000, "request_count": 529, "success_count": 521},
-    "monthly": {"cost_micro": 5370000, "prompt_tokens": 2500000, "completion_tokens": 700000,
-                "total_tokens": 3200000, "request_count": 3200, "success_count": 3150},
+    "daily": {
+        "cost_micro": 10250,
+        "prompt_tokens": 9100,
+        "completion_tokens": 2900,
+        "total_tokens": 12000,
+        "request_count": 41,
+        "success_count": 40,
+    },
+    "weekly": {
+        "cost_micro": 670000,
+        "prompt_tokens": 401000,
+        "completion_tokens": 128000,
+        "total_tokens": 529000,
+        "request_count": 529,
+        "success_count": 521,
+    },
+    "monthly": {
+        "cost_micro": 5370000,
+        "prompt_tokens": 2500000,
+        "completion_tokens": 700000,
+        "total_tokens": 3200000,
+        "request_count": 3200,
+        "success_count": 3150,
+    },
 }
 
 
@@ -44,7 +62,9 @@ class CrossModelStandin:
 
     def __init__(self) -> None:
         self.credits: dict[str, Any] = {
-            "currency": "USD", "balance_micro": 8059489, "uncollected_micro": 125000,
+            "currency": "USD",
+            "balance_micro": 8059489,
+            "uncollected_micro": 125000,
         }
         self.usage: dict[str, Any] = copy.deepcopy(SAMPLE_USAGE)
         self.script: dict[str, list[Reply]] = {"credits": [], "usage": []}
@@ -95,9 +115,9 @@ class CrossModelStandin:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        sockets = getattr(site._server, "sockets", None)
+        assert sockets
+        self.port = sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self.runner is not None:

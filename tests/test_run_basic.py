@@ -23,8 +23,11 @@ async def test_first_publish_has_status_discovery_state_and_plain_values(standin
     assert doc["balance"] == "8.059489"
     assert doc["available"] == "7.934489"
     assert state.retain
-    assert rec.last("cm_mqtt_bridge/main/balance").text == "8.059489"
+    balance = rec.last("cm_mqtt_bridge/main/balance")
+    assert balance is not None
+    assert balance.text == "8.059489"
     disc = rec.last("homeassistant/device/cm_main/config")
-    assert disc is not None and disc.retain
+    assert disc is not None
+    assert disc.retain
     assert json.loads(disc.payload)["cmps"]["balance"]["unit_of_measurement"] == "USD"
     assert [m.text for m in rec.on("cm_mqtt_bridge/status")] == ["online", "offline"]

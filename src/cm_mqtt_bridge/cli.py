@@ -22,6 +22,7 @@ from .alerts.store import DB_NAME, Store
 from .api import ApiError, CrossModelClient
 from .clock import Clock, SystemClock
 from .config import Config, ConfigError, load_config, normalize_api_key
+from .demo import run_demo
 from .discovery import Topics, device_payload
 from .money import format_money, format_plain
 from .publisher import Publisher
@@ -74,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="validate config, poll once, connect to the broker, print discovery (dry run)",
     )
+    health = sub.add_parser(
+        "healthcheck", help="ask a running bridge's /healthz (exit 0 healthy, 1 not)"
+    )
+    health.add_argument(
+        "--url",
+        help="default: http://127.0.0.1:$CM_MQTT_BRIDGE__HEALTH__PORT/healthz (port 8099)",
+    )
+    demo = sub.add_parser(
+        "demo", help="see the whole thing work in a minute: simulator, broker, bridge, alerts"
+    )
+    demo.add_argument("--seconds", type=float, default=70.0, help="how long to run (70)")
     history = sub.add_parser("history", parents=[common], help="export recorded history")
     history.add_argument("--csv", action="store_true", required=True, help="CSV on stdout")
     history.add_argument("--account", help="only this account id")
@@ -312,6 +324,23 @@ async def cmd_check(config: Config, out: TextIO) -> int:
     return EXIT_OK if ok else EXIT_UPSTREAM
 
 
+# ---- healthcheck ---------------------------------------------------------------------------
+
+
+async def cmd_healthcheck(url: str) -> int:
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=8)) as session,
+            session.get(url) as resp,
+        ):
+            body = await resp.text()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"unhealthy: {url}: {exc or type(exc).__name__}")
+        return EXIT_UPSTREAM
+    print(body)
+    return EXIT_OK if resp.status == 200 else EXIT_UPSTREAM
+
+
 # ---- history -----------------------------------------------------------------------------
 
 HISTORY_COLUMNS = (
@@ -366,17 +395,23 @@ def cmd_history(config: Config, account: str | None, since: datetime | None, out
 
 
 def write_secret_file(path: Path, secret: str) -> None:
-    """Write atomically, mode 0600 from the first byte (no window where others can read it)."""
+    """Write atomically, mode 0600 from the first byte (no window where others can read it).
+
+    The temporary file is created exclusively and never through a symlink, and removed if
+    anything fails, so the key is never left behind elsewhere."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, (secret + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.write(fd, (secret + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def cmd_set_api_key(args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO) -> int:
@@ -386,7 +421,11 @@ def cmd_set_api_key(args: argparse.Namespace, env: Mapping[str, str], stdin: Tex
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     path = args.file or default_key_file(env)
-    write_secret_file(path, key)
+    try:
+        write_secret_file(path, key)
+    except OSError as exc:
+        print(f"error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"API key stored in {path} (mode 0600). Point api_key_file at it, or leave it there.")
     return EXIT_OK
 
@@ -400,6 +439,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     setup_logging("DEBUG" if getattr(args, "verbose", 0) else "INFO")
     if args.command == "config":
         return cmd_set_api_key(args, env, sys.stdin)
+    if args.command == "demo":
+        return asyncio.run(run_demo(args.seconds, env, sys.stdout))
+    if args.command == "healthcheck":
+        # No config needed: a container's HEALTHCHECK must not depend on secrets.
+        port = env.get("CM_MQTT_BRIDGE__HEALTH__PORT") or "8099"
+        return asyncio.run(cmd_healthcheck(args.url or f"http://127.0.0.1:{port}/healthz"))
     try:
         config = load(args, env)
     except ConfigError as exc:

@@ -85,7 +85,10 @@ def check_api_url(url: str) -> str:
         raise ValueError("must not contain whitespace or control characters")
     if "%" in url:
         raise ValueError("must not contain '%' (percent-encoded characters are refused)")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a bracketed host that is not an IPv6 address
+        raise ValueError("must have a plain host name") from None
     if parts.scheme not in ("https", "http"):
         raise ValueError("must be an absolute URL starting with https://")
     if "@" in parts.netloc:
@@ -200,6 +203,14 @@ class MqttConfig(_Model):
         return self
 
 
+class HealthConfig(_Model):
+    """The optional /healthz + /metrics endpoint (on in the Docker image)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8099
+
+
 class Config(_Model):
     accounts: tuple[AccountConfig, ...]
     poll: PollConfig = PollConfig()
@@ -208,6 +219,7 @@ class Config(_Model):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     alerts: AlertsConfig = AlertsConfig()
     notify: NotifyConfig = NotifyConfig()
+    health: HealthConfig = HealthConfig()
 
     @model_validator(mode="before")
     @classmethod

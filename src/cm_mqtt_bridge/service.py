@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
+from . import __version__
 from .alerts.dispatch import Dispatcher
 from .alerts.engine import SETTABLE, AlertEngine, ThresholdError
 from .alerts.notifiers import (
@@ -33,6 +34,8 @@ from .clock import Clock, SystemClock, wait_event
 from .config import AccountConfig, Config
 from .discovery import Topics, announced_components, announced_currency, device_payload
 from .entities import entities_for
+from .health import HealthServer
+from .metrics import Metrics
 from .publisher import Kind, Publisher
 from .snapshot import Snapshot, UsageState, fetch_snapshot
 from .state import AccountView, active_alerts, plain_values, same_values, state_document
@@ -94,6 +97,8 @@ class Bridge:
             readback_seconds=readback_seconds,
             rng=self.rng,
         )
+        self.metrics = Metrics()
+        self.health: HealthServer | None = None
         self.store: Store | None = None
         self.engine: AlertEngine | None = None
         self.dispatcher: Dispatcher | None = None
@@ -125,6 +130,10 @@ class Bridge:
             self._spawn(self._housekeeping())
             for acc in self.accounts.values():
                 self._spawn(self._poller(acc))
+            if self.config.health.enabled:
+                h = self.config.health
+                self.health = HealthServer(h.host, h.port, self.health_report, self.metrics)
+                await self.health.start()
             try:
                 await stop.wait()
                 log.info("shutting down")
@@ -133,6 +142,8 @@ class Bridge:
                 for task in list(self._tasks):
                     task.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+                if self.health is not None:
+                    await self.health.stop()
                 self.store.close()
 
     def _channels(self, session: aiohttp.ClientSession) -> list[Channel]:
@@ -236,6 +247,7 @@ class Bridge:
 
     async def poll_once(self, acc: Account) -> None:
         acc.polls += 1
+        started = self.clock.monotonic()
         try:
             snap = await fetch_snapshot(
                 acc.cfg.id,
@@ -245,13 +257,17 @@ class Bridge:
                 on_balance=lambda s: self._apply_async(acc, s, partial=True),
             )
         except ApiError as exc:
+            self.metrics.poll(acc.cfg.id, exc.status, self.clock.monotonic() - started)
             self._apply_error(acc, exc)
             return
         except Exception as exc:
             # Never let a surprise kill the poller; the next poll tries again.
             log.exception("%s: unexpected error while polling", acc.cfg.id)
+            self.metrics.poll(acc.cfg.id, "internal_error", self.clock.monotonic() - started)
             self._apply_error(acc, ApiError(f"internal error: {type(exc).__name__}"))
             return
+        self.metrics.poll(acc.cfg.id, "ok", self.clock.monotonic() - started)
+        self.metrics.snapshot(snap)
         self.apply_snapshot(acc, snap, partial=False)
 
     async def _apply_async(self, acc: Account, snap: Snapshot, *, partial: bool) -> None:
@@ -342,6 +358,39 @@ class Bridge:
         self.publisher.set(
             self.topics.device(acc.cfg.id), _dumps(self.discovery_for(acc)), Kind.DISCOVERY
         )
+
+    # ---- health --------------------------------------------------------------------------
+
+    def poll_budget(self) -> float:
+        """Seconds within which a healthy account has a good poll: two intervals plus what
+        the retries of one poll may take."""
+        p = self.config.poll
+        backoff = sum(min(60.0, 2.0**i) for i in range(p.retries))
+        return 2 * p.interval + p.jitter + (p.retries + 1) * p.credits_timeout + backoff
+
+    def health_report(self) -> dict[str, Any]:
+        now = self.clock.monotonic()
+        budget = self.poll_budget()
+        connected = self.publisher.connected.is_set()
+        self.metrics.connected.set(1 if connected else 0)
+        accounts: dict[str, Any] = {}
+        for acc in self.accounts.values():
+            ok = acc.last_success is not None and now - acc.last_success <= budget
+            accounts[acc.cfg.id] = {
+                "ok": ok,
+                "fresh": acc.fresh,
+                "api_status": acc.view.api_status,
+                "last_success": acc.last_success_at.isoformat() if acc.last_success_at else None,
+                "last_error": acc.view.error,
+                "polls": acc.polls,
+            }
+        return {
+            "healthy": connected and all(a["ok"] for a in accounts.values()),
+            "broker_connected": connected,
+            "alerts_pending": self.store.pending() if self.store is not None else 0,
+            "version": __version__,
+            "accounts": accounts,
+        }
 
     # ---- incoming ------------------------------------------------------------------------
 

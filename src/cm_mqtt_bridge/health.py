@@ -1,0 +1,55 @@
+"""Optional HTTP endpoint: /healthz (JSON, 200 healthy / 503 not) and /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class HealthServer:
+    def __init__(
+        self, host: str, port: int, report: Callable[[], dict[str, Any]], metrics: Metrics
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._report = report
+        self._metrics = metrics
+        self._runner: web.AppRunner | None = None
+        self.port = port
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics_handler)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        # Port 0 asks the OS for a free one (tests); report the one we got.
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info("health endpoint on http://%s:%d/healthz", self._host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        report = self._report()
+        return web.json_response(report, status=200 if report["healthy"] else 503)
+
+    async def _metrics_handler(self, request: web.Request) -> web.Response:
+        # CONTENT_TYPE_LATEST carries a charset parameter, which aiohttp wants separately.
+        ctype, _, charset = CONTENT_TYPE_LATEST.partition("; charset=")
+        return web.Response(
+            body=self._metrics.render(), content_type=ctype, charset=charset or None
+        )

@@ -1,0 +1,57 @@
+"""Prometheus metrics of one bridge (its own registry, so several bridges never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .money import micro_to_decimal
+from .snapshot import Snapshot
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.polls = Counter(
+            "cm_bridge_polls", "Polls of /credits by result", ["account", "result"], registry=r
+        )
+        self.latency = Histogram(
+            "cm_bridge_poll_seconds",
+            "Time for a poll's /credits answer",
+            ["account"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        # Gauges are floats: exact money stays in MQTT and the CLI; this is for graphs.
+        self.balance = Gauge(
+            "cm_bridge_balance", "Wallet balance", ["account", "currency"], registry=r
+        )
+        self.available = Gauge(
+            "cm_bridge_available", "Balance minus holds", ["account", "currency"], registry=r
+        )
+        self.spend = Gauge(
+            "cm_bridge_spend",
+            "Spend in the current window",
+            ["account", "currency", "window"],
+            registry=r,
+        )
+        self.connected = Gauge("cm_bridge_mqtt_connected", "1 while connected", registry=r)
+
+    def poll(self, account: str, result: str, seconds: float) -> None:
+        self.polls.labels(account, result).inc()
+        if result == "ok":
+            self.latency.labels(account).observe(seconds)
+
+    def snapshot(self, snap: Snapshot) -> None:
+        cur = snap.currency
+        self.balance.labels(snap.account_id, cur).set(float(micro_to_decimal(snap.balance_micro)))
+        self.available.labels(snap.account_id, cur).set(
+            float(micro_to_decimal(snap.available_micro))
+        )
+        if snap.usage is not None:
+            for window in ("daily", "weekly", "monthly"):
+                cost = getattr(snap.usage, window).cost_micro
+                self.spend.labels(snap.account_id, cur, window).set(float(micro_to_decimal(cost)))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
