@@ -563,8 +563,8 @@ def test_api_url_field_names_the_right_account(
     [
         ({"poll": {"interval": 29}}, "poll.interval: Input should be greater than or equal to 30"),
         ({"poll": {"interval": 0}}, "poll.interval: Input should be greater than or equal to 30"),
-        ({"poll": {"interval": "soon"}}, "poll.interval: Input should be a valid integer, "
-         "unable to parse string as an integer"),
+        ({"poll": {"interval": "soon"}}, "poll.interval: Input should be a valid number, "
+         "unable to parse string as a number"),
         ({"mqtt": {"port": 70000}}, "mqtt.port: Input should be less than or equal to 65535"),
         ({"mqtt": {"base_topic": "a/+/b"}},
          "mqtt.base_topic: use letters, digits, '_', '-' and '/' separators (no + or #)"),

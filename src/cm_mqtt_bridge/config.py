@@ -153,9 +153,9 @@ class AccountConfig(_Model):
 
 
 class PollConfig(_Model):
-    interval: Annotated[int, Field(ge=30, le=86400)] = 60
+    interval: Annotated[float, Field(ge=30, le=86400)] = 60
     # Default 3 x interval: a single missed poll is not "stale".
-    stale_after: Annotated[int, Field(ge=30)] | None = None
+    stale_after: Annotated[float, Field(ge=30)] | None = None
     credits_timeout: Annotated[float, Field(gt=0, le=120)] = 15.0
     usage_timeout: Annotated[float, Field(gt=0, le=120)] = 5.0
     jitter: Annotated[float, Field(ge=0, le=60)] = 5.0
@@ -164,7 +164,7 @@ class PollConfig(_Model):
     min_refresh_interval: Annotated[float, Field(ge=0, le=3600)] = 10.0
 
     @property
-    def stale_after_s(self) -> int:
+    def stale_after_s(self) -> float:
         return self.stale_after if self.stale_after is not None else 3 * self.interval
 
 

@@ -26,7 +26,9 @@ from .simulator import Simulator
 DEMO_KEY = "cm-demo-not-a-real-key"
 
 
-def demo_config(api_url: str, host: str, port: int, data_dir: str) -> Config:
+def demo_config(
+    api_url: str, host: str, port: int, data_dir: str, speed: float = 1.0
+) -> Config:
     config = Config.model_validate(
         {
             "accounts": [{"id": "demo", "name": "Demo", "api_key": DEMO_KEY, "api_url": api_url}],
@@ -47,7 +49,11 @@ def demo_config(api_url: str, host: str, port: int, data_dir: str) -> Config:
     )
     # Faster than users may configure (the real API caches for 60 s): the demo should move.
     fast = PollConfig.model_construct(
-        interval=5, jitter=0.0, min_refresh_interval=1.0, retries=1, stale_after=60
+        interval=5 / speed,
+        jitter=0.0,
+        min_refresh_interval=1.0 / speed,
+        retries=1,
+        stale_after=60 / speed,
     )
     return config.model_copy(update={"poll": fast})
 
@@ -87,7 +93,10 @@ async def _print_changes(host: str, port: int, base: str, out: TextIO, t0: float
                 out.flush()
 
 
-async def run_demo(seconds: float, env: Mapping[str, str], out: TextIO) -> int:
+async def run_demo(
+    seconds: float, env: Mapping[str, str], out: TextIO, *, speed: float = 1.0
+) -> int:
+    """`speed` > 1 runs the same story faster (tests)."""
     t0 = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="cm-mqtt-bridge-demo-"))
     broker: Mosquitto | None = None
@@ -99,12 +108,12 @@ async def run_demo(seconds: float, env: Mapping[str, str], out: TextIO) -> int:
     else:
         host, port = env.get("MQTT_HOST", "localhost"), int(env.get("MQTT_PORT", "1883"))
         out.write(f"mosquitto not installed; using the broker at {host}:{port}\n")
-    sim = Simulator(lambda: time.monotonic() - t0)
+    sim = Simulator(lambda: (time.monotonic() - t0) * speed)
     url = await sim.start()
-    config = demo_config(url, host, port, str(workdir / "data"))
+    config = demo_config(url, host, port, str(workdir / "data"), speed)
     out.write(
-        f"Simulated CrossModel at {url}; balance falls below the 5.00 USD alert at about 30 s, "
-        "a top-up arrives at about 45 s.\n"
+        f"Simulated CrossModel at {url}; balance falls below the 5.00 USD alert at about "
+        f"{30 / speed:.0f} s, a top-up arrives at about {45 / speed:.0f} s.\n"
         f"Running for {seconds:.0f} s (Ctrl-C stops). Topics as they change:\n\n"
     )
     stop = asyncio.Event()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import ssl
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ class Publisher:
         on_message: MessageHandler,
         on_readback: ReadbackHandler | None = None,
         on_connect: Callable[[], None] | None = None,
-        readback_seconds: float = 1.0,
+        readback_seconds: float = 3.0,
         rng: random.Random | None = None,
     ) -> None:
         self._cfg = cfg
@@ -97,6 +98,8 @@ class Publisher:
         self._client: aiomqtt.Client | None = None
         self._readback_done = False
         self._readback: dict[str, bytes] = {}
+        self._barrier = asyncio.Event()
+        self._barrier_topic = f"{topics.base}/_readback/{uuid.uuid4().hex}"
         self._stopping = False
         self.connected = asyncio.Event()
         self.publish_count = 0
@@ -196,8 +199,16 @@ class Publisher:
                 await client.subscribe(topic, qos=1)
             if not self._readback_done and self._on_readback is not None:
                 # What we announced last time (retained), to remove what is gone since.
+                # Retained messages are queued to us when we subscribe; a message we send to
+                # ourselves afterwards arrives after all of them, so it marks the end.
                 await client.subscribe(self._topics.device_wildcard, qos=1)
-                await asyncio.sleep(self._readback_seconds)
+                await client.subscribe(self._barrier_topic, qos=1)
+                await client.publish(self._barrier_topic, b"end", qos=1)
+                try:
+                    await asyncio.wait_for(self._barrier.wait(), self._readback_seconds)
+                except TimeoutError:
+                    log.debug("retained discovery read-back ended by timeout")
+                await client.unsubscribe(self._barrier_topic)
                 await client.unsubscribe(self._topics.device_wildcard)
                 self._readback_done = True
                 await self._on_readback(dict(self._readback))
@@ -212,6 +223,9 @@ class Publisher:
         async for message in client.messages:
             topic = str(message.topic)
             payload = message.payload if isinstance(message.payload, bytes) else b""
+            if topic == self._barrier_topic:
+                self._barrier.set()
+                continue
             if message.topic.matches(self._topics.device_wildcard):
                 if not self._readback_done and message.retain:
                     self._readback[topic] = payload

@@ -73,7 +73,7 @@ class Bridge:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        readback_seconds: float = 1.0,
+        readback_seconds: float = 3.0,
         birth_delay: tuple[float, float] = (0.5, 3.0),
     ) -> None:
         self.config = config

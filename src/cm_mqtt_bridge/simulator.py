@@ -65,8 +65,8 @@ class Simulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         app = web.Application()
-        app.router.add_get("/v1/credits", lambda _r: self._json(self.credits()))
-        app.router.add_get("/v1/usage", lambda _r: self._json(self.usage()))
+        app.router.add_get("/v1/credits", self._credits)
+        app.router.add_get("/v1/usage", self._usage)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -76,9 +76,11 @@ class Simulator:
         self.url = f"http://{host}:{bound}/v1"
         return self.url
 
-    @staticmethod
-    async def _json(body: dict[str, Any]) -> web.Response:
-        return web.json_response(body)
+    async def _credits(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.credits())
+
+    async def _usage(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.usage())
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -1,0 +1,109 @@
+"""The health/metrics endpoint, `healthcheck`, and `demo`, on real parts."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+
+import aiohttp
+
+from cm_mqtt_bridge.demo import run_demo
+from cm_mqtt_bridge.service import Bridge
+from tests.mosquitto import free_port
+from tests.mqtt_helpers import make_config, recording
+
+
+async def _get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, await resp.text()
+
+
+async def test_healthz_and_metrics_follow_the_bridge(standin, mosquitto):
+    config = make_config(
+        standin.url, mosquitto.port, extra={"health": {"enabled": True, "port": 0}}
+    )
+    bridge = Bridge(config, readback_seconds=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    async with recording(mosquitto.port) as rec:
+        await rec.wait_topic("cm_mqtt_bridge/main/balance")
+    assert bridge.health is not None
+    base = f"http://127.0.0.1:{bridge.health.port}"
+    status, body = await _get(f"{base}/healthz")
+    assert status == 200, body
+    report = json.loads(body)
+    assert report["healthy"] is True
+    assert report["broker_connected"] is True
+    assert report["accounts"]["main"]["ok"] is True
+    assert report["accounts"]["main"]["api_status"] == "ok"
+
+    status, metrics = await _get(f"{base}/metrics")
+    assert status == 200
+    assert 'cm_bridge_polls_total{account="main",result="ok"} 1.0' in metrics
+    assert 'cm_bridge_balance{account="main",currency="USD"} 8.059489' in metrics
+    assert 'cm_bridge_spend{account="main",currency="USD",window="daily"} 0.01025' in metrics
+
+    # The healthcheck command says the same, through the real console script.
+    ok = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cm_mqtt_bridge.cli", "healthcheck", "--url", f"{base}/healthz"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    mosquitto.stop()
+    for _ in range(50):
+        status, body = await _get(f"{base}/healthz")
+        if status == 503:
+            break
+        await asyncio.sleep(0.1)
+    assert status == 503
+    assert '"broker_connected": false' in body
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cm_mqtt_bridge.cli", "healthcheck", "--url", f"{base}/healthz"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 1
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+def test_healthcheck_without_a_bridge_fails_clearly():
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CM_MQTT_BRIDGE")}
+    env["CM_MQTT_BRIDGE__HEALTH__PORT"] = str(port)
+    result = subprocess.run(
+        [sys.executable, "-m", "cm_mqtt_bridge.cli", "healthcheck"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert f"unhealthy: http://127.0.0.1:{port}/healthz" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+async def test_demo_shows_a_low_balance_alert_and_a_topup():
+    out = io.StringIO()
+    # Ten times faster than the real demo: crossing at ~3 s, top-up at ~4.5 s.
+    code = await run_demo(6.5, {}, out, speed=10)
+    text = out.getvalue()
+    assert code == 0
+    assert "Started a private Mosquitto" in text
+    assert "cm_mqtt_bridge_demo/demo/balance" in text
+    assert "ALERT [low_balance fired] CrossModel Demo: available balance" in text
+    assert "ALERT [topup event] CrossModel Demo: top-up of about 10.00 USD" in text
+    assert "ALERT [low_balance recovered]" in text
+    assert text.index("[low_balance fired]") < text.index("[topup event]")
+    assert text.rstrip().endswith("with your own key.")
+    assert "cm_mqtt_bridge_demo/status" in text
