@@ -24,6 +24,7 @@ from .clock import Clock, SystemClock
 from .config import Config, ConfigError, load_config, normalize_api_key
 from .demo import run_demo
 from .discovery import Topics, device_payload
+from .entities import entities_for
 from .money import format_money, format_plain
 from .publisher import Publisher
 from .redact import REDACTED, RedactingFilter
@@ -318,6 +319,7 @@ async def cmd_check(config: Config, out: TextIO) -> int:
             topics=topics,
             currency=currencies[acc.id],
             qos=config.mqtt.qos,
+            entities=entities_for(acc.alerts.rule_names()),
         )
         out.write(f"\n{topics.device(acc.id)} (retained)\n{json.dumps(payload, indent=2)}\n")
     out.write("\n" + ("All checks passed.\n" if ok else "Some checks FAILED.\n"))

@@ -26,9 +26,7 @@ from .simulator import Simulator
 DEMO_KEY = "cm-demo-not-a-real-key"
 
 
-def demo_config(
-    api_url: str, host: str, port: int, data_dir: str, speed: float = 1.0
-) -> Config:
+def demo_config(api_url: str, host: str, port: int, data_dir: str, speed: float = 1.0) -> Config:
     config = Config.model_validate(
         {
             "accounts": [{"id": "demo", "name": "Demo", "api_key": DEMO_KEY, "api_url": api_url}],

@@ -358,6 +358,8 @@ class Bridge:
         self.publisher.set(
             self.topics.device(acc.cfg.id), _dumps(self.discovery_for(acc)), Kind.DISCOVERY
         )
+        # A removal ({"p": …}) goes out once, in this payload; later payloads leave it out.
+        acc.removed = {}
 
     # ---- health --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from .alerts.rules import AlertStatus
@@ -16,6 +16,8 @@ from .api import ApiStatus
 from .entities import PLAIN_VALUES, WINDOW_LABELS
 from .money import format_plain
 from .snapshot import Snapshot, Usage, UsageState, window_start
+
+CENT = 10_000  # micro units
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +63,17 @@ def state_document(view: AccountView) -> dict[str, Any]:
     doc["usage_state"] = view.usage_state.value if view.usage_state else None
     alerts = view.alerts or AlertStatus()
     burn = alerts.burn
-    doc["burn_rate"] = format_plain(int(burn.per_day_micro.to_integral_value())) if burn else None
+    # The forecast drifts a little with every poll even when nothing is spent (the same spend
+    # over more elapsed time). Published to a cent per day, and the runway to two significant
+    # digits (20 d, 2.5 d, 0.63 d), an idle wallet stays quiet for hours; the rules still use
+    # the exact values.
+    if burn is not None:
+        cents = (burn.per_day_micro / CENT).quantize(Decimal(1), ROUND_HALF_EVEN)
+        doc["burn_rate"] = format_plain(int(cents) * CENT)
+    else:
+        doc["burn_rate"] = None
     doc["burn_rate_source"] = burn.source if burn else None
-    doc["runway_days"] = (
-        str(alerts.runway_days.quantize(Decimal("0.01")))
-        if alerts.runway_days is not None
-        else None
-    )
+    doc["runway_days"] = _two_digits(alerts.runway_days)
     for rule in alerts.rules:
         doc[f"alert_{rule}"] = rule in alerts.active
     if alerts.low_balance_below is not None:
@@ -86,6 +92,15 @@ def active_alerts(view: AccountView) -> list[dict[str, str]]:
         {"rule": rule, "since": since.isoformat()}
         for rule, since in sorted(view.alerts.active.items())
     ]
+
+
+def _two_digits(value: Decimal | None) -> str | None:
+    if value is None:
+        return None
+    if value <= 0:
+        return "0"
+    step = Decimal(1).scaleb(value.adjusted() - 1)
+    return format(value.quantize(step, ROUND_HALF_EVEN), "f")
 
 
 def same_values(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:

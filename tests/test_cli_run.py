@@ -1,0 +1,169 @@
+"""The console script as users run it: `run` (Will, SIGTERM) and `check`, in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from cm_mqtt_bridge.discovery import Topics, device_payload
+from cm_mqtt_bridge.entities import entities_for
+from tests.conftest import KEY
+from tests.mosquitto import free_port
+from tests.mqtt_helpers import recording
+from tests.standin import Reply
+
+SCRIPT = Path(sys.executable).parent / "cm-mqtt-bridge"
+STATUS = "cm_mqtt_bridge/status"
+DEVICE = "homeassistant/device/cm_default/config"
+
+
+def env_for(tmp_path: Path, api_url: str, mqtt_port: int, **extra: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "CROSSMODEL_API_KEY": KEY,
+        "CROSSMODEL_API_URL": api_url,
+        "MQTT_HOST": "127.0.0.1",
+        "MQTT_PORT": str(mqtt_port),
+        **extra,
+    }
+
+
+@contextlib.asynccontextmanager
+async def bridge_process(
+    tmp_path: Path, env: dict[str, str], *args: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        str(SCRIPT),
+        *args,
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def run_check(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    async with bridge_process(tmp_path, env, "check", *args) as proc:
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def printed_payload(out: str, topic: str) -> Any:
+    header = f"{topic} (retained)\n"
+    assert header in out, out
+    start = out.index(header) + len(header)
+    doc, _end = json.JSONDecoder().raw_decode(out[start:])
+    return doc
+
+
+def expected(currency: str | None, rules: tuple[str, ...] = ()) -> dict[str, Any]:
+    return device_payload(
+        account_id="default",
+        account_name="Default",
+        topics=Topics(base="cm_mqtt_bridge", prefix="homeassistant"),
+        currency=currency,
+        qos=1,
+        entities=entities_for(rules),
+    )
+
+
+async def test_sigkill_leaves_the_will_offline_retained(standin, mosquitto, tmp_path):
+    env = env_for(tmp_path, standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, bridge_process(tmp_path, env, "run") as proc:
+        await rec.wait_topic(STATUS, "online", timeout=10)
+        await rec.wait_topic("cm_mqtt_bridge/default/balance", "8.059489", timeout=5)
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(proc.wait(), 5)
+        offline = await rec.wait_topic(STATUS, "offline", timeout=5)
+    assert proc.returncode == -signal.SIGKILL
+    assert offline.retain
+    async with recording(mosquitto.port) as later:
+        retained = await later.wait_topic(STATUS, timeout=3)
+    assert (retained.text, retained.retain) == ("offline", True)
+
+
+async def test_sigterm_exits_0_within_5s_and_says_offline(standin, mosquitto, tmp_path):
+    env = env_for(tmp_path, standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, bridge_process(tmp_path, env, "run") as proc:
+        await rec.wait_topic(STATUS, "online", timeout=10)
+        await rec.wait_topic(DEVICE, timeout=5)
+        await rec.wait_topic("cm_mqtt_bridge/default/balance", "8.059489", timeout=5)
+        proc.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        _out, err = await asyncio.wait_for(proc.communicate(), 5)
+        exited_after = loop.time() - sent
+        offline = await rec.wait_topic(STATUS, "offline", timeout=2)
+    assert proc.returncode == 0, err.decode()
+    assert exited_after < 5
+    assert offline.retain
+    assert [m.text for m in rec.on(STATUS)] == ["online", "offline"]
+    assert "Traceback" not in err.decode()
+    assert KEY not in err.decode()
+
+
+async def test_check_prints_discovery_and_never_the_key(standin, mosquitto, tmp_path):
+    env = env_for(tmp_path, standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec:
+        code, out, err = await run_check(tmp_path, env)
+        await asyncio.sleep(0.2)
+    assert code == 0, out + err
+    assert printed_payload(out, DEVICE) == expected("USD")
+    assert f"MQTT broker 127.0.0.1:{mosquitto.port}: OK" in out
+    assert "Account default: OK" in out
+    assert out.rstrip().endswith("All checks passed.")
+    assert "FAILED" not in out
+    assert KEY not in out
+    assert KEY not in err
+    assert KEY[3:] not in out + err  # not even without its prefix
+    # A dry run: nothing published, and no Will fired by the probe connection.
+    assert [m.topic for m in rec.messages] == []
+
+
+async def test_check_with_broker_down_fails(standin, tmp_path):
+    port = free_port()  # nothing listens here
+    env = env_for(tmp_path, standin.url, port)
+    code, out, err = await run_check(tmp_path, env)
+    assert code != 0
+    assert f"MQTT broker 127.0.0.1:{port}: FAILED" in out
+    assert out.rstrip().endswith("Some checks FAILED.")
+    assert "Account default: OK" in out
+    assert KEY not in out + err
+
+
+async def test_check_with_api_key_rejected_fails_and_prints_no_monetary_entities(
+    standin, mosquitto, tmp_path
+):
+    standin.always["credits"] = Reply(status=401)
+    env = env_for(tmp_path, standin.url, mosquitto.port)
+    code, out, err = await run_check(tmp_path, env)
+    assert code != 0
+    assert "Account default: FAILED auth_failed" in out
+    assert printed_payload(out, DEVICE) == expected(None)
+    assert KEY not in out + err
+
+
+async def test_check_prints_what_run_would_publish_with_alert_rules(standin, mosquitto, tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("alerts:\n  low_balance:\n    below: 5\n")
+    env = env_for(tmp_path, standin.url, mosquitto.port)
+    code, out, err = await run_check(tmp_path, env, "--config", str(cfg))
+    assert code == 0, out + err
+    printed = printed_payload(out, DEVICE)
+    assert {"alert_low_balance", "alert", "low_balance_below"} <= set(printed["cmps"])
+    assert printed == expected("USD", ("low_balance",))

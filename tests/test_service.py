@@ -1,0 +1,641 @@
+"""The `run` service in-process, against a real Mosquitto and the CrossModel stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cm_mqtt_bridge.clock import SystemClock
+from cm_mqtt_bridge.config import Config
+from cm_mqtt_bridge.discovery import Topics, device_payload
+from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.snapshot import window_start
+from tests.conftest import KEY
+from tests.mqtt_helpers import Got, Recorder, make_config, publish, recording
+from tests.standin import Reply
+
+TOPICS = Topics(base="cm_mqtt_bridge", prefix="homeassistant")
+STATE = "cm_mqtt_bridge/main/state"
+DEVICE = "homeassistant/device/cm_main/config"
+STATUS = "cm_mqtt_bridge/status"
+AVAILABILITY = "cm_mqtt_bridge/main/availability"
+REFRESH = "cm_mqtt_bridge/main/refresh/set"
+PLAIN = (
+    "balance",
+    "holds",
+    "available",
+    "spend_today",
+    "spend_week",
+    "spend_month",
+    "tokens_today",
+    "tokens_week",
+    "tokens_month",
+    "requests_today",
+    "requests_week",
+    "requests_month",
+    "last_update",
+    "api_status",
+    "connected",
+)
+ISSUE3_DOC_KEYS = (
+    "balance",
+    "holds",
+    "available",
+    "currency",
+    *(
+        f"{v}_{w}"
+        for w in ("today", "week", "month")
+        for v in (
+            "spend",
+            "reset",
+            "tokens",
+            "prompt_tokens",
+            "completion_tokens",
+            "requests",
+            "success_rate",
+        )
+    ),
+    "api_status",
+    "connected",
+    "error",
+    "usage_state",
+    "last_update",
+)
+
+
+# Filled in by the alert engine (forecast), not by this issue's poll: present, not pinned.
+FORECAST_KEYS = {"burn_rate", "burn_rate_source", "runway_days"}
+
+
+@pytest.fixture(autouse=True)
+def _data_dir_in_tmp(tmp_path, monkeypatch):
+    # The bridge keeps its history under ./data: never in the repository.
+    monkeypatch.chdir(tmp_path)
+
+
+class SteppedClock(SystemClock):
+    """Real sleeps and monotonic time; wall-clock time only moves when the test says so."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+
+def account(account_id: str, url: str, name: str | None = None) -> dict[str, Any]:
+    return {"id": account_id, "name": name or account_id.title(), "api_key": KEY, "api_url": url}
+
+
+def expected_discovery(currency: str | None = "USD", **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "account_id": "main",
+        "account_name": "Main",
+        "topics": TOPICS,
+        "currency": currency,
+        "qos": 1,
+    }
+    args.update(kw)
+    return device_payload(**args)
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, **kw: Any) -> AsyncIterator[Bridge]:
+    bridge = Bridge(config, readback_seconds=0.1, **kw)
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    try:
+        yield bridge
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def wait_state(
+    rec: Recorder,
+    pred: Callable[[dict[str, Any]], bool] = lambda d: True,
+    *,
+    topic: str = STATE,
+    after: int = 0,
+    timeout: float = 3.0,
+) -> tuple[Got, dict[str, Any]]:
+    def check(r: Recorder) -> tuple[Got, dict[str, Any]] | None:
+        for m in r.messages[after:]:
+            if m.topic == topic and m.payload:
+                doc = json.loads(m.payload)
+                if pred(doc):
+                    return m, doc
+        return None
+
+    result: tuple[Got, dict[str, Any]] = await rec.wait_for(check, timeout, f"state on {topic}")
+    return result
+
+
+async def wait_device(
+    rec: Recorder, pred: Callable[[dict[str, Any]], bool], *, topic: str = DEVICE
+) -> Got:
+    def check(r: Recorder) -> Got | None:
+        for m in r.on(topic):
+            with contextlib.suppress(KeyError):
+                if m.payload and pred(json.loads(m.payload)):
+                    return m
+        return None
+
+    got: Got = await rec.wait_for(check, 3, f"device message on {topic}")
+    return got
+
+
+def has_usage(doc: dict[str, Any]) -> bool:
+    return doc["spend_today"] is not None
+
+
+async def settled(rec: Recorder) -> tuple[Got, dict[str, Any]]:
+    """The first full state (balance and usage) and its plain topics have arrived."""
+    got = await wait_state(rec, has_usage)
+    await rec.wait_topic("cm_mqtt_bridge/main/requests_month")
+    return got
+
+
+def since(rec: Recorder, index: int, topics: set[str] | str) -> list[Got]:
+    wanted = {topics} if isinstance(topics, str) else topics
+    return [m for m in rec.messages[index:] if m.topic in wanted]
+
+
+async def refresh(port: int, topic: str = REFRESH, payload: str | bytes = "PRESS") -> None:
+    await publish(port, topic, payload)
+
+
+# ---- first connection ---------------------------------------------------------------------
+
+
+async def test_first_publish_order_values_and_retain_flags(standin, mosquitto):
+    config = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(config):
+        _, doc = await settled(rec)
+        await asyncio.sleep(0.1)
+    today = datetime.now(UTC)
+    assert set(doc) - FORECAST_KEYS == set(ISSUE3_DOC_KEYS)
+    assert {k: doc[k] for k in ISSUE3_DOC_KEYS} == {
+        "balance": "8.059489",
+        "holds": "0.125",
+        "available": "7.934489",
+        "currency": "USD",
+        "spend_today": "0.01025",
+        "reset_today": window_start("daily", today).isoformat(),
+        "tokens_today": 12000,
+        "prompt_tokens_today": 9100,
+        "completion_tokens_today": 2900,
+        "requests_today": 41,
+        "success_rate_today": 97.6,
+        "spend_week": "0.67",
+        "reset_week": window_start("weekly", today).isoformat(),
+        "tokens_week": 529000,
+        "prompt_tokens_week": 401000,
+        "completion_tokens_week": 128000,
+        "requests_week": 529,
+        "success_rate_week": 98.5,
+        "spend_month": "5.37",
+        "reset_month": window_start("monthly", today).isoformat(),
+        "tokens_month": 3200000,
+        "prompt_tokens_month": 2500000,
+        "completion_tokens_month": 700000,
+        "requests_month": 3200,
+        "success_rate_month": 98.4,
+        "api_status": "ok",
+        "connected": True,
+        "error": None,
+        "usage_state": "ok",
+        "last_update": doc["last_update"],
+    }
+    assert abs(datetime.fromisoformat(doc["last_update"]) - today).total_seconds() < 5
+    plain = {k: rec.last(f"cm_mqtt_bridge/main/{k}") for k in PLAIN}
+    account_topics = {m.topic for m in rec.messages if m.topic.startswith("cm_mqtt_bridge/main/")}
+    assert account_topics - {f"cm_mqtt_bridge/main/{k}" for k in PLAIN} == {
+        STATE,
+        AVAILABILITY,
+        "cm_mqtt_bridge/main/burn_rate",
+        "cm_mqtt_bridge/main/runway_days",
+    }
+    assert {k: m.text for k, m in plain.items() if m} == {
+        "balance": "8.059489",
+        "holds": "0.125",
+        "available": "7.934489",
+        "spend_today": "0.01025",
+        "spend_week": "0.67",
+        "spend_month": "5.37",
+        "tokens_today": "12000",
+        "tokens_week": "529000",
+        "tokens_month": "3200000",
+        "requests_today": "41",
+        "requests_week": "529",
+        "requests_month": "3200",
+        "last_update": doc["last_update"],
+        "api_status": "ok",
+        "connected": "ON",
+    }
+    device = rec.last(DEVICE)
+    assert device is not None
+    assert json.loads(device.payload) == expected_discovery()
+    statuses = [m.text for m in rec.on(STATUS)]
+    assert statuses == ["online", "offline"]
+    assert [m.text for m in rec.on(AVAILABILITY)] == ["online"]
+    ours = [m for m in rec.messages if m.topic in account_topics | {STATUS, DEVICE}]
+    assert all(m.retain for m in ours), [m.topic for m in ours if not m.retain]
+    # online first, then discovery, then availability, then the values.
+    topics = [m.topic for m in rec.messages]
+    assert topics.index(STATUS) < topics.index(DEVICE) < topics.index(AVAILABILITY)
+    assert topics.index(AVAILABILITY) < topics.index(STATE)
+
+
+# ---- refresh ------------------------------------------------------------------------------
+
+
+async def test_refresh_publishes_new_state_within_2s_and_no_discovery(standin, mosquitto):
+    config = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(config):
+        await settled(rec)
+        index = len(rec.messages)
+        standin.credits["balance_micro"] = 9_000_000
+        sent = time.monotonic()
+        await refresh(mosquitto.port)
+        got, doc = await wait_state(rec, lambda d: d["balance"] == "9", after=index, timeout=2)
+        await rec.wait_topic("cm_mqtt_bridge/main/available", "8.875", timeout=2, after=index)
+        await asyncio.sleep(0.2)
+    assert got.at - sent < 2.0
+    assert (doc["available"], got.retain) == ("8.875", True)
+    balance = since(rec, index, "cm_mqtt_bridge/main/balance")
+    assert [(m.text, m.retain) for m in balance] == [("9", True)]
+    # An ordinary poll never republishes discovery.
+    assert since(rec, index, DEVICE) == []
+    assert standin.count("credits") == 2
+
+
+async def test_refresh_all_polls_every_account(standin, mosquitto):
+    accounts = [account("main", standin.url), account("team-b", standin.url, "Team B")]
+    config = make_config(standin.url, mosquitto.port, accounts=accounts)
+    b_state = "cm_mqtt_bridge/team-b/state"
+    async with recording(mosquitto.port) as rec, running(config):
+        await wait_state(rec, has_usage)
+        await wait_state(rec, has_usage, topic=b_state)
+        assert standin.count("credits") == 2
+        index = len(rec.messages)
+        standin.credits["balance_micro"] = 9_500_000
+        await refresh(mosquitto.port, "cm_mqtt_bridge/refresh/set")
+        await wait_state(rec, lambda d: d["balance"] == "9.5", after=index, timeout=2)
+        await wait_state(rec, lambda d: d["balance"] == "9.5", topic=b_state, after=index)
+        await asyncio.sleep(0.2)
+    assert standin.count("credits") == 4
+    b_device = rec.last("homeassistant/device/cm_team-b/config")
+    assert b_device is not None
+    assert json.loads(b_device.payload)["dev"]["name"] == "CrossModel Team B"
+
+
+async def test_refreshes_inside_the_window_collapse_into_one_deferred_poll(standin, mosquitto):
+    config = make_config(standin.url, mosquitto.port, poll={"min_refresh_interval": 1.0})
+    started = time.monotonic()
+    async with recording(mosquitto.port) as rec, running(config):
+        await settled(rec)
+        assert standin.count("credits") == 1
+        index = len(rec.messages)
+        standin.credits["balance_micro"] = 7_000_000
+        for _ in range(3):
+            await refresh(mosquitto.port)
+        assert time.monotonic() - started < 0.8  # all three inside the window
+        got, _ = await wait_state(rec, lambda d: d["balance"] == "7", after=index, timeout=2)
+        await asyncio.sleep(1.3)  # a second window: nothing left over to run
+    # Deferred to the end of the 1 s window, not dropped, and only once.
+    assert 1.0 <= got.at - started < 1.8
+    assert standin.count("credits") == 2
+    assert [m.text for m in since(rec, index, "cm_mqtt_bridge/main/balance")] == ["7"]
+
+
+# ---- broker and Home Assistant restarts ---------------------------------------------------
+
+
+async def test_broker_restart_reconnects_and_republishes_everything(standin, mosquitto):
+    config = make_config(standin.url, mosquitto.port)
+    async with running(config) as bridge:
+        async with recording(mosquitto.port) as before:
+            _, doc = await settled(before)
+            device_before = before.last(DEVICE)
+        mosquitto.stop()
+        mosquitto.start()  # same port, no persistence: every retained message is gone
+        await asyncio.sleep(0.3)
+        async with recording(mosquitto.port) as after:
+            await after.wait_topic(STATUS, "online", timeout=5)
+            await after.wait_topic(DEVICE, timeout=3)
+            _, doc_after = await wait_state(after, timeout=3)
+            await after.wait_topic("cm_mqtt_bridge/main/connected", "ON", timeout=3)
+            await after.wait_topic(AVAILABILITY, "online", timeout=3)
+        assert bridge.publisher.connections == 2
+    assert device_before is not None
+    device_after = after.last(DEVICE)
+    assert device_after is not None
+    assert device_after.payload == device_before.payload
+    assert doc_after == doc
+    balance = after.last("cm_mqtt_bridge/main/balance")
+    assert balance is not None
+    assert (balance.text, balance.retain) == ("8.059489", True)
+    defined = [m for m in after.messages if m.topic.startswith("cm_mqtt_bridge/main/")]
+    assert len(defined) >= len(PLAIN) + 2
+    assert all(m.retain for m in defined)
+
+
+async def test_home_assistant_birth_republishes_discovery_then_state(standin, mosquitto):
+    config = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(config, birth_delay=(0.0, 0.1)):
+        await settled(rec)
+        index = len(rec.messages)
+        await publish(mosquitto.port, "homeassistant/status", "offline")
+        await asyncio.sleep(0.4)
+        assert since(rec, index, {DEVICE, STATE}) == []
+        index = len(rec.messages)
+        await publish(mosquitto.port, "homeassistant/status", "online")
+        await rec.wait_topic(DEVICE, timeout=2, after=index)
+        await wait_state(rec, after=index, timeout=2)
+        await asyncio.sleep(0.1)
+    device = since(rec, index, DEVICE)
+    assert len(device) == 1
+    assert json.loads(device[0].payload) == expected_discovery()
+    topics = [m.topic for m in rec.messages[index:]]
+    assert topics.index(DEVICE) < topics.index(STATE)
+    assert standin.count("credits") == 1  # a birth resends, it does not poll
+
+
+# ---- API trouble --------------------------------------------------------------------------
+
+
+async def test_slow_usage_does_not_delay_the_balance(standin, mosquitto):
+    standin.always["usage"] = Reply(delay=10, json=standin.usage)
+    config = make_config(standin.url, mosquitto.port, poll={"usage_timeout": 5})
+    started = time.monotonic()
+    try:
+        async with recording(mosquitto.port) as rec, running(config):
+            got = await rec.wait_topic("cm_mqtt_bridge/main/balance", "8.059489", timeout=1)
+            _, doc = await wait_state(rec, timeout=1)
+    finally:
+        # The stand-in would otherwise hold its teardown until the 10 s answer is written.
+        assert standin.runner is not None
+        await standin.runner.server.shutdown(0.1)
+    assert got.at - started < 1.0
+    assert (doc["balance"], doc["spend_today"], doc["api_status"]) == ("8.059489", None, "ok")
+
+
+async def test_auth_failure_keeps_values_and_recovers(standin, mosquitto):
+    config = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(config):
+        _, good = await settled(rec)
+        index = len(rec.messages)
+        standin.queue("credits", Reply(status=401, json={"error": "invalid key"}))
+        await refresh(mosquitto.port)
+        _, bad = await wait_state(rec, lambda d: d["api_status"] == "auth_failed", after=index)
+        await rec.wait_topic("cm_mqtt_bridge/main/connected", "OFF", after=index)
+        await rec.wait_topic("cm_mqtt_bridge/main/api_status", "auth_failed", after=index)
+        failed_at = len(rec.messages)
+        await refresh(mosquitto.port)
+        _, again = await wait_state(rec, lambda d: d["api_status"] == "ok", after=failed_at)
+        await rec.wait_topic("cm_mqtt_bridge/main/connected", "ON", after=failed_at)
+    assert bad == good | {
+        "api_status": "auth_failed",
+        "connected": False,
+        "error": bad["error"],
+        "last_update": good["last_update"],
+    }
+    assert "401" in bad["error"]
+    assert KEY not in json.dumps(bad)
+    assert again == good | {"last_update": again["last_update"]}
+    # Values were never unavailable: one failed poll is not stale data.
+    assert [m.text for m in rec.on(AVAILABILITY)] == ["online"]
+    assert since(rec, index, "cm_mqtt_bridge/main/balance") == []
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 2.0, what: str = "") -> None:
+    """For conditions no MQTT message announces (requests the stand-in saw)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def poll_ten_times(
+    port: int, standin: Any, clock: SteppedClock, step: timedelta = timedelta(0)
+) -> None:
+    base = standin.count("usage")
+
+    def polled(n: int) -> Callable[[], bool]:
+        return lambda: standin.count("usage") == base + n
+
+    for i in range(1, 11):
+        clock.at += step
+        await refresh(port)
+        await until(polled(i), what=f"poll {i}")
+        await asyncio.sleep(0.05)  # the answer is applied and flushed
+    await asyncio.sleep(0.2)
+    assert standin.count("usage") == base + 10
+
+
+# Mid-month, mid-week, mid-day: no window starts during the test.
+T0 = datetime(2026, 1, 14, 12, 0, tzinfo=UTC)
+
+
+async def test_unchanged_values_over_ten_polls_publish_nothing(standin, mosquitto):
+    config = make_config(standin.url, mosquitto.port)
+    clock = SteppedClock(T0)
+    async with recording(mosquitto.port) as rec, running(config, clock=clock):
+        await settled(rec)
+        await asyncio.sleep(0.1)
+        index = len(rec.messages)
+        await poll_ten_times(mosquitto.port, standin, clock)
+        quiet = [m for m in rec.messages[index:] if not m.topic.endswith("/set")]
+        # The check can fail: a real change right after is seen.
+        standin.credits["balance_micro"] = 1
+        await refresh(mosquitto.port)
+        await wait_state(rec, lambda d: d["balance"] == "0.000001", after=index, timeout=2)
+    assert [m.topic for m in quiet] == []
+    assert since(rec, index, DEVICE) == []
+
+
+async def test_unchanged_values_over_ten_polls_a_minute_apart_publish_nothing(standin, mosquitto):
+    config = make_config(standin.url, mosquitto.port)
+    clock = SteppedClock(T0)
+    async with recording(mosquitto.port) as rec, running(config, clock=clock):
+        _, first = await settled(rec)
+        await asyncio.sleep(0.1)
+        index = len(rec.messages)
+        await poll_ten_times(mosquitto.port, standin, clock, step=timedelta(seconds=60))
+        quiet = [m.topic for m in rec.messages[index:] if not m.topic.endswith("/set")]
+    changed = {
+        key
+        for m in since(rec, index, STATE)
+        for key, value in json.loads(m.payload).items()
+        if key != "last_update" and first.get(key) != value
+    }
+    assert changed == set()
+    assert quiet == []
+
+
+async def test_stale_data_turns_availability_offline_and_back(standin, mosquitto):
+    config = make_config(standin.url, mosquitto.port, poll={"stale_after": 1})
+    async with recording(mosquitto.port) as rec, running(config):
+        good_msg, good = await settled(rec)
+        await rec.wait_topic(AVAILABILITY, "online")
+        standin.always["credits"] = Reply(status=500)
+        index = len(rec.messages)
+        await refresh(mosquitto.port)
+        _, failed = await wait_state(rec, lambda d: d["api_status"] == "unreachable", after=index)
+        offline = await rec.wait_topic(AVAILABILITY, "offline", timeout=3, after=index)
+        standin.always["credits"] = None
+        back = len(rec.messages)
+        await refresh(mosquitto.port)
+        online = await rec.wait_topic(AVAILABILITY, "online", timeout=2, after=back)
+        _, recovered = await wait_state(rec, lambda d: d["api_status"] == "ok", after=back)
+    # Offline only once the 1 s is up (counted from the last good poll, before its publish).
+    assert offline.at - good_msg.at > 0.7
+    assert (offline.retain, online.retain) == (True, True)
+    assert failed["balance"] == good["balance"] == recovered["balance"] == "8.059489"
+    assert [m.text for m in rec.on(AVAILABILITY)] == ["online", "offline", "online"]
+
+
+# ---- devices and components that are gone ------------------------------------------------
+
+
+async def test_removed_account_loses_its_device_on_next_start(standin, mosquitto):
+    old_device = "homeassistant/device/cm_old/config"
+    both = make_config(
+        standin.url,
+        mosquitto.port,
+        accounts=[account("main", standin.url), account("old", standin.url)],
+    )
+    async with recording(mosquitto.port) as rec, running(both):
+        await wait_state(rec, has_usage, topic="cm_mqtt_bridge/old/state")
+        await wait_device(rec, lambda d: "balance" in d["cmps"], topic=old_device)
+    only_main = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(only_main):
+        await rec.wait_topic(old_device, "", timeout=3)
+        await settled(rec)
+        async with recording(mosquitto.port) as fresh:
+            await fresh.wait_topic(DEVICE)
+            await asyncio.sleep(0.2)
+    removal = [m for m in rec.on(old_device) if not m.payload]
+    assert len(removal) == 1
+    assert removal[0].retain
+    assert fresh.on(old_device) == []
+    main = rec.last(DEVICE)
+    assert main is not None
+    assert json.loads(main.payload) == expected_discovery()
+
+
+def _previous_run_payload() -> dict[str, Any]:
+    """What an earlier version announced: today's components plus one since dropped."""
+    doc = expected_discovery()
+    doc["cmps"]["old_gauge"] = {
+        "p": "sensor",
+        "name": "Old gauge",
+        "unique_id": "cm_main_old_gauge",
+        "state_topic": STATE,
+        "value_template": "{{ value_json.old }}",
+    }
+    return doc
+
+
+async def test_dropped_component_is_sent_as_bare_platform(standin, mosquitto):
+    await publish(mosquitto.port, DEVICE, json.dumps(_previous_run_payload()), retain=True)
+    config = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(config):
+        got = await wait_device(rec, lambda d: d["cmps"]["old_gauge"] == {"p": "sensor"})
+        await settled(rec)
+        await asyncio.sleep(0.1)
+    assert got.retain
+    assert json.loads(got.payload) == expected_discovery(removed={"old_gauge": "sensor"})
+    # The earlier run's retained message, then exactly one new one.
+    assert len(rec.on(DEVICE)) == 2
+
+
+async def test_foreign_device_messages_are_left_alone(standin, mosquitto):
+    foreign = "homeassistant/device/cm_other/config"
+    theirs = json.loads(json.dumps(expected_discovery()))
+    for cfg in theirs["cmps"].values():  # another bridge, another base topic
+        for key in ("state_topic", "json_attributes_topic"):
+            if key in cfg:
+                cfg[key] = cfg[key].replace("cm_mqtt_bridge/", "other_bridge/")
+    await publish(mosquitto.port, foreign, json.dumps(theirs), retain=True)
+    config = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(config):
+        await settled(rec)
+        await asyncio.sleep(0.2)
+    assert [m.retain for m in rec.on(foreign)] == [True]
+    assert all(m.payload for m in rec.on(foreign))
+
+
+async def test_dropped_component_is_left_out_after_its_removal_was_sent(standin, mosquitto):
+    await publish(mosquitto.port, DEVICE, json.dumps(_previous_run_payload()), retain=True)
+    config = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(config):
+        await settled(rec)
+        await wait_device(rec, lambda d: d["cmps"]["old_gauge"] == {"p": "sensor"})
+        index = len(rec.messages)
+        standin.credits["currency"] = standin.usage["currency"] = "EUR"
+        await refresh(mosquitto.port)
+        got = await rec.wait_topic(DEVICE, timeout=2, after=index)
+    cmps = json.loads(got.payload)["cmps"]
+    assert cmps["balance"]["unit_of_measurement"] == "EUR"
+    assert "old_gauge" not in cmps
+    assert json.loads(got.payload) == expected_discovery("EUR")
+
+
+async def test_currency_change_republishes_discovery_with_new_unit(standin, mosquitto):
+    config = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(config):
+        await settled(rec)
+        index = len(rec.messages)
+        standin.credits["currency"] = standin.usage["currency"] = "EUR"
+        await refresh(mosquitto.port)
+        got = await rec.wait_topic(DEVICE, timeout=2, after=index)
+        _, doc = await wait_state(rec, lambda d: d["currency"] == "EUR", after=index)
+        await asyncio.sleep(0.2)
+    cmps = json.loads(got.payload)["cmps"]
+    assert cmps["balance"]["unit_of_measurement"] == "EUR"
+    assert cmps["spend_today"]["unit_of_measurement"] == "EUR"
+    assert json.loads(got.payload) == expected_discovery("EUR")
+    assert got.retain
+    assert len(since(rec, index, DEVICE)) == 1
+    assert doc["balance"] == "8.059489"
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+
+async def test_bad_commands_do_not_disturb_the_bridge(standin, mosquitto, caplog):
+    caplog.set_level(logging.WARNING)
+    config = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(config) as bridge:
+        await settled(rec)
+        await publish(mosquitto.port, "cm_mqtt_bridge/nosuch/refresh/set", "PRESS")
+        await publish(mosquitto.port, "cm_mqtt_bridge/Main/refresh/set", b"\xff\x00")
+        await publish(mosquitto.port, "homeassistant/status", b"\xff\xfe\x00 not a status")
+        await publish(mosquitto.port, "homeassistant/status", "")
+        for command in ("low_balance_below", "runway_below_days", "nonsense", "state"):
+            for junk in (b"\xff\xfe", b"-1", b"1e999", b"NaN", b""):
+                await publish(mosquitto.port, f"cm_mqtt_bridge/main/{command}/set", junk)
+        await asyncio.sleep(0.4)
+        assert standin.count("credits") == 1
+        index = len(rec.messages)
+        # Any payload on the account's own topic refreshes it, binary and empty ones too.
+        standin.credits["balance_micro"] = 3_000_000
+        await refresh(mosquitto.port, REFRESH, b"\x00\xff" * 50_000)
+        await wait_state(rec, lambda d: d["balance"] == "3", after=index, timeout=2)
+        standin.credits["balance_micro"] = 4_000_000
+        await refresh(mosquitto.port, REFRESH, b"")
+        await wait_state(rec, lambda d: d["balance"] == "4", after=index, timeout=2)
+        assert bridge.publisher.connections == 1
+    assert standin.count("credits") == 3
+    assert since(rec, index, DEVICE) == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
