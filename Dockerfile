@@ -1,20 +1,42 @@
 # cm-mqtt-bridge: a small non-root image; state (SQLite) lives in the /data volume.
-FROM python:3.12-slim
+#   docker build -t cm-mqtt-bridge .
+# Two stages: the build stage installs the package and its dependencies into a virtualenv (all
+# of them ship wheels, so no compiler is needed); the runtime stage copies only that virtualenv.
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    CM_MQTT_BRIDGE__DATA_DIR=/data
-
-WORKDIR /app
+FROM python:3.12-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir . \
-    && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin bridge \
-    && mkdir -p /data && chown bridge /data
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir .
 
-USER bridge
+FROM python:3.12-slim-bookworm
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH \
+    CM_MQTT_BRIDGE__DATA_DIR=/data \
+    CM_MQTT_BRIDGE__HEALTH__ENABLED=true \
+    CM_MQTT_BRIDGE__HEALTH__HOST=0.0.0.0
+
+# A fixed numeric uid/gid (10001): USER can then name it numerically, and a key file mounted
+# from the host (Docker secret) can be given to exactly this owner (chown 10001).
+RUN groupadd --system --gid 10001 bridge \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
+        --shell /usr/sbin/nologin bridge \
+    && mkdir -p /data \
+    && chown 10001:10001 /data
+COPY --from=build /opt/venv /opt/venv
+
+USER 10001:10001
+WORKDIR /data
 VOLUME ["/data"]
+# /healthz (JSON) and /metrics (Prometheus) when health is enabled (on in this image).
+EXPOSE 8099
+# Asks the running bridge itself (GET /healthz on CM_MQTT_BRIDGE__HEALTH__PORT, default 8099):
+# healthy = connected to the broker and a recent successful poll, not just "process alive".
+HEALTHCHECK --interval=60s --timeout=10s --start-period=120s --retries=3 \
+    CMD ["cm-mqtt-bridge", "healthcheck"]
 ENTRYPOINT ["cm-mqtt-bridge"]
 CMD ["run"]
