@@ -26,13 +26,20 @@ def format_plain(micro: int) -> str:
     return f"{sign}{whole}.{frac:06d}".rstrip("0")
 
 
-def format_money(micro: int, currency: str, places: int = 2) -> str:
-    """Human text, rounded half-even to `places`: 8059489, 'USD' -> '8.06 USD'."""
+def format_money(micro: int, currency: str, places: int = 2, *, trim: bool = False) -> str:
+    """Human text, rounded half-even to `places`: 8059489, 'USD' -> '8.06 USD'.
+
+    `trim` drops trailing zeros beyond the second place (4999999, 6 places -> '4.999999',
+    5000000 -> '5.00')."""
     quantum = Decimal(1).scaleb(-places)
     value = micro_to_decimal(micro).quantize(quantum, rounding=ROUND_HALF_EVEN)
     if value.is_zero():
         value = abs(value)  # -0.004 rounds to 0.00, never "-0.00"
-    return f"{value:,.{places}f} {currency}"
+    text = f"{value:,.{places}f}"
+    if trim and places > 2:
+        whole, _, frac = text.partition(".")
+        text = f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+    return f"{text} {currency}"
 
 
 def parse_amount(text: str | int | float | Decimal) -> int:

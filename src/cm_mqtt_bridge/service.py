@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import random
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -75,12 +76,14 @@ class Bridge:
         rng: random.Random | None = None,
         readback_seconds: float = 3.0,
         birth_delay: tuple[float, float] = (0.5, 3.0),
+        dispatch_backoff: float = 5.0,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.topics = Topics(base=config.mqtt.base_topic, prefix=config.mqtt.discovery_prefix)
         self.birth_delay = birth_delay
+        self.dispatch_backoff = dispatch_backoff
         self.accounts: dict[str, Account] = {}
         self._session: aiohttp.ClientSession | None = None
         self._sem = asyncio.Semaphore(config.poll.max_concurrency)
@@ -106,9 +109,9 @@ class Bridge:
     # ---- lifecycle -----------------------------------------------------------------------
 
     def _on_connect(self) -> None:
-        # Alerts that waited for the broker go out now.
+        # Alerts that waited for the broker go out now, not after their backoff.
         if self.dispatcher is not None:
-            self.dispatcher.wake("mqtt")
+            self.dispatcher.resume("mqtt")
 
     async def run(self, stop: asyncio.Event) -> None:
         connector = aiohttp.TCPConnector(limit=self.config.poll.max_concurrency)
@@ -116,7 +119,9 @@ class Bridge:
             self._session = session
             self.store = Store(self.config.data_dir / DB_NAME)
             channels = self._channels(session)
-            self.dispatcher = Dispatcher(self.store, channels, self.clock)
+            self.dispatcher = Dispatcher(
+                self.store, channels, self.clock, backoff_base=self.dispatch_backoff
+            )
             self.engine = AlertEngine(
                 self.store, self.config.accounts, self.clock, self.dispatcher.names
             )
@@ -209,7 +214,11 @@ class Bridge:
             acc.refresh.clear()
             acc.last_poll_start = self.clock.monotonic()
             async with self._sem:
-                await self.poll_once(acc)
+                try:
+                    await self.poll_once(acc)
+                except Exception:
+                    # Whatever went wrong, this account keeps being polled.
+                    log.exception("%s: poll failed unexpectedly", acc.cfg.id)
             delay = poll.interval + self.rng.uniform(0, poll.jitter)
             if acc.retry_after is not None:
                 delay = max(delay, acc.retry_after)
@@ -314,9 +323,16 @@ class Bridge:
     def _observe(self, acc: Account, view: AccountView, *, record: bool) -> AccountView:
         if self.engine is None:
             return view
-        status, notices = self.engine.observe(
-            acc.cfg.id, view, last_success=acc.last_success_at, record=record
-        )
+        try:
+            status, notices = self.engine.observe(
+                acc.cfg.id, view, last_success=acc.last_success_at, record=record
+            )
+        except sqlite3.Error as exc:
+            # Nothing was committed, so nothing is lost: the rules run again next poll.
+            log.error(
+                "%s: alert state not saved (%s); alerts wait for the next poll", acc.cfg.id, exc
+            )
+            return view
         if notices and self.dispatcher is not None:
             self.dispatcher.wake()
         return replace(view, alerts=status)

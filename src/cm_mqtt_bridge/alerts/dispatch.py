@@ -26,12 +26,14 @@ class Dispatcher:
         *,
         attempts: int = 3,
         backoff_base: float = 5.0,
+        retry_wait_max: float = 4.0,
     ) -> None:
         self.store = store
         self.channels = list(channels)
         self._clock = clock
         self._attempts = attempts
         self._backoff_base = backoff_base
+        self._retry_wait_max = retry_wait_max
         self._wake = {c.name: asyncio.Event() for c in self.channels}
 
     @property
@@ -48,8 +50,15 @@ class Dispatcher:
             for channel in self.channels:
                 tg.create_task(self._run_channel(channel))
 
+    def resume(self, channel: str) -> None:
+        """The channel is back (e.g. the broker reconnected): send what it owes now."""
+        self.store.make_due(channel, self._clock.now())
+        self.wake(channel)
+
     async def _run_channel(self, channel: Channel) -> None:
         wake = self._wake[channel.name]
+        # A new process is a new chance: what waited out a backoff before a restart goes now.
+        self.store.make_due(channel.name, self._clock.now())
         while True:
             wake.clear()
             await self.flush(channel)
@@ -67,7 +76,7 @@ class Dispatcher:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception_type(DeliveryError),
                     stop=stop_after_attempt(self._attempts),
-                    wait=wait_exponential(multiplier=0.5, max=4),
+                    wait=wait_exponential(multiplier=0.5, max=self._retry_wait_max),
                     sleep=self._clock.sleep,
                     reraise=True,
                 ):
@@ -77,7 +86,7 @@ class Dispatcher:
                 delay = min(MAX_BACKOFF, self._backoff_base * 2 ** min(item.attempts, 10))
                 retry_at = self._clock.now() + timedelta(seconds=delay)
                 log.warning(
-                    "%s: could not deliver alert %s (%s); kept, next try in %.0f s",
+                    "%s: could not deliver alert %s (%s); kept, next try in %.3g s",
                     channel.name,
                     item.id,
                     exc,
@@ -88,4 +97,7 @@ class Dispatcher:
             self.store.delivered(item, self._clock.now())
             delivered += 1
             log.info("%s: delivered alert %s", channel.name, item.id)
+        if delivered and self.store.make_due(channel.name, self._clock.now()):
+            # The channel works again: what waited out a backoff goes now, in order.
+            return delivered + await self.flush(channel)
         return delivered

@@ -81,7 +81,9 @@ class AlertEngine:
         config_value = self._config_value(acc, key)
         if config_value is None:
             raise ThresholdError(f"{key}: the rule is not enabled for account {account_id}")
-        text = raw.decode("utf-8", "replace").strip()[:40]
+        text = raw.decode("utf-8", "replace").strip()
+        if len(text) > 40:
+            raise ThresholdError(f"{key}: payload too long ({len(text)} characters)")
         try:
             value = Decimal(text)
         except InvalidOperation:

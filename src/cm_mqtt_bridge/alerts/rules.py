@@ -99,6 +99,17 @@ class Check:
     window: str | None = None
 
 
+def _distinct(value: int, threshold: int, currency: str) -> tuple[str, str]:
+    """Both amounts to the cent, unless that makes different amounts look equal
+    ("5.00 is below 5.00"): then with every decimal they need."""
+    a, b = format_money(value, currency), format_money(threshold, currency)
+    if a == b and value != threshold:
+        return format_money(value, currency, 6, trim=True), format_money(
+            threshold, currency, 6, trim=True
+        )
+    return a, b
+
+
 def _days(d: Decimal) -> str:
     return str(d.quantize(Decimal("0.1"), rounding=ROUND_HALF_EVEN))
 
@@ -120,7 +131,7 @@ def _check(rule: str, cfg: AlertsConfig, i: Inputs, state: RuleState) -> Check:
             rearm=avail >= below + cfg.low_balance.margin,
             value=money(avail),
             threshold=money(below),
-            fired=f"available balance {money(avail)} is below {money(below)}",
+            fired="available balance {} is below {}".format(*_distinct(avail, below, cur)),
             recovered=f"available balance is back to {money(avail)}",
         )
     if rule == "runway":
@@ -149,13 +160,14 @@ def _check(rule: str, cfg: AlertsConfig, i: Inputs, state: RuleState) -> Check:
         if spend is None or not fresh:
             # Old figures belong to an earlier window: only the re-arm can be decided.
             return Check(None if not new_window else False, new_window, window=current)
+        spent_text, limit_text = _distinct(spend, limit, cur)
         return Check(
             active=spend > limit,
             rearm=new_window,
             value=money(spend),
             threshold=money(limit),
-            fired=f"spend {WINDOW_WORDS[window]} {money(spend)} is over the {window} budget "
-            f"of {money(limit)}",
+            fired=f"spend {WINDOW_WORDS[window]} {spent_text} is over the {window} budget "
+            f"of {limit_text}",
             recovered=f"a new {window} budget window has started",
             window=current,
         )

@@ -68,7 +68,8 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL is durable against a process crash (our kill -9 case) and cheap.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        # Only our own process writes; a short wait keeps a stray lock from stalling the loop.
+        self._db.execute("PRAGMA busy_timeout=1000")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -132,10 +133,19 @@ class Store:
         rows = self._db.execute(
             "SELECT id, channel, account, payload, attempts FROM outbox "
             "WHERE channel = ? AND delivered IS NULL AND next_attempt <= ? "
-            "ORDER BY created, id LIMIT ?",
+            "ORDER BY created, rowid LIMIT ?",
             (channel, now.timestamp(), limit),
         )
         return [OutboxItem(i, c, a, json.loads(p), n) for i, c, a, p, n in rows]
+
+    def make_due(self, channel: str, now: datetime) -> int:
+        """The channel works (again): everything it still owes is due now, not after backoff."""
+        cur = self._db.execute(
+            "UPDATE outbox SET next_attempt = ? "
+            "WHERE channel = ? AND delivered IS NULL AND next_attempt > ?",
+            (now.timestamp(), channel, now.timestamp()),
+        )
+        return cur.rowcount
 
     def next_due(self, channel: str) -> datetime | None:
         row = self._db.execute(

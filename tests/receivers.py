@@ -1,0 +1,136 @@
+"""A real aiohttp server on loopback standing in for ntfy and a webhook receiver.
+
+Records every POST (path, headers, body, the status it answered). It can answer an error
+status instead of 200 (`fail()` / `recover()`), or be stopped and started again on the SAME
+port, so a test can play "the receiver is down, then back".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+WEBHOOK_PATH = "/hook"
+
+
+@dataclass(frozen=True)
+class Post:
+    path: str
+    headers: dict[str, str]  # header names lower-cased
+    body: bytes
+    status: int  # what the receiver answered
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 300
+
+
+class Receivers:
+    """ntfy (`POST /<topic>`) and a webhook (`POST /hook`) on one loopback port."""
+
+    def __init__(self) -> None:
+        self.posts: list[Post] = []
+        self.status = 200  # what the next POST is answered with
+        self.delay = 0.0  # seconds to hold each answer (a slow receiver)
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._changed: asyncio.Condition | None = None
+
+    # ---- addresses -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def webhook_url(self) -> str:
+        return self.url + WEBHOOK_PATH
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    # ---- what was received -----------------------------------------------------------------
+
+    def ntfy(self, topic: str, *, ok_only: bool = False) -> list[Post]:
+        return [p for p in self.posts if p.path == f"/{topic}" and (p.ok or not ok_only)]
+
+    def webhook(self, *, ok_only: bool = False) -> list[Post]:
+        return [p for p in self.posts if p.path == WEBHOOK_PATH and (p.ok or not ok_only)]
+
+    async def wait_for(
+        self, predicate: Callable[[Receivers], Any], timeout: float = 5.0, what: str = ""
+    ) -> Any:
+        assert self._changed is not None, "start() the receivers first"
+        changed = self._changed
+
+        async def _wait() -> Any:
+            async with changed:
+                while not (result := predicate(self)):
+                    await changed.wait()
+                return result
+
+        try:
+            return await asyncio.wait_for(_wait(), timeout)
+        except TimeoutError:
+            seen = [(p.path, p.status, p.header("X-Message-Id")) for p in self.posts]
+            raise AssertionError(f"timed out waiting for {what or predicate}; got {seen}") from None
+
+    # ---- behaviour -------------------------------------------------------------------------
+
+    def fail(self, status: int = 503, delay: float = 0.0) -> None:
+        """Answer `status` from now on, each answer held back `delay` seconds."""
+        self.status = status
+        self.delay = delay
+
+    def recover(self) -> None:
+        self.status = 200
+        self.delay = 0.0
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        status, delay = self.status, self.delay
+        post = Post(request.path, {k.lower(): v for k, v in request.headers.items()}, body, status)
+        assert self._changed is not None
+        async with self._changed:
+            self.posts.append(post)
+            self._changed.notify_all()
+        if delay:
+            await asyncio.sleep(delay)
+        if status >= 300:
+            return web.Response(status=status, text="receiver unavailable")
+        return web.Response(status=status, text="ok")
+
+    async def start(self) -> None:
+        """Start listening; after a stop() it listens on the same port again."""
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        app = web.Application()
+        app.router.add_post("/{path}", self._handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
+        await site.start()
+        self.port = int(runner.addresses[0][1])
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Stop listening (connections are refused) but keep the port for start()."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()

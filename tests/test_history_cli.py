@@ -1,0 +1,156 @@
+"""`cm-mqtt-bridge history --csv`: the real console script on a prepared data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cm_mqtt_bridge.alerts.burn import Sample
+from cm_mqtt_bridge.alerts.store import DB_NAME, Store
+
+SCRIPT = Path(sys.executable).with_name("cm-mqtt-bridge")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "cm_mqtt_bridge.cli"]
+KEY = "cm-history-0123456789abcdef"
+T0 = datetime(2026, 3, 1, 23, 0, tzinfo=UTC)
+HEADER = "account,time,balance,holds,available,spend_today,spend_week,spend_month,spent_total"
+ROWS = [
+    "default,2026-03-01T23:00:00+00:00,8.059489,0.125,7.934489,0.01025,0.67,5.37,0",
+    "default,2026-03-02T00:00:00+00:00,8,0.125,7.875,0,0.05,0.05,0.059489",
+    "default,2026-03-02T12:30:00+00:00,7.5,0,7.5,0.5,0.55,0.55,0.559489",
+    "old,2026-03-01T22:00:00+00:00,1,2,-1,,,,0",
+]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    store = Store(data / DB_NAME)
+    try:
+        # Out of time order on purpose: the export sorts by account, then time.
+        store.add_sample(
+            "default",
+            Sample(T0 + timedelta(hours=1), 8_000_000, 125_000, 0, 50_000, 50_000, 59_489),
+        )
+        store.add_sample("default", Sample(T0, 8_059_489, 125_000, 10_250, 670_000, 5_370_000, 0))
+        store.add_sample(
+            "default",
+            Sample(
+                T0 + timedelta(hours=13, minutes=30),
+                7_500_000,
+                0,
+                500_000,
+                550_000,
+                550_000,
+                559_489,
+            ),
+        )
+        # An account no longer configured: still exported without --account.
+        store.add_sample(
+            "old", Sample(T0 - timedelta(hours=1), 1_000_000, 2_000_000, None, None, None, 0)
+        )
+    finally:
+        store.close()
+    return data
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("CROSSMODEL_", "MQTT_", "CM_MQTT_BRIDGE"))
+        and name != "XDG_CONFIG_HOME"
+    }
+    return {**clean, "HOME": str(home), "CROSSMODEL_API_KEY": KEY}
+
+
+async def history(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        "history",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    assert "Traceback" not in err.decode()
+    assert KEY not in out.decode() + err.decode()
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_all_samples_as_csv(env: dict[str, str], data_dir: Path) -> None:
+    code, out, err = await history(env, "--csv", "--data-dir", str(data_dir))
+    assert code == 0, err
+    assert out == "\n".join([HEADER, *ROWS]) + "\n"
+
+
+async def test_one_account_since_a_date(env: dict[str, str], data_dir: Path) -> None:
+    code, out, err = await history(
+        env, "--csv", "--account", "default", "--since", "2026-03-02", "--data-dir", str(data_dir)
+    )
+    assert code == 0, err
+    assert out == "\n".join([HEADER, ROWS[1], ROWS[2]]) + "\n"
+
+
+async def test_since_with_a_time_zone(env: dict[str, str], data_dir: Path) -> None:
+    # 13:00 at +01:00 is 12:00 UTC: only the 12:30 sample is at or after it.
+    code, out, err = await history(
+        env, "--csv", "--since", "2026-03-02T13:00:00+01:00", "--data-dir", str(data_dir)
+    )
+    assert code == 0, err
+    assert out == "\n".join([HEADER, ROWS[2]]) + "\n"
+
+
+async def test_since_the_exact_time_of_a_sample_includes_it(
+    env: dict[str, str], data_dir: Path
+) -> None:
+    code, out, err = await history(
+        env, "--csv", "--since", "2026-03-01T22:00:00", "--data-dir", str(data_dir)
+    )
+    assert code == 0, err
+    assert out == "\n".join([HEADER, *ROWS]) + "\n"
+    code, out, err = await history(
+        env, "--csv", "--since", "2026-03-01T22:00:01", "--data-dir", str(data_dir)
+    )
+    assert code == 0, err
+    assert out == "\n".join([HEADER, *ROWS[:3]]) + "\n"
+
+
+async def test_an_account_no_longer_configured_cannot_be_asked_for(
+    env: dict[str, str], data_dir: Path
+) -> None:
+    code, out, err = await history(env, "--csv", "--account", "old", "--data-dir", str(data_dir))
+    assert (code, out) == (2, "")
+    assert "unknown account 'old'" in err
+
+
+async def test_unknown_account_exits_2(env: dict[str, str], data_dir: Path) -> None:
+    code, out, err = await history(env, "--csv", "--account", "nope", "--data-dir", str(data_dir))
+    assert (code, out) == (2, "")
+    assert "unknown account 'nope'" in err
+
+
+async def test_no_database_exits_1(env: dict[str, str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    code, out, err = await history(env, "--csv", "--data-dir", str(empty))
+    assert (code, out) == (1, "")
+    assert f"no history yet: {empty / DB_NAME} does not exist" in err
+    assert not (empty / DB_NAME).exists()  # looking did not create it
+
+
+async def test_bad_since_is_a_usage_error(env: dict[str, str], data_dir: Path) -> None:
+    code, out, err = await history(
+        env, "--csv", "--since", "yesterday", "--data-dir", str(data_dir)
+    )
+    assert (code, out) == (2, "")
+    assert "'yesterday' is not a date like 2026-11-01" in err
