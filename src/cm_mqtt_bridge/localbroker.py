@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -24,7 +25,8 @@ def find_mosquitto() -> str | None:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, listener_options: str = "") -> None:
+        """`listener_options`: extra lines for the listener (TLS files, password_file, …)."""
         binary = find_mosquitto()
         if binary is None:
             raise RuntimeError("mosquitto is not installed (apt-get install -y mosquitto)")
@@ -34,9 +36,13 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
         # No persistence: a restart loses retained messages, so tests see the bridge republish.
+        options = listener_options or "allow_anonymous true\n"
+        # Started as root, mosquitto would switch to user "mosquitto" and could not read our
+        # private temp files (log, certificates, password file): keep the caller's user.
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.log}\nlog_type error\nlog_type warning\n"
+            f"{user}per_listener_settings true\nlistener {self.port} 127.0.0.1\n{options}"
+            f"persistence false\nlog_dest file {self.log}\nlog_type error\nlog_type warning\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
