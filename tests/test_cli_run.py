@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -167,3 +168,26 @@ async def test_check_prints_what_run_would_publish_with_alert_rules(standin, mos
     printed = printed_payload(out, DEVICE)
     assert {"alert_low_balance", "alert", "low_balance_below"} <= set(printed["cmps"])
     assert printed == expected("USD", ("low_balance",))
+
+
+def test_run_with_an_unusable_data_dir_exits_2_with_a_clear_message(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "CROSSMODEL_API_KEY": "cm-test-0123456789abcdefSECRET",
+        "CROSSMODEL_API_URL": "http://127.0.0.1:9/v1",
+        "CM_MQTT_BRIDGE__DATA_DIR": str(blocker / "data"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "cm_mqtt_bridge.cli", "run"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert "data_dir: cannot open the state database" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "SECRET" not in result.stderr + result.stdout

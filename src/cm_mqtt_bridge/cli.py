@@ -28,7 +28,7 @@ from .entities import entities_for
 from .money import format_money, format_plain
 from .publisher import Publisher
 from .redact import REDACTED, RedactingFilter
-from .service import run_service
+from .service import StartupError, run_service
 from .snapshot import Snapshot, UsageState, Window, fetch_snapshot
 
 EXIT_OK, EXIT_UPSTREAM, EXIT_CONFIG = 0, 1, 2
@@ -458,7 +458,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if args.command == "status":
         return cmd_status(config, args.json, sys.stdout)
     if args.command == "run":
-        asyncio.run(run_service(config))
+        try:
+            asyncio.run(run_service(config))
+        except StartupError as exc:
+            print(f"cm-mqtt-bridge: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         return EXIT_OK
     if args.command == "history":
         return cmd_history(config, args.account, args.since, sys.stdout)

@@ -48,6 +48,10 @@ def _dumps(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"), sort_keys=False)
 
 
+class StartupError(Exception):
+    """The service cannot start (e.g. its data directory is not writable)."""
+
+
 @dataclass
 class Account:
     """Runtime state of one account; only the service mutates it."""
@@ -114,10 +118,18 @@ class Bridge:
             self.dispatcher.resume("mqtt")
 
     async def run(self, stop: asyncio.Event) -> None:
-        connector = aiohttp.TCPConnector(limit=self.config.poll.max_concurrency)
+        # Each poll runs /credits and /usage at once; a few spare connections keep alert
+        # deliveries (ntfy, webhook) from queueing behind a busy polling cycle.
+        connector = aiohttp.TCPConnector(limit=2 * self.config.poll.max_concurrency + 4)
         async with aiohttp.ClientSession(connector=connector) as session:
             self._session = session
-            self.store = Store(self.config.data_dir / DB_NAME)
+            path = self.config.data_dir / DB_NAME
+            try:
+                self.store = Store(path)
+            except (OSError, sqlite3.Error) as exc:
+                raise StartupError(
+                    f"data_dir: cannot open the state database {path}: {exc}"
+                ) from None
             channels = self._channels(session)
             self.dispatcher = Dispatcher(
                 self.store, channels, self.clock, backoff_base=self.dispatch_backoff
