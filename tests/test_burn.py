@@ -336,3 +336,13 @@ def test_engine_records_only_full_polls_with_fresh_usage(tmp_path: Path) -> None
     engine.observe("main", full, last_success=START, record=True)
     assert [s.at for _, s in store.samples()] == [START]
     store.close()
+
+
+def test_a_cached_counter_across_the_month_boundary_counts_only_its_growth() -> None:
+    # At 00:00:30 on 1 April /usage may still hold March's total: not 30.00 of new spend.
+    march = Sample(datetime(2026, 3, 31, 23, 59, tzinfo=UTC), 10_000_000, 0, 0, 0, 30_000_000)
+    cached = datetime(2026, 4, 1, 0, 0, 30, tzinfo=UTC)
+    assert spent_since(march, cached, 30_000_000) == 0
+    assert spent_since(march, cached, 30_100_000) == 100_000
+    reset = datetime(2026, 4, 1, 0, 2, tzinfo=UTC)
+    assert spent_since(march, reset, 40_000) == 40_000

@@ -113,8 +113,21 @@ def test_recovery_past_the_margin_then_a_new_drop_notifies_again() -> None:
     ]
 
 
-def test_without_a_margin_every_recovery_re_arms() -> None:
+def test_without_a_margin_the_default_is_ten_percent_of_the_threshold() -> None:
     acc = Account({"low_balance": {"below": "5.00"}})
+    for n in range(6):
+        acc.step(available_micro=THRESHOLD - 1 if n % 2 == 0 else THRESHOLD)
+    assert acc.ids() == ["main.low_balance.1"]
+    acc.step(available_micro=5_499_999)  # still inside the default 0.50 margin
+    acc.step(available_micro=THRESHOLD - 1)
+    assert acc.ids() == ["main.low_balance.1"]
+    acc.step(available_micro=5_500_000)  # recovered past 5.00 + 10 %
+    acc.step(available_micro=THRESHOLD - 1)
+    assert acc.ids() == ["main.low_balance.1", "main.low_balance.2"]
+
+
+def test_an_explicit_zero_margin_re_arms_on_every_recovery() -> None:
+    acc = Account({"low_balance": {"below": "5.00", "margin": 0}})
     for n in range(6):
         acc.step(available_micro=THRESHOLD - 1 if n % 2 == 0 else THRESHOLD)
     assert acc.ids() == ["main.low_balance.1", "main.low_balance.2", "main.low_balance.3"]
@@ -288,9 +301,24 @@ def test_daily_budget_fires_once_and_re_arms_at_midnight() -> None:
         firing=False, since=None, last_notified=day1 + timedelta(hours=1), window=None, seq=1
     )
     assert budget_step(acc, midnight + timedelta(minutes=5), "daily", 100, midnight) == []
-    (second,) = budget_step(acc, midnight + timedelta(hours=5), "daily", 2_500_000, midnight)
+    at = midnight + timedelta(hours=5)
+    (second,) = budget_step(acc, at, "daily", 2_500_000, at)
     assert (second.id, second.value) == ("main.budget_daily.2", "2.50 USD")
     assert acc.states["budget_daily"].window == "2026-03-05T00:00:00+00:00"
+
+
+def test_cached_figures_just_after_midnight_do_not_fire_again() -> None:
+    # The API caches for up to a minute: at 00:00:30 /usage may still return yesterday's
+    # total, stamped with today's time. That must not read as "over today's budget".
+    acc = Account({"budget": {"daily": "2.00"}})
+    evening = datetime(2026, 3, 4, 23, 0, tzinfo=UTC)
+    (fired,) = budget_step(acc, evening, "daily", 2_500_000, evening)
+    assert fired.kind == "fired"
+    just_after = datetime(2026, 3, 5, 0, 0, 30, tzinfo=UTC)
+    assert budget_step(acc, just_after, "daily", 2_500_000, just_after) == []
+    later = datetime(2026, 3, 5, 0, 2, tzinfo=UTC)
+    assert budget_step(acc, later, "daily", 10_000, later) == []
+    assert acc.ids() == ["main.budget_daily.1"]
 
 
 def test_budget_over_again_in_the_new_window_re_arms_and_fires_in_one_evaluation() -> None:
@@ -328,14 +356,15 @@ def test_weekly_budget_re_arms_on_the_iso_week_start() -> None:
     # Still the last figures of week 10 in the first seconds of week 11: re-armed only.
     assert budget_step(acc, monday, "weekly", 10_000_001, sunday) == []
     assert acc.states["budget_weekly"].firing is False
-    (second,) = budget_step(acc, monday + timedelta(days=6), "weekly", 12_000_000, monday)
+    at = monday + timedelta(days=6)
+    (second,) = budget_step(acc, at, "weekly", 12_000_000, at)
     assert second.id == "main.budget_weekly.2"
     assert acc.states["budget_weekly"].window == "2026-03-09T00:00:00+00:00"
 
 
 def test_weekly_budget_does_not_re_arm_inside_the_week() -> None:
     acc = Account({"budget": {"weekly": "10"}})
-    monday = datetime(2026, 3, 2, 0, 0, 1, tzinfo=UTC)
+    monday = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     budget_step(acc, monday, "weekly", 11_000_000, monday)
     for day in range(1, 7):  # Tuesday .. Sunday, spend falling back under the limit
         at = monday + timedelta(days=day)
@@ -352,7 +381,7 @@ def test_weekly_budget_spans_the_new_year_inside_one_iso_week() -> None:
     fri = datetime(2027, 1, 1, 8, 0, tzinfo=UTC)  # new month and year, same ISO week
     assert budget_step(acc, fri, "weekly", 12_000_000, fri) == []
     assert acc.states["budget_weekly"].firing is True
-    mon = datetime(2027, 1, 4, 0, 0, tzinfo=UTC)
+    mon = datetime(2027, 1, 4, 0, 5, tzinfo=UTC)
     (again,) = budget_step(acc, mon, "weekly", 10_500_000, mon)
     assert again.id == "main.budget_weekly.2"
     assert acc.states["budget_weekly"].window == "2027-01-04T00:00:00+00:00"
@@ -547,3 +576,28 @@ def test_disabled_rules_never_run() -> None:
     assert acc.cfg.rule_names() == ()
     assert acc.step(available_micro=0, api_status="auth_failed") == []
     assert acc.states == {}
+
+
+def test_no_top_up_when_the_balance_falls_while_the_spend_counter_runs_ahead() -> None:
+    # /credits and /usage are cached separately: 0.06 counted as spent while the balance
+    # only fell by 0.01 is not money added.
+    acc = Account({"topup": True})
+    assert (
+        acc.step(
+            balance_micro=4_990_000, prev_balance_micro=5_000_000, spend_since_prev_micro=60_000
+        )
+        == []
+    )
+    (topup,) = acc.step(
+        balance_micro=24_900_000, prev_balance_micro=4_990_000, spend_since_prev_micro=90_000
+    )
+    assert topup.value == "20.00 USD"
+
+
+def test_a_budget_of_zero_means_any_spend() -> None:
+    acc = Account({"budget": {"daily": 0}})
+    at = datetime(2026, 3, 4, 9, 0, tzinfo=UTC)
+    assert acc.cfg.rule_names() == ("budget_daily",)
+    assert budget_step(acc, at, "daily", 0, at) == []
+    (fired,) = budget_step(acc, at + timedelta(hours=1), "daily", 1, at + timedelta(hours=1))
+    assert fired.rule == "budget_daily"

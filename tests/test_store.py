@@ -325,7 +325,6 @@ def test_overrides_persist_across_a_reopen(tmp_path: Path, path: Path) -> None:
     store = Store(path)
     engine = AlertEngine(store, config(tmp_path, below="5.0").accounts, FakeClock(T0), ["mqtt"])
     assert engine.threshold("main", "low_balance_below") == Decimal("3.5")
-    assert engine.plain_threshold("main", "low_balance_below") == "3.5"
     assert engine.threshold("main", "runway_below_days") == Decimal("7.5")
     store.close()
 

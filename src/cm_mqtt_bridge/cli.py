@@ -19,7 +19,7 @@ import aiomqtt
 
 from . import __version__
 from .alerts.store import DB_NAME, Store
-from .api import ApiError, CrossModelClient
+from .api import ApiError
 from .clock import Clock, SystemClock
 from .config import Config, ConfigError, load_config, normalize_api_key
 from .demo import run_demo
@@ -28,7 +28,7 @@ from .entities import entities_for
 from .money import format_money, format_plain
 from .publisher import Publisher
 from .redact import REDACTED, RedactingFilter
-from .service import StartupError, run_service
+from .service import StartupError, make_client, run_service
 from .snapshot import Snapshot, UsageState, Window, fetch_snapshot
 
 EXIT_OK, EXIT_UPSTREAM, EXIT_CONFIG = 0, 1, 2
@@ -136,6 +136,8 @@ def setup_logging(level: str, secrets: Sequence[str] = ()) -> None:
     # Third-party loggers can print URLs and headers at DEBUG; keep them at WARNING.
     for noisy in ("aiohttp", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Apprise plugins log request URLs and payloads (tokens, user keys) at DEBUG: never those.
+    logging.getLogger("apprise").setLevel(logging.WARNING)
 
 
 def load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
@@ -214,15 +216,7 @@ async def poll_all(config: Config, clock: Clock) -> list[tuple[str, str, Snapsho
 
         async def one(acc_index: int) -> Snapshot | ApiError:
             acc = config.accounts[acc_index]
-            client = CrossModelClient(
-                session,
-                base_url=acc.api_url,
-                api_key=acc.api_key.get_secret_value(),
-                clock=clock,
-                credits_timeout=config.poll.credits_timeout,
-                usage_timeout=config.poll.usage_timeout,
-                retries=config.poll.retries,
-            )
+            client = make_client(session, acc, config.poll, clock)
             try:
                 return await fetch_snapshot(
                     acc.id, client, clock, usage_deadline=config.poll.usage_timeout
@@ -280,8 +274,7 @@ async def broker_reachable(config: Config) -> str | None:
 
     publisher = Publisher(config.mqtt, topics, SystemClock(), subscriptions=(), on_message=ignore)
     try:
-        # A probe connection must not fire our Will on the real status topic.
-        async with publisher.make_client(will=False):
+        async with publisher.make_client(probe=True):
             return None
     except aiomqtt.MqttError as exc:
         return str(exc) or type(exc).__name__

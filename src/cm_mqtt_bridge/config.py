@@ -17,8 +17,6 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -26,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from .alerts.config import AlertsConfig, NotifyConfig, merge_alerts
+from .alerts.config import AlertsConfig, NotifyConfig, StrictModel, merge_alerts
 from .discovery import entity_slug
 from .redact import redact
 
@@ -113,11 +111,7 @@ def check_api_url(url: str) -> str:
     return url.rstrip("/")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class AccountConfig(_Model):
+class AccountConfig(StrictModel):
     id: str
     name: str = ""
     api_key: SecretStr
@@ -152,7 +146,7 @@ class AccountConfig(_Model):
         return self
 
 
-class PollConfig(_Model):
+class PollConfig(StrictModel):
     interval: Annotated[float, Field(ge=30, le=86400)] = 60
     # Default 3 x interval: a single missed poll is not "stale".
     stale_after: Annotated[float, Field(ge=30)] | None = None
@@ -168,7 +162,7 @@ class PollConfig(_Model):
         return self.stale_after if self.stale_after is not None else 3 * self.interval
 
 
-class MqttConfig(_Model):
+class MqttConfig(StrictModel):
     host: str = "localhost"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     username: str | None = None
@@ -183,6 +177,14 @@ class MqttConfig(_Model):
     discovery_prefix: str = "homeassistant"
     base_topic: str = "cm_mqtt_bridge"
     qos: Literal[0, 1, 2] = 1
+
+    @field_validator("ca_file", "certfile", "keyfile")
+    @classmethod
+    def _readable(cls, v: Path | None) -> Path | None:
+        # Checked now: a missing file would otherwise be an endless reconnect loop.
+        if v is not None and not v.expanduser().is_file():
+            raise ValueError(f"file not found: {v}")
+        return v.expanduser() if v is not None else None
 
     @field_validator("discovery_prefix", "base_topic")
     @classmethod
@@ -203,7 +205,7 @@ class MqttConfig(_Model):
         return self
 
 
-class HealthConfig(_Model):
+class HealthConfig(StrictModel):
     """The optional /healthz + /metrics endpoint (on in the Docker image)."""
 
     enabled: bool = False
@@ -211,7 +213,7 @@ class HealthConfig(_Model):
     port: Annotated[int, Field(ge=0, le=65535)] = 8099
 
 
-class Config(_Model):
+class Config(StrictModel):
     accounts: tuple[AccountConfig, ...]
     poll: PollConfig = PollConfig()
     mqtt: MqttConfig = Field(default_factory=MqttConfig)

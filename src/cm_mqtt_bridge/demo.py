@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -132,5 +133,6 @@ async def run_demo(
         await sim.stop()
         if broker is not None:
             await asyncio.to_thread(broker.stop)
+        shutil.rmtree(workdir, ignore_errors=True)
     out.write("\nDemo finished. Point `cm-mqtt-bridge run` at your broker with your own key.\n")
     return 0

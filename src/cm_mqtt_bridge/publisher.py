@@ -4,7 +4,7 @@ Callers say what each retained topic should hold (`set`); the publisher sends on
 connection has not sent yet, in priority order (bridge status, discovery, availability, state).
 A reconnect starts a fresh connection record, so everything is republished after a broker
 restart; an unchanged value is never sent twice on one connection. Non-retained messages
-(alerts) wait in a queue until a connection takes them.
+(alerts) go through `publish_now`, which fails without a connection so the outbox keeps them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import random
 import ssl
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -56,14 +55,6 @@ class _Entry:
     once: bool = False  # e.g. a device removal: send once, then forget
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 ReadbackHandler = Callable[[dict[str, bytes]], Awaitable[None]]
 
@@ -93,7 +84,6 @@ class Publisher:
         self._rng = rng or random.Random()
         self._desired: dict[str, _Entry] = {}
         self._sent: dict[str, bytes] = {}
-        self._events: deque[Message] = deque()
         self._dirty = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._readback_done = False
@@ -125,12 +115,6 @@ class Publisher:
                 self._sent.pop(topic, None)
         self._dirty.set()
 
-    def send(self, topic: str, payload: str | bytes, *, qos: int | None = None) -> None:
-        """A non-retained message, delivered once a connection takes it."""
-        data = payload.encode() if isinstance(payload, str) else payload
-        self._events.append(Message(topic, data, self._cfg.qos if qos is None else qos, False))
-        self._dirty.set()
-
     # ---- connection --------------------------------------------------------------------
 
     def _tls(self) -> aiomqtt.TLSParameters | None:
@@ -143,19 +127,21 @@ class Publisher:
             cert_reqs=ssl.CERT_NONE if self._cfg.tls_insecure else ssl.CERT_REQUIRED,
         )
 
-    def make_client(self, *, will: bool = True) -> aiomqtt.Client:
+    def make_client(self, *, probe: bool = False) -> aiomqtt.Client:
+        """The bridge's connection; a `probe` (the `check` command) gets its own client id and
+        no Will, so it never takes over a running bridge's session or says it is offline."""
         cfg = self._cfg
         return aiomqtt.Client(
             cfg.host,
             cfg.port,
             username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None,
-            identifier=cfg.client_id,
+            identifier=f"{cfg.client_id}-check-{uuid.uuid4().hex[:8]}" if probe else cfg.client_id,
             logger=_MQTT_LOG,
             keepalive=cfg.keepalive,
-            will=aiomqtt.Will(self._topics.bridge_status, "offline", qos=1, retain=True)
-            if will
-            else None,
+            will=None
+            if probe
+            else aiomqtt.Will(self._topics.bridge_status, "offline", qos=1, retain=True),
             tls_params=self._tls(),
             tls_insecure=cfg.tls_insecure if cfg.tls else None,
             clean_session=True,
@@ -180,6 +166,13 @@ class Publisher:
                         exc,
                         backoff,
                     )
+            except* Exception as group:
+                # A bug or a hostile message must not end MQTT for good: log, reconnect.
+                log.error(
+                    "MQTT connection failed unexpectedly; reconnecting in %.0f s",
+                    backoff,
+                    exc_info=group.exceptions[0],
+                )
             finally:
                 self._client = None
                 self.connected.clear()
@@ -266,11 +259,6 @@ class Publisher:
                     del self._desired[topic]
                 else:
                     self._sent[topic] = entry.payload
-        while self._events:
-            msg = self._events[0]
-            await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=False)
-            self.publish_count += 1
-            self._events.popleft()
 
     async def publish_now(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1 and return once the broker acknowledged it; raise

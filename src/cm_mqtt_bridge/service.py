@@ -32,7 +32,7 @@ from .alerts.notifiers import (
 from .alerts.store import DB_NAME, Store
 from .api import ApiError, CrossModelClient
 from .clock import Clock, SystemClock, wait_event
-from .config import AccountConfig, Config
+from .config import AccountConfig, Config, PollConfig
 from .discovery import Topics, announced_components, announced_currency, device_payload
 from .entities import entities_for
 from .health import HealthServer
@@ -42,10 +42,25 @@ from .snapshot import Snapshot, UsageState, fetch_snapshot
 from .state import AccountView, active_alerts, plain_values, same_values, state_document
 
 log = logging.getLogger(__name__)
+MAX_RETRY_AFTER = 3600.0
 
 
 def _dumps(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"), sort_keys=False)
+
+
+def make_client(
+    session: aiohttp.ClientSession, acc: AccountConfig, poll: PollConfig, clock: Clock
+) -> CrossModelClient:
+    return CrossModelClient(
+        session,
+        base_url=acc.api_url,
+        api_key=acc.api_key.get_secret_value(),
+        clock=clock,
+        credits_timeout=poll.credits_timeout,
+        usage_timeout=poll.usage_timeout,
+        retries=poll.retries,
+    )
 
 
 class StartupError(Exception):
@@ -115,7 +130,10 @@ class Bridge:
     def _on_connect(self) -> None:
         # Alerts that waited for the broker go out now, not after their backoff.
         if self.dispatcher is not None:
-            self.dispatcher.resume("mqtt")
+            try:
+                self.dispatcher.resume("mqtt")
+            except sqlite3.Error as exc:
+                log.error("outbox not readable (%s); MQTT alerts wait for the next retry", exc)
 
     async def run(self, stop: asyncio.Event) -> None:
         # Each poll runs /credits and /usage at once; a few spare connections keep alert
@@ -127,31 +145,11 @@ class Bridge:
             try:
                 self.store = Store(path)
             except (OSError, sqlite3.Error) as exc:
-                raise StartupError(
-                    f"data_dir: cannot open the state database {path}: {exc}"
-                ) from None
-            channels = self._channels(session)
-            self.dispatcher = Dispatcher(
-                self.store, channels, self.clock, backoff_base=self.dispatch_backoff
-            )
-            self.engine = AlertEngine(
-                self.store, self.config.accounts, self.clock, self.dispatcher.names
-            )
-            for acc_cfg in self.config.accounts:
-                self.accounts[acc_cfg.id] = Account(acc_cfg, self._client(session, acc_cfg))
-            self.publisher.set(self.topics.bridge_status, "online", Kind.STATUS)
-            for acc in self.accounts.values():
-                self._set_discovery(acc)
-            self._spawn(self.publisher.run())
-            self._spawn(self.dispatcher.run())
-            self._spawn(self._housekeeping())
-            for acc in self.accounts.values():
-                self._spawn(self._poller(acc))
-            if self.config.health.enabled:
-                h = self.config.health
-                self.health = HealthServer(h.host, h.port, self.health_report, self.metrics)
-                await self.health.start()
+                msg = f"data_dir: cannot open the state database {path}: {exc}"
+                raise StartupError(msg) from None
             try:
+                await self._start_health()
+                self._start(session, self.store)
                 await stop.wait()
                 log.info("shutting down")
                 await self.publisher.close()
@@ -162,6 +160,35 @@ class Bridge:
                 if self.health is not None:
                     await self.health.stop()
                 self.store.close()
+
+    async def _start_health(self) -> None:
+        h = self.config.health
+        if not h.enabled:
+            return
+        server = HealthServer(h.host, h.port, self.health_report, self.metrics)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise StartupError(f"health: cannot listen on {h.host}:{h.port}: {exc}") from None
+        self.health = server
+
+    def _start(self, session: aiohttp.ClientSession, store: Store) -> None:
+        self.dispatcher = Dispatcher(
+            store, self._channels(session), self.clock, backoff_base=self.dispatch_backoff
+        )
+        self.engine = AlertEngine(store, self.config.accounts, self.clock, self.dispatcher.names)
+        for acc_cfg in self.config.accounts:
+            self.accounts[acc_cfg.id] = Account(
+                acc_cfg, make_client(session, acc_cfg, self.config.poll, self.clock)
+            )
+        self.publisher.set(self.topics.bridge_status, "online", Kind.STATUS)
+        for acc in self.accounts.values():
+            self._set_discovery(acc)
+        self._spawn(self.publisher.run())
+        self._spawn(self.dispatcher.run())
+        self._spawn(self._housekeeping())
+        for acc in self.accounts.values():
+            self._spawn(self._poller(acc))
 
     def _channels(self, session: aiohttp.ClientSession) -> list[Channel]:
         async def publish(topic: str, payload: bytes) -> None:
@@ -197,18 +224,6 @@ class Bridge:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed: %r", task.exception())
 
-    def _client(self, session: aiohttp.ClientSession, acc: AccountConfig) -> CrossModelClient:
-        poll = self.config.poll
-        return CrossModelClient(
-            session,
-            base_url=acc.api_url,
-            api_key=acc.api_key.get_secret_value(),
-            clock=self.clock,
-            credits_timeout=poll.credits_timeout,
-            usage_timeout=poll.usage_timeout,
-            retries=poll.retries,
-        )
-
     # ---- polling -------------------------------------------------------------------------
 
     async def _poller(self, acc: Account) -> None:
@@ -233,7 +248,8 @@ class Bridge:
                     log.exception("%s: poll failed unexpectedly", acc.cfg.id)
             delay = poll.interval + self.rng.uniform(0, poll.jitter)
             if acc.retry_after is not None:
-                delay = max(delay, acc.retry_after)
+                # Honour Retry-After, but an absurd one must not stop polling (and alerts).
+                delay = max(delay, min(acc.retry_after, MAX_RETRY_AFTER))
             await self._idle(acc, acc.last_poll_start + delay)
 
     async def _idle(self, acc: Account, until: float) -> None:
@@ -275,7 +291,7 @@ class Bridge:
                 acc.client,
                 self.clock,
                 usage_deadline=self.config.poll.usage_timeout,
-                on_balance=lambda s: self._apply_async(acc, s, partial=True),
+                on_balance=lambda s: self._apply_partial(acc, s),
             )
         except ApiError as exc:
             self.metrics.poll(acc.cfg.id, exc.status, self.clock.monotonic() - started)
@@ -291,8 +307,9 @@ class Bridge:
         self.metrics.snapshot(snap)
         self.apply_snapshot(acc, snap, partial=False)
 
-    async def _apply_async(self, acc: Account, snap: Snapshot, *, partial: bool) -> None:
-        self.apply_snapshot(acc, snap, partial=partial)
+    async def _apply_partial(self, acc: Account, snap: Snapshot) -> None:
+        # The balance is known while /usage is still running: publish it now.
+        self.apply_snapshot(acc, snap, partial=True)
 
     def apply_snapshot(self, acc: Account, snap: Snapshot, *, partial: bool) -> None:
         view = replace(acc.view, snapshot=snap, api_status="ok", connected=True, error=None)
@@ -432,7 +449,7 @@ class Bridge:
                 continue
             try:
                 doc = json.loads(payload)
-            except ValueError:
+            except (ValueError, RecursionError):  # not ours, maybe hostile: skip it
                 continue
             if not isinstance(doc, dict):
                 continue

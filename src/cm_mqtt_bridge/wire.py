@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
 # 10^15 micro = one billion currency units: anything beyond is an absurd answer.
 _ABSURD = 10**15
@@ -31,15 +31,13 @@ def _currency(value: object) -> str:
     return code
 
 
+Currency = Annotated[str, BeforeValidator(_currency)]
+
+
 class CreditsWire(_Wire):
-    currency: str
+    currency: Currency
     balance_micro: Micro
     uncollected_micro: Annotated[StrictInt, Field(ge=0, le=_ABSURD)]
-
-    @field_validator("currency", mode="before")
-    @classmethod
-    def _code(cls, v: object) -> str:
-        return _currency(v)
 
 
 class WindowWire(_Wire):
@@ -52,12 +50,7 @@ class WindowWire(_Wire):
 
 
 class UsageWire(_Wire):
-    currency: str
+    currency: Currency
     daily: WindowWire
     weekly: WindowWire
     monthly: WindowWire
-
-    @field_validator("currency", mode="before")
-    @classmethod
-    def _code(cls, v: object) -> str:
-        return _currency(v)

@@ -32,11 +32,13 @@ def spent_since(prev: Sample | None, at: datetime, spend_month_micro: int | None
     """Spend between `prev` and a new sample at `at`, from the month-to-date counter.
 
     Within a month the counter only grows; across a month boundary it restarts, and the new
-    value is what was spent since the month began.
+    value is what was spent since the month began. A counter that did not drop across the
+    boundary is still last month's (the API caches for up to a minute): only its growth counts.
     """
     if prev is None or prev.spend_month_micro is None or spend_month_micro is None:
         return 0
-    if (prev.at.year, prev.at.month) == (at.year, at.month):
+    same_month = (prev.at.year, prev.at.month) == (at.year, at.month)
+    if same_month or spend_month_micro >= prev.spend_month_micro:
         return max(0, spend_month_micro - prev.spend_month_micro)
     return spend_month_micro
 

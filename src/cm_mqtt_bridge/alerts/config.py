@@ -49,11 +49,13 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Amount = Annotated[int, BeforeValidator(_micro), Field(ge=0, le=10**15)]
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
+    """Every config section: frozen, and unknown (misspelt) options are errors."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class RuleCommon(_Model):
+class RuleCommon(StrictModel):
     repeat_every: Duration | None = None
     notify_recovered: bool = False
     priority: Literal["min", "low", "default", "high", "urgent"] | None = None
@@ -62,7 +64,9 @@ class RuleCommon(_Model):
 
 class LowBalanceRule(RuleCommon):
     below: Amount
-    margin: Amount = 0
+    # Default: 10 % of `below`. Holds swing with running requests, so "available" wobbles;
+    # without a margin every wobble across the threshold would notify again.
+    margin: Amount | None = None
 
 
 class RunwayRule(RuleCommon):
@@ -96,7 +100,7 @@ def _flag(value: Any) -> Any:
     return value
 
 
-class AlertsConfig(_Model):
+class AlertsConfig(StrictModel):
     low_balance: Annotated[LowBalanceRule | None, BeforeValidator(_flag)] = None
     runway: Annotated[RunwayRule | None, BeforeValidator(_flag)] = None
     budget: Annotated[BudgetRule | None, BeforeValidator(_flag)] = None
@@ -112,7 +116,9 @@ class AlertsConfig(_Model):
             names.append("runway")
         if self.budget:
             names += [
-                f"budget_{w}" for w in ("daily", "weekly", "monthly") if getattr(self.budget, w)
+                f"budget_{w}"
+                for w in ("daily", "weekly", "monthly")
+                if getattr(self.budget, w) is not None  # a budget of 0 means "any spend"
             ]
         if self.api_down:
             names.append("api_down")
@@ -145,7 +151,7 @@ def _check_http_url(url: str) -> str:
     return url.rstrip("/")
 
 
-class NtfyConfig(_Model):
+class NtfyConfig(StrictModel):
     url: str = "https://ntfy.sh"
     topic: str
     token: SecretStr | None = None
@@ -171,7 +177,7 @@ class NtfyConfig(_Model):
         return self
 
 
-class WebhookConfig(_Model):
+class WebhookConfig(StrictModel):
     url: str
     secret: SecretStr | None = None
     secret_file: Path | None = None
@@ -187,7 +193,7 @@ class WebhookConfig(_Model):
         return self
 
 
-class NotifyConfig(_Model):
+class NotifyConfig(StrictModel):
     ntfy: NtfyConfig | None = None
     webhook: WebhookConfig | None = None
     apprise: tuple[SecretStr, ...] = ()  # Apprise URLs carry tokens: treat them as secrets

@@ -61,7 +61,13 @@ class Dispatcher:
         self.store.make_due(channel.name, self._clock.now())
         while True:
             wake.clear()
-            await self.flush(channel)
+            try:
+                await self.flush(channel)
+            except Exception:
+                # A bug in one channel must not end deliveries: the outbox keeps the notices.
+                log.exception("%s: delivery loop failed; retrying in 60 s", channel.name)
+                await wait_event(self._clock, wake, 60.0)
+                continue
             next_due = self.store.next_due(channel.name)
             timeout = 3600.0
             if next_due is not None:

@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 
 from ..clock import Clock
 from ..config import AccountConfig
-from ..money import MICRO_PER_UNIT, format_plain, parse_amount
+from ..money import MICRO_PER_UNIT, parse_amount
 from ..snapshot import UsageState
 from ..state import AccountView
 from .burn import WINDOW, Sample, burn_rate, runway_days, spent_since
@@ -137,9 +137,7 @@ class AlertEngine:
                 month,
                 total,
             )
-            self.store.add_sample(account_id, sample)
-            self._last[account_id] = sample
-        latest = self._last[account_id]
+        latest = sample or prev
         burn = burn_rate(latest, self.store.latest_sample(account_id, now - WINDOW), now)
         available = snap.available_micro if snap else None
         runway = runway_days(available, burn) if available is not None else None
@@ -171,8 +169,10 @@ class AlertEngine:
         )
         states = self._states[account_id]
         changed, notices = evaluate(acc.alerts, inputs, states)
-        self.store.commit(account_id, changed, notices, self.channels, now)
+        self.store.commit(account_id, changed, notices, self.channels, now, sample)
         states.update(changed)
+        if sample is not None:
+            self._last[account_id] = sample
         for n in notices:
             log.info("%s: alert %s %s: %s", account_id, n.rule, n.kind, n.message)
         status = AlertStatus(
@@ -184,11 +184,3 @@ class AlertEngine:
             runway_below_days=runway_below,
         )
         return status, notices
-
-    def plain_threshold(self, account_id: str, key: str) -> str | None:
-        value = self.threshold(account_id, key)
-        if value is None:
-            return None
-        if key == "low_balance_below":
-            return format_plain(parse_amount(value))
-        return str(value)

@@ -22,6 +22,7 @@ from .config import AlertsConfig
 Kind = Literal["fired", "reminder", "recovered", "event"]
 BUDGET_WINDOWS = {"budget_daily": "daily", "budget_weekly": "weekly", "budget_monthly": "monthly"}
 WINDOW_WORDS = {"daily": "today", "weekly": "this week", "monthly": "this month"}
+WINDOW_GRACE = timedelta(seconds=90)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +127,11 @@ def _check(rule: str, cfg: AlertsConfig, i: Inputs, state: RuleState) -> Check:
         if i.available_micro is None:
             return Check(None, False)
         avail = i.available_micro
+        # Default margin: 10 % of the threshold in force (it may have been set from HA).
+        margin = below // 10 if cfg.low_balance.margin is None else cfg.low_balance.margin
         return Check(
             active=avail < below,
-            rearm=avail >= below + cfg.low_balance.margin,
+            rearm=avail >= below + margin,
             value=money(avail),
             threshold=money(below),
             fired="available balance {} is below {}".format(*_distinct(avail, below, cur)),
@@ -156,7 +159,13 @@ def _check(rule: str, cfg: AlertsConfig, i: Inputs, state: RuleState) -> Check:
         current = window_start(window, i.now).isoformat()
         new_window = state.firing and state.window != current
         spend = i.spend_micro.get(window)
-        fresh = i.usage_at is not None and window_start(window, i.usage_at).isoformat() == current
+        # The API caches answers for up to ~60 s: just after a window starts, a figure stamped
+        # with the new window may still be the old window's total. Judge it after the grace.
+        fresh = (
+            i.usage_at is not None
+            and window_start(window, i.usage_at).isoformat() == current
+            and i.usage_at - window_start(window, i.usage_at) >= WINDOW_GRACE
+        )
         if spend is None or not fresh:
             # Old figures belong to an earlier window: only the re-arm can be decided.
             return Check(None if not new_window else False, new_window, window=current)
@@ -229,9 +238,12 @@ def _topup(cfg: AlertsConfig, i: Inputs, state: RuleState) -> tuple[RuleState, l
     if i.balance_micro is None or i.prev_balance_micro is None:
         return state, []
     # Spend only lowers the balance: a rise beyond what was spent meanwhile is money added.
-    added = i.balance_micro - i.prev_balance_micro + (i.spend_since_prev_micro or 0)
-    if added <= cfg.topup.min_amount:
+    # The balance itself must rise: /credits and /usage are cached separately, so the spend
+    # counter can run ahead of the balance, and a spend-adjusted figure alone would invent
+    # top-ups. The spend since the last sample is added back only to report the amount.
+    if i.balance_micro - i.prev_balance_micro <= cfg.topup.min_amount:
         return state, []
+    added = i.balance_micro - i.prev_balance_micro + (i.spend_since_prev_micro or 0)
     cur = i.currency or ""
     check = Check(
         active=True,

@@ -95,10 +95,15 @@ class Store:
         notices: Sequence[Notice],
         channels: Sequence[str],
         now: datetime,
+        sample: Sample | None = None,
     ) -> None:
-        if not changed and not notices:
+        """Rule states, their notices and the poll's history sample, all or nothing: a top-up
+        measured against a sample is never lost because the sample was saved without it."""
+        if not changed and not notices and sample is None:
             return
         with self._tx():
+            if sample is not None:
+                self.add_sample(account, sample)
             self._db.executemany(
                 "INSERT OR REPLACE INTO rule_state VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
