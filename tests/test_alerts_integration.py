@@ -80,8 +80,7 @@ def alert_config(
 
 @contextlib.asynccontextmanager
 async def running(config: Config) -> AsyncIterator[Bridge]:
-    # A short channel backoff: outage tests see redelivery in a fraction of a second.
-    bridge = Bridge(config, readback_seconds=0.1, dispatch_backoff=0.3)
+    bridge = Bridge(config, readback_seconds=0.1)
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
     try:
@@ -160,7 +159,7 @@ async def test_one_alert_per_crossing_on_every_channel(
     config = alert_config(standin, mosquitto, ntfy, hook, data)
     async with recording(mosquitto.port) as rec, running(config) as bridge:
         await wait_doc(rec, lambda d: d.get("alert_low_balance") is False)
-        assert active_rules(rec)[-1] == []
+        await rec.wait_for(lambda r: active_rules(r) == [[]], what="empty alerts/active")
         disc = json.loads(rec.last(DEVICE).payload)  # type: ignore[union-attr]
         assert disc["cmps"]["alert"]["state_topic"] == ALERTS
         assert disc["cmps"]["alert"]["event_types"] == ["low_balance"]
@@ -305,7 +304,7 @@ async def test_ntfy_down_when_the_alert_fires_delivers_once_it_is_back(
         ]
         assert len(warnings) == 1
         assert warnings[0].startswith("ntfy: could not deliver alert main.low_balance.1 (")
-        assert warnings[0].endswith("); kept, next try in 0.3 s")
+        assert warnings[0].endswith("); kept, next try in 5 s")
         if outage == "http_503":
             assert "(HTTP 503: receiver unavailable)" in warnings[0]
 
@@ -347,7 +346,10 @@ async def fire_while_the_broker_is_down(
     set_available(standin, 1_000_000)
     await bridge.poll_once(bridge.accounts["main"])
     await until(
-        lambda: ("main.low_balance.1", "mqtt", 1, False) in outbox(data),
+        lambda: any(
+            row[:2] == ("main.low_balance.1", "mqtt") and row[2] >= 1 and not row[3]
+            for row in outbox(data)
+        ),
         what="MQTT alert kept in the outbox",
     )
 
@@ -380,7 +382,9 @@ async def test_broker_down_when_the_alert_fires_publishes_it_after_reconnect(
         False,
     )
     assert alert_ids(rec) == ["main.low_balance.1"]
-    assert ("main.low_balance.1", "mqtt", 2, True) in outbox(data)
+    (row,) = [r for r in outbox(data) if r[:2] == ("main.low_balance.1", "mqtt")]
+    assert row[2] >= 2  # failed while the broker was down, then delivered
+    assert row[3] is True
 
 
 async def test_alert_that_waited_for_the_broker_goes_out_on_reconnect(

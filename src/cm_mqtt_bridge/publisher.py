@@ -14,7 +14,7 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -27,10 +27,11 @@ from .discovery import Topics
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+IN_FLIGHT = 20  # paho's default limit of QoS > 0 messages in flight
 
 
 class _QuietPending(logging.Filter):
-    # aiomqtt warns once more than 10 publishes await their ack; we batch on purpose.
+    # aiomqtt warns once more than 10 publishes await their ack; we keep up to 20 on purpose.
     def filter(self, record: logging.LogRecord) -> bool:
         return "pending publish calls" not in record.getMessage()
 
@@ -91,6 +92,7 @@ class Publisher:
         self._barrier = asyncio.Event()
         self._barrier_topic = f"{topics.base}/_readback/{uuid.uuid4().hex}"
         self._stopping = False
+        self._flushing = False
         self.connected = asyncio.Event()
         self.publish_count = 0
         self.connections = 0
@@ -236,29 +238,49 @@ class Publisher:
             await self._flush(client)
 
     async def _flush(self, client: aiomqtt.Client) -> None:
-        pending = sorted(
-            (entry.kind, topic)
-            for topic, entry in self._desired.items()
-            if self._sent.get(topic) != entry.payload
+        self._flushing = True
+        try:
+            for kind in Kind:
+                batch = [
+                    (topic, entry)
+                    for topic, entry in self._desired.items()
+                    if entry.kind == kind and self._sent.get(topic) != entry.payload
+                ]
+                if batch:
+                    # A few workers share one iterator: about as many publishes in flight as
+                    # paho allows. Starting thousands at once only queues them, and aiomqtt's
+                    # bookkeeping of pending calls then grows with the square of their number.
+                    work = iter(batch)
+                    workers = min(IN_FLIGHT, len(batch))
+                    await asyncio.gather(
+                        *(self._publish_from(client, work) for _ in range(workers))
+                    )
+        finally:
+            self._flushing = False
+
+    async def _publish_from(
+        self, client: aiomqtt.Client, work: Iterator[tuple[str, _Entry]]
+    ) -> None:
+        for topic, entry in work:
+            await client.publish(topic, entry.payload, qos=self._cfg.qos, retain=True)
+            self.publish_count += 1
+            if entry.once and self._desired.get(topic) is entry:
+                del self._desired[topic]
+            else:
+                self._sent[topic] = entry.payload
+
+    def all_sent(self) -> bool:
+        """Connected, and every retained topic holds what it should (benchmarks, tests)."""
+        return (
+            self.connected.is_set()
+            and not self._dirty.is_set()
+            and not self._flushing
+            and all(self._sent.get(t) == e.payload for t, e in self._desired.items())
         )
-        for kind in Kind:
-            batch = [topic for k, topic in pending if k == kind]
-            if not batch:
-                continue
-            entries = [self._desired[t] for t in batch]
-            # One kind at a time, in parallel within it: paho sends in call order anyway.
-            await asyncio.gather(
-                *(
-                    client.publish(t, e.payload, qos=self._cfg.qos, retain=True)
-                    for t, e in zip(batch, entries, strict=True)
-                )
-            )
-            for topic, entry in zip(batch, entries, strict=True):
-                self.publish_count += 1
-                if entry.once and self._desired.get(topic) is entry:
-                    del self._desired[topic]
-                else:
-                    self._sent[topic] = entry.payload
+
+    def retained(self) -> list[tuple[str, bytes]]:
+        """What the broker should hold, in publish order within each kind."""
+        return [(t, e.payload) for t, e in sorted(self._desired.items(), key=lambda i: i[1].kind)]
 
     async def publish_now(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1 and return once the broker acknowledged it; raise

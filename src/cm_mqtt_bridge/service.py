@@ -39,7 +39,14 @@ from .health import HealthServer
 from .metrics import Metrics
 from .publisher import Kind, Publisher
 from .snapshot import Snapshot, UsageState, fetch_snapshot
-from .state import AccountView, active_alerts, plain_values, same_values, state_document
+from .state import (
+    AccountView,
+    active_alerts,
+    plain_values,
+    same_values,
+    settle_forecast,
+    state_document,
+)
 
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 3600.0
@@ -104,6 +111,7 @@ class Bridge:
         self.birth_delay = birth_delay
         self.dispatch_backoff = dispatch_backoff
         self.accounts: dict[str, Account] = {}
+        self.polls_done = 0  # completed polls, all accounts (benchmarks, tests)
         self._session: aiohttp.ClientSession | None = None
         self._sem = asyncio.Semaphore(config.poll.max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -246,6 +254,7 @@ class Bridge:
                 except Exception:
                     # Whatever went wrong, this account keeps being polled.
                     log.exception("%s: poll failed unexpectedly", acc.cfg.id)
+            self.polls_done += 1
             delay = poll.interval + self.rng.uniform(0, poll.jitter)
             if acc.retry_after is not None:
                 # Honour Retry-After, but an absurd one must not stop polling (and alerts).
@@ -376,7 +385,7 @@ class Bridge:
         )
 
     def _set_state(self, acc: Account) -> None:
-        doc = state_document(acc.view)
+        doc = settle_forecast(acc.doc, state_document(acc.view))
         if same_values(acc.doc, doc):
             return
         acc.doc = doc

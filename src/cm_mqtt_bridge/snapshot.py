@@ -14,6 +14,7 @@ from .clock import Clock
 from .wire import UsageWire, WindowWire
 
 log = logging.getLogger(__name__)
+PARTIAL_GRACE = 0.25  # seconds
 
 
 class UsageState(StrEnum):
@@ -126,7 +127,11 @@ async def fetch_snapshot(
         usage_state=UsageState.PENDING,
     )
     if on_balance is not None and not usage_task.done():
-        await on_balance(snap)
+        # Usually /usage answers at about the same time: wait a moment before publishing
+        # the balance alone, so a normal poll publishes one state, not two.
+        await asyncio.wait({usage_task}, timeout=PARTIAL_GRACE)
+        if not usage_task.done():
+            await on_balance(snap)
     try:
         usage_wire = await usage_task
     except TimeoutError:

@@ -103,6 +103,28 @@ def _two_digits(value: Decimal | None) -> str | None:
     return format(value.quantize(step, ROUND_HALF_EVEN), "f")
 
 
+FORECAST_KEYS = ("burn_rate", "runway_days")
+FORECAST_BAND = Decimal("0.02")
+
+
+def settle_forecast(prev: dict[str, Any] | None, doc: dict[str, Any]) -> dict[str, Any]:
+    """Keep the published forecast while the new one is within 2 % of it.
+
+    Spend per elapsed time drifts slowly even when nothing is spent; without this band an idle
+    wallet would republish its state every time a rounded figure ticks over."""
+    if prev is None:
+        return doc
+    out = dict(doc)
+    for key in FORECAST_KEYS:
+        old, new = prev.get(key), doc.get(key)
+        if old is None or new is None or old == new:
+            continue
+        before, after = Decimal(old), Decimal(new)
+        if before != 0 and abs(after - before) <= abs(before) * FORECAST_BAND:
+            out[key] = old
+    return out
+
+
 def same_values(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
     """Equal but for the poll time: an unchanged poll publishes nothing."""
     if a is None:

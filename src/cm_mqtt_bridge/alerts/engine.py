@@ -137,6 +137,8 @@ class AlertEngine:
                 month,
                 total,
             )
+            if prev is not None and _same_figures(prev, sample):
+                sample = None  # nothing moved: history keeps one row per change
         latest = sample or prev
         burn = burn_rate(latest, self.store.latest_sample(account_id, now - WINDOW), now)
         available = snap.available_micro if snap else None
@@ -184,3 +186,19 @@ class AlertEngine:
             runway_below_days=runway_below,
         )
         return status, notices
+
+
+def _same_figures(a: Sample, b: Sample) -> bool:
+    return (
+        a.balance_micro,
+        a.holds_micro,
+        a.spend_day_micro,
+        a.spend_week_micro,
+        a.spend_month_micro,
+    ) == (
+        b.balance_micro,
+        b.holds_micro,
+        b.spend_day_micro,
+        b.spend_week_micro,
+        b.spend_month_micro,
+    )

@@ -1,0 +1,1 @@
+"""Benchmarks of cm-mqtt-bridge (run: .venv/bin/python benchmarks/bench.py)."""
