@@ -141,6 +141,21 @@ class CrossModelClient:
         return stop_after_attempt(self._retries + 1)(state)
 
     async def _get(self, endpoint: str, model: type[W]) -> W:
+        # Most requests succeed at once; tenacity's setup costs more than the request's own
+        # parsing, so it is entered only after a transient failure, which it then replays as
+        # its first attempt (same waits, same limits, same logs).
+        try:
+            return await self._get_once(endpoint, model)
+        except TransientError as exc:
+            first: TransientError | None = exc
+
+        async def attempt() -> W:
+            nonlocal first
+            if first is not None:
+                failed, first = first, None
+                raise failed
+            return await self._get_once(endpoint, model)
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
             wait=self._wait,
@@ -155,7 +170,7 @@ class CrossModelClient:
                 s.next_action.sleep if s.next_action else 0.0,
             ),
         )
-        return await retrying(self._get_once, endpoint, model)
+        return await retrying(attempt)
 
     async def _get_once(self, endpoint: str, model: type[W]) -> W:
         limit = self._timeouts[endpoint]
