@@ -41,7 +41,6 @@ BRIDGE_EXE = str(Path(PY).parent / "cm-mqtt-bridge")
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 NOTES_MARK = "<!-- notes: kept as written when bench.py --save rewrites this file -->"
 # The declared dependencies (pyproject) the bridge imports, by import name, + sqlite3.
-# (pydantic-settings is declared too, but nothing imports it.)
 DECLARED = ("aiohttp", "aiomqtt", "paho", "pydantic", "tenacity", "yaml", "prometheus_client")
 BARE_IMPORTS = (*DECLARED, "sqlite3")
 BALANCE_TOPIC = "cm_mqtt_bridge/default/balance"
