@@ -47,3 +47,19 @@ def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def caplog_all(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG)
     return caplog
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    # setup_logging() reconfigures the root logger; no test may leave that to the next one.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    named = {
+        n: logging.getLogger(n).level
+        for n in ("aiohttp", "asyncio", "apprise", "cm_mqtt_bridge.mqtt")
+    }
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lvl in named.items():
+        logging.getLogger(name).setLevel(lvl)

@@ -136,6 +136,8 @@ def setup_logging(level: str, secrets: Sequence[str] = ()) -> None:
     # Third-party loggers can print URLs and headers at DEBUG; keep them at WARNING.
     for noisy in ("aiohttp", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # paho logs every packet at DEBUG: far too much for -v (and it slows big publishes).
+    logging.getLogger("cm_mqtt_bridge.mqtt").setLevel(max(logging.INFO, root.level))
     # Apprise plugins log request URLs and payloads (tokens, user keys) at DEBUG: never those.
     logging.getLogger("apprise").setLevel(logging.WARNING)
 
