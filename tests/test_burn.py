@@ -3,6 +3,7 @@ AlertEngine with a real SQLite store and a FakeClock (no sleeping)."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -346,3 +347,36 @@ def test_a_cached_counter_across_the_month_boundary_counts_only_its_growth() -> 
     assert spent_since(march, cached, 30_100_000) == 100_000
     reset = datetime(2026, 4, 1, 0, 2, tzinfo=UTC)
     assert spent_since(march, reset, 40_000) == 40_000
+
+
+def test_a_failed_commit_loses_neither_the_sample_nor_the_top_up(tmp_path: Path) -> None:
+    # The history sample is written in the same transaction as the rule state and outbox:
+    # when that fails, the top-up it would have shown is found again on the next poll.
+    config = make_config(tmp_path, {"topup": True})
+    clock = FakeClock(START)
+    path = tmp_path / "a.db"
+    store = Store(path)
+    engine = AlertEngine(store, config.accounts, clock, ["mqtt"])
+    engine.observe(
+        "main",
+        view_at(START, balance=5_000_000, holds=0, day=0, week=0, month=0),
+        last_success=clock.now(),
+        record=True,
+    )
+    clock.advance(60)
+    later = START + timedelta(seconds=60)
+    topped = view_at(later, balance=25_000_000, holds=0, day=0, week=0, month=0)
+    side = sqlite3.connect(path)
+    side.execute(
+        "CREATE TRIGGER full BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    side.commit()
+    with pytest.raises(sqlite3.IntegrityError):
+        engine.observe("main", topped, last_success=clock.now(), record=True)
+    assert side.execute("SELECT COUNT(*) FROM samples").fetchone() == (1,)
+    side.execute("DROP TRIGGER full")
+    side.commit()
+    side.close()
+    _status, notices = engine.observe("main", topped, last_success=clock.now(), record=True)
+    assert [(n.rule, n.value) for n in notices] == [("topup", "20.00 USD")]
+    store.close()
