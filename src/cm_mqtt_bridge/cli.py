@@ -29,7 +29,7 @@ from .money import format_money, format_plain
 from .publisher import Publisher
 from .redact import REDACTED, RedactingFilter
 from .service import StartupError, make_client, run_service
-from .snapshot import Snapshot, UsageState, Window, fetch_snapshot
+from .snapshot import WINDOWS, Snapshot, UsageState, Window, fetch_snapshot
 
 EXIT_OK, EXIT_UPSTREAM, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("cm_mqtt_bridge")
@@ -208,7 +208,7 @@ def snapshot_json(snap: Snapshot) -> dict[str, Any]:
         "usage_error": snap.usage_error,
         "usage": None
         if usage is None
-        else {name: _window_json(getattr(usage, name)) for name in ("daily", "weekly", "monthly")},
+        else {name: _window_json(getattr(usage, name)) for name in WINDOWS},
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .money import micro_to_decimal
-from .snapshot import Snapshot
+from .snapshot import WINDOWS, Snapshot
 
 
 class Metrics:
@@ -49,7 +49,7 @@ class Metrics:
             float(micro_to_decimal(snap.available_micro))
         )
         if snap.usage is not None:
-            for window in ("daily", "weekly", "monthly"):
+            for window in WINDOWS:
                 cost = getattr(snap.usage, window).cost_micro
                 self.spend.labels(snap.account_id, cur, window).set(float(micro_to_decimal(cost)))
 

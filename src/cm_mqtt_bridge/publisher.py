@@ -106,10 +106,6 @@ class Publisher:
             self._desired[topic] = _Entry(kind, data, once)
             self._dirty.set()
 
-    def get(self, topic: str) -> bytes | None:
-        entry = self._desired.get(topic)
-        return entry.payload if entry else None
-
     def resend(self, *kinds: Kind) -> None:
         """Forget that these kinds were sent on this connection (HA restarted and lost them)."""
         for topic, entry in self._desired.items():

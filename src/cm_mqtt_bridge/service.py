@@ -112,7 +112,6 @@ class Bridge:
         self.dispatch_backoff = dispatch_backoff
         self.accounts: dict[str, Account] = {}
         self.polls_done = 0  # completed polls, all accounts (benchmarks, tests)
-        self._session: aiohttp.ClientSession | None = None
         self._sem = asyncio.Semaphore(config.poll.max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         base = self.topics.base
@@ -148,7 +147,6 @@ class Bridge:
         # deliveries (ntfy, webhook) from queueing behind a busy polling cycle.
         connector = aiohttp.TCPConnector(limit=2 * self.config.poll.max_concurrency + 4)
         async with aiohttp.ClientSession(connector=connector) as session:
-            self._session = session
             path = self.config.data_dir / DB_NAME
             try:
                 self.store = Store(path)

@@ -65,7 +65,7 @@ class Usage:
         )
 
 
-WINDOWS = ("daily", "weekly", "monthly")
+WINDOWS = ("daily", "weekly", "monthly")  # the /usage windows, in API order
 
 
 def window_start(window: str, at: datetime) -> datetime:

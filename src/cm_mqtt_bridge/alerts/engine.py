@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from ..clock import Clock
 from ..config import AccountConfig
 from ..money import MICRO_PER_UNIT, parse_amount
-from ..snapshot import UsageState
+from ..snapshot import WINDOWS, UsageState
 from ..state import AccountView
 from .burn import WINDOW, Sample, burn_rate, runway_days, spent_since
 from .rules import AlertStatus, Inputs, Notice, RuleState, evaluate
@@ -153,9 +153,7 @@ class AlertEngine:
             currency=snap.currency if snap else None,
             balance_micro=snap.balance_micro if snap else None,
             available_micro=available,
-            spend_micro={w: getattr(usage, w).cost_micro for w in ("daily", "weekly", "monthly")}
-            if usage
-            else {},
+            spend_micro={w: getattr(usage, w).cost_micro for w in WINDOWS} if usage else {},
             usage_at=view.usage_at,
             api_status=view.api_status,
             last_success=last_success,
