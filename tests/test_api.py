@@ -22,9 +22,9 @@ from cm_mqtt_bridge.api import (
     TransientError,
     parse_retry_after,
 )
-from cm_mqtt_bridge.clock import FakeClock
 from cm_mqtt_bridge.wire import CreditsWire, UsageWire
 from tests.conftest import KEY
+from tests.fakes import FakeClock
 from tests.standin import SAMPLE_USAGE, CrossModelStandin, Reply
 
 MakeClient = Callable[..., CrossModelClient]

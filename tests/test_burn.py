@@ -12,13 +12,17 @@ from typing import Any
 
 import pytest
 
-from cm_mqtt_bridge.alerts.burn import Burn, Sample, burn_rate, runway_days, spent_since
-from cm_mqtt_bridge.alerts.engine import AlertEngine
-from cm_mqtt_bridge.alerts.store import Store
-from cm_mqtt_bridge.clock import FakeClock
+from cm_mqtt_bridge.alerts.engine import AlertAccount, AlertEngine, Observation
+from cm_mqtt_bridge.alerts.evaluate import AlertStatus, Notice
+from cm_mqtt_bridge.alerts.forecast import Burn, burn_rate, runway_days
+from cm_mqtt_bridge.alerts.history import Sample, spent_since
+from cm_mqtt_bridge.alerts.store import AsyncStore, Store, StoreError
 from cm_mqtt_bridge.config import Config
-from cm_mqtt_bridge.snapshot import Snapshot, Usage, UsageState, Window
-from cm_mqtt_bridge.state import AccountView, state_document
+from cm_mqtt_bridge.entities import entities_for
+from cm_mqtt_bridge.model import Snapshot, Usage, UsageState, WindowUsage
+from cm_mqtt_bridge.render import state_document
+from cm_mqtt_bridge.view import AccountView
+from tests.fakes import FakeClock
 
 KEY = "cm-test-0123456789abcdefSECRET"
 
@@ -177,8 +181,36 @@ def make_config(tmp_path: Path, alerts: dict[str, Any]) -> Config:
     )
 
 
-def window(cost: int) -> Window:
-    return Window(cost, 0, 0, 0, 0, None)
+async def open_engine(
+    path: Path, config: Config, clock: FakeClock
+) -> tuple[AlertEngine, AsyncStore]:
+    store = AsyncStore(Store(path))
+    accounts = [AlertAccount(a.id, a.name, a.alerts) for a in config.accounts]
+    engine = AlertEngine(store, accounts, clock, ["mqtt"])
+    await engine.load()
+    return engine, store
+
+
+async def observe(
+    engine: AlertEngine, view: AccountView, *, last_success: datetime, record: bool
+) -> tuple[AlertStatus, list[Notice]]:
+    seen = Observation(
+        snapshot=view.snapshot,
+        usage=view.usage,
+        usage_at=view.usage_at,
+        usage_current=view.usage_current,
+        api_status=view.api_status,
+        last_success=last_success,
+    )
+    return await engine.observe("main", seen, record=record)
+
+
+async def samples(store: AsyncStore, account: str | None = None) -> list[Sample]:
+    return await store.call(lambda s: [sample for _, sample in s.samples(account)])
+
+
+def window(cost: int) -> WindowUsage:
+    return WindowUsage(cost, 0, 0, 0, 0, None)
 
 
 def view_at(
@@ -212,35 +244,34 @@ def day_view(k: int) -> AccountView:
     )
 
 
-def test_engine_burn_and_runway_over_simulated_days(tmp_path: Path) -> None:
+async def test_engine_burn_and_runway_over_simulated_days(tmp_path: Path) -> None:
     config = make_config(tmp_path, {"runway": {"below_days": 14, "margin_days": 1}})
     clock = FakeClock(START)
-    store = Store(tmp_path / "a.db")
-    engine = AlertEngine(store, config.accounts, clock, ["mqtt"])
+    engine, store = await open_engine(tmp_path / "a.db", config, clock)
 
-    def observe(k: int) -> tuple[Any, list[Any]]:
+    async def day(k: int) -> tuple[AlertStatus, list[Notice]]:
         clock.advance((START + timedelta(days=k) - clock.now()).total_seconds())
-        return engine.observe("main", day_view(k), last_success=clock.now(), record=True)
+        return await observe(engine, day_view(k), last_success=clock.now(), record=True)
 
-    status, notices = observe(0)
+    status, notices = await day(0)
     assert status.burn == Burn(Decimal(200_000), "month_to_date")  # 1.90 / 9.5 days
     assert status.runway_days == Decimal("147.5")  # 29.50 available
     assert notices == []
 
-    status, _ = observe(1)
+    status, _ = await day(1)
     rate = Decimal(3_400_000) / Decimal("10.5")
     assert status.burn == Burn(rate, "month_to_date")
     assert status.runway_days == Decimal(28_000_000) / rate
 
     for k in range(2, 7):
-        status, notices = observe(k)
+        status, notices = await day(k)
         assert status.burn is not None
         assert status.burn.source == "month_to_date", k
         assert notices == []
     assert status.burn == Burn(Decimal(10_900_000) / Decimal("15.5"), "month_to_date")
 
     # Seven days recorded: the trailing 7x24 h rate takes over, and the runway alert fires.
-    status, notices = observe(7)
+    status, notices = await day(7)
     assert status.burn == Burn(Decimal(PER_DAY), "history_7d")
     assert status.runway_days == Decimal(19_000_000) / Decimal(PER_DAY)
     assert status.active == {"runway": START + timedelta(days=7)}
@@ -252,7 +283,8 @@ def test_engine_burn_and_runway_over_simulated_days(tmp_path: Path) -> None:
             "CrossModel Main: about 12.7 days of credit left at 1.50 USD/day",
         )
     ]
-    doc = state_document(replace(day_view(7), alerts=status))
+    entities = entities_for(config.accounts[0].alerts.rules())
+    doc = state_document(replace(day_view(7), alerts=status), entities)
     assert (doc["burn_rate"], doc["burn_rate_source"], doc["runway_days"]) == (
         "1.5",
         "history_7d",
@@ -261,39 +293,36 @@ def test_engine_burn_and_runway_over_simulated_days(tmp_path: Path) -> None:
     assert doc["alert_runway"] is True
     assert doc["runway_below_days"] == "14"
 
-    totals = [s.spent_total_micro for _, s in store.samples("main")]
+    totals = [s.spent_total_micro for s in await samples(store, "main")]
     assert totals == [PER_DAY * k for k in range(8)]
     store.close()
 
 
-def test_engine_continues_spent_total_across_a_restart(tmp_path: Path) -> None:
+async def test_engine_continues_spent_total_across_a_restart(tmp_path: Path) -> None:
     config = make_config(tmp_path, {"runway": {"below_days": 1}})
     clock = FakeClock(START)
     path = tmp_path / "a.db"
-    store = Store(path)
-    engine = AlertEngine(store, config.accounts, clock, ["mqtt"])
+    engine, store = await open_engine(path, config, clock)
     for k in range(4):
         clock.advance((START + timedelta(days=k) - clock.now()).total_seconds())
-        engine.observe("main", day_view(k), last_success=clock.now(), record=True)
+        await observe(engine, day_view(k), last_success=clock.now(), record=True)
     store.close()
 
-    store = Store(path)
-    engine = AlertEngine(store, config.accounts, clock, ["mqtt"])
+    engine, store = await open_engine(path, config, clock)
     for k in range(4, 9):
         clock.advance((START + timedelta(days=k) - clock.now()).total_seconds())
-        status, _ = engine.observe("main", day_view(k), last_success=clock.now(), record=True)
-    assert [s.spent_total_micro for _, s in store.samples("main")] == [
+        status, _ = await observe(engine, day_view(k), last_success=clock.now(), record=True)
+    assert [s.spent_total_micro for s in await samples(store, "main")] == [
         PER_DAY * k for k in range(9)
     ]
     assert status.burn == Burn(Decimal(PER_DAY), "history_7d")
     store.close()
 
 
-def test_engine_month_rollover_keeps_the_cumulative_spend(tmp_path: Path) -> None:
+async def test_engine_month_rollover_keeps_the_cumulative_spend(tmp_path: Path) -> None:
     config = make_config(tmp_path, {"runway": {"below_days": 1}})
     clock = FakeClock(dt(2026, 3, 31, 12))
-    store = Store(tmp_path / "a.db")
-    engine = AlertEngine(store, config.accounts, clock, ["mqtt"])
+    engine, store = await open_engine(tmp_path / "a.db", config, clock)
     points = [
         (dt(2026, 3, 31, 12), 30_000_000),
         (dt(2026, 3, 31, 18), 30_400_000),
@@ -302,13 +331,13 @@ def test_engine_month_rollover_keeps_the_cumulative_spend(tmp_path: Path) -> Non
     ]
     for at, month in points:
         clock.advance((at - clock.now()).total_seconds())
-        engine.observe(
-            "main",
+        await observe(
+            engine,
             view_at(at, balance=5_000_000, holds=0, day=0, week=0, month=month),
             last_success=at,
             record=True,
         )
-    assert [s.spent_total_micro for _, s in store.samples("main")] == [
+    assert [s.spent_total_micro for s in await samples(store, "main")] == [
         0,
         400_000,
         650_000,
@@ -317,14 +346,13 @@ def test_engine_month_rollover_keeps_the_cumulative_spend(tmp_path: Path) -> Non
     store.close()
 
 
-def test_engine_records_only_full_polls_with_fresh_usage(tmp_path: Path) -> None:
+async def test_engine_records_only_full_polls_with_fresh_usage(tmp_path: Path) -> None:
     config = make_config(tmp_path, {"runway": {"below_days": 1}})
     clock = FakeClock(START)
-    store = Store(tmp_path / "a.db")
-    engine = AlertEngine(store, config.accounts, clock, ["mqtt"])
+    engine, store = await open_engine(tmp_path / "a.db", config, clock)
     full = day_view(0)
-    engine.observe("main", full, last_success=START, record=False)
-    assert list(store.samples()) == []
+    await observe(engine, full, last_success=START, record=False)
+    assert await samples(store) == []
     # Usage from an earlier poll (this poll's /usage failed): no sample.
     assert full.snapshot is not None
     later = replace(
@@ -332,10 +360,11 @@ def test_engine_records_only_full_polls_with_fresh_usage(tmp_path: Path) -> None
         snapshot=replace(full.snapshot, fetched_at=START + timedelta(minutes=5)),
         usage_state=UsageState.FAILED,
     )
-    engine.observe("main", later, last_success=START, record=True)
-    assert list(store.samples()) == []
-    engine.observe("main", full, last_success=START, record=True)
-    assert [s.at for _, s in store.samples()] == [START]
+    assert not later.usage_current
+    await observe(engine, later, last_success=START, record=True)
+    assert await samples(store) == []
+    await observe(engine, full, last_success=START, record=True)
+    assert [s.at for s in await samples(store)] == [START]
     store.close()
 
 
@@ -349,16 +378,15 @@ def test_a_cached_counter_across_the_month_boundary_counts_only_its_growth() -> 
     assert spent_since(march, reset, 40_000) == 40_000
 
 
-def test_a_failed_commit_loses_neither_the_sample_nor_the_top_up(tmp_path: Path) -> None:
+async def test_a_failed_commit_loses_neither_the_sample_nor_the_top_up(tmp_path: Path) -> None:
     # The history sample is written in the same transaction as the rule state and outbox:
     # when that fails, the top-up it would have shown is found again on the next poll.
     config = make_config(tmp_path, {"topup": True})
     clock = FakeClock(START)
     path = tmp_path / "a.db"
-    store = Store(path)
-    engine = AlertEngine(store, config.accounts, clock, ["mqtt"])
-    engine.observe(
-        "main",
+    engine, store = await open_engine(path, config, clock)
+    await observe(
+        engine,
         view_at(START, balance=5_000_000, holds=0, day=0, week=0, month=0),
         last_success=clock.now(),
         record=True,
@@ -371,12 +399,13 @@ def test_a_failed_commit_loses_neither_the_sample_nor_the_top_up(tmp_path: Path)
         "CREATE TRIGGER full BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'disk full'); END"
     )
     side.commit()
-    with pytest.raises(sqlite3.IntegrityError):
-        engine.observe("main", topped, last_success=clock.now(), record=True)
+    # The store's thread turns the sqlite3.IntegrityError into a StoreError.
+    with pytest.raises(StoreError, match="disk full"):
+        await observe(engine, topped, last_success=clock.now(), record=True)
     assert side.execute("SELECT COUNT(*) FROM samples").fetchone() == (1,)
     side.execute("DROP TRIGGER full")
     side.commit()
     side.close()
-    _status, notices = engine.observe("main", topped, last_success=clock.now(), record=True)
+    _status, notices = await observe(engine, topped, last_success=clock.now(), record=True)
     assert [(n.rule, n.value) for n in notices] == [("topup", "20.00 USD")]
     store.close()

@@ -17,23 +17,25 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from cm_mqtt_bridge import __version__
-from cm_mqtt_bridge.alerts.burn import Burn
-from cm_mqtt_bridge.alerts.rules import AlertStatus
+from cm_mqtt_bridge.alerts.evaluate import AlertStatus
+from cm_mqtt_bridge.alerts.forecast import Burn
+from cm_mqtt_bridge.alerts.rules import RULES, RuleSpec
 from cm_mqtt_bridge.config import AccountConfig, Config
 from cm_mqtt_bridge.discovery import (
-    Topics,
     announced_components,
     announced_currency,
     device_payload,
 )
-from cm_mqtt_bridge.entities import RULE_NAMES, entities_for
+from cm_mqtt_bridge.entities import entities_for
+from cm_mqtt_bridge.model import Snapshot, Usage, UsageState, WindowUsage
+from cm_mqtt_bridge.render import state_document
 from cm_mqtt_bridge.service import Bridge
-from cm_mqtt_bridge.snapshot import Snapshot, Usage, UsageState, Window
-from cm_mqtt_bridge.state import AccountView, state_document
+from cm_mqtt_bridge.topics import Topics
+from cm_mqtt_bridge.view import AccountView
 from tests.mqtt_helpers import Got, make_config
 
 TOPICS = Topics(base="cm_mqtt_bridge", prefix="homeassistant")
-ALL_RULES = tuple(RULE_NAMES)
+ALL_RULES: tuple[RuleSpec, ...] = RULES
 
 
 def payload(
@@ -42,7 +44,7 @@ def payload(
     currency: str | None = "USD",
     topics: Topics = TOPICS,
     removed: dict[str, str] | None = None,
-    rules: tuple[str, ...] = (),
+    rules: tuple[RuleSpec, ...] = (),
 ) -> dict[str, Any]:
     return device_payload(
         account_id=account_id,
@@ -464,7 +466,7 @@ ATTRIBUTE_NAME_RE = re.compile(r"'(\w+)': value_json\.")
 
 def _full_state_document() -> dict[str, Any]:
     """A state document with every key an entity may read, alert rules included."""
-    window = Window(10250, 9100, 2900, 12000, 41, 40)
+    window = WindowUsage(10250, 9100, 2900, 12000, 41, 40)
     snap = Snapshot(
         account_id="main",
         fetched_at=datetime(2026, 1, 7, 12, tzinfo=UTC),
@@ -482,14 +484,13 @@ def _full_state_document() -> dict[str, Any]:
         api_status="ok",
         connected=True,
         alerts=AlertStatus(
-            rules=ALL_RULES,
+            rules=tuple(r.name for r in ALL_RULES),
             burn=Burn(Decimal("215736.5"), "month_to_date"),
             runway_days=Decimal("36.78"),
-            low_balance_below=5_000_000,
-            runway_below_days=Decimal("7"),
+            thresholds={"low_balance_below": Decimal(5), "runway_below_days": Decimal("7")},
         ),
     )
-    return state_document(view)
+    return state_document(view, entities_for(ALL_RULES))
 
 
 def _is_number(value: Any) -> bool:
@@ -627,7 +628,7 @@ def rule_violations(
 
 # (id, name, currency, alert rules): currency known and unknown, '-' in an id, and the
 # alert entities (event, number, problem binary_sensor) with every rule enabled.
-ACCOUNTS: list[tuple[str, str, str | None, tuple[str, ...]]] = [
+ACCOUNTS: list[tuple[str, str, str | None, tuple[RuleSpec, ...]]] = [
     ("main", "Main", "USD", ()),
     ("team-b", "Team B", "EUR", ()),
     ("new-1", "Not polled yet", None, ()),

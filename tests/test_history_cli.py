@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cm_mqtt_bridge.alerts.burn import Sample
+from cm_mqtt_bridge.alerts.history import Sample
 from cm_mqtt_bridge.alerts.store import DB_NAME, Store
 
 SCRIPT = Path(sys.executable).with_name("cm-mqtt-bridge")

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from cm_mqtt_bridge.alerts.burn import Burn
-from cm_mqtt_bridge.alerts.config import AlertsConfig
-from cm_mqtt_bridge.alerts.rules import Inputs, Notice, RuleState, evaluate
-from cm_mqtt_bridge.clock import FakeClock
+from cm_mqtt_bridge.alerts.evaluate import Notice, RuleState, evaluate
+from cm_mqtt_bridge.alerts.forecast import Burn
+from cm_mqtt_bridge.alerts.rules import AlertsConfig, Inputs
+from tests.fakes import FakeClock
 
 T0 = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)  # a Wednesday
 THRESHOLD = 5_000_000  # 5.00 USD in micro units
@@ -199,14 +199,14 @@ def test_repeat_every_reminds_while_still_active() -> None:
 
 def test_threshold_from_home_assistant_wins_over_the_config() -> None:
     acc = Account(low())
-    assert acc.step(available_micro=4_000_000, low_balance_below=3_000_000) == []
-    (fired,) = acc.step(available_micro=2_999_999, low_balance_below=3_000_000)
+    assert acc.step(available_micro=4_000_000, thresholds={"low_balance_below": Decimal("3")}) == []
+    (fired,) = acc.step(available_micro=2_999_999, thresholds={"low_balance_below": Decimal("3")})
     assert fired.threshold == "3.00 USD"
     assert fired.message == "CrossModel Main: available balance 2.999999 USD is below 3.00 USD"
     # Re-arm uses the effective threshold plus the configured margin: 3.50.
-    acc.step(available_micro=3_499_999, low_balance_below=3_000_000)
+    acc.step(available_micro=3_499_999, thresholds={"low_balance_below": Decimal("3")})
     assert acc.states["low_balance"].firing is True
-    acc.step(available_micro=3_500_000, low_balance_below=3_000_000)
+    acc.step(available_micro=3_500_000, thresholds={"low_balance_below": Decimal("3")})
     assert acc.states["low_balance"].firing is False
 
 
@@ -264,11 +264,11 @@ def test_runway_re_arms_when_nothing_is_spent_and_waits_without_a_burn_rate() ->
 
 def test_runway_threshold_from_home_assistant() -> None:
     acc = Account({"runway": {"below_days": 3, "margin_days": 1}})
-    (fired,) = acc.step(**runway_inputs("6.9"), runway_below_days=Decimal(7))
+    (fired,) = acc.step(**runway_inputs("6.9"), thresholds={"runway_below_days": Decimal(7)})
     assert fired.threshold == "7.0"
-    acc.step(**runway_inputs("7.9"), runway_below_days=Decimal(7))
+    acc.step(**runway_inputs("7.9"), thresholds={"runway_below_days": Decimal(7)})
     assert acc.states["runway"].firing is True
-    acc.step(**runway_inputs("8"), runway_below_days=Decimal(7))
+    acc.step(**runway_inputs("8"), thresholds={"runway_below_days": Decimal(7)})
     assert acc.states["runway"].firing is False
 
 

@@ -12,21 +12,15 @@ import aiohttp
 import pytest
 
 from cm_mqtt_bridge.api import AuthError, CrossModelClient, InvalidResponse, TransientError
-from cm_mqtt_bridge.clock import FakeClock
-from cm_mqtt_bridge.snapshot import (
-    Snapshot,
-    Usage,
-    UsageState,
-    Window,
-    fetch_snapshot,
-    window_start,
-)
+from cm_mqtt_bridge.fetch import fetch_snapshot
+from cm_mqtt_bridge.model import Snapshot, Usage, UsageState, Window, WindowUsage
 from tests.conftest import KEY
+from tests.fakes import FakeClock
 from tests.standin import CrossModelStandin, Reply
 
-DAILY = Window(10250, 9100, 2900, 12000, 41, 40)
-WEEKLY = Window(670000, 401000, 128000, 529000, 529, 521)
-MONTHLY = Window(5370000, 2500000, 700000, 3200000, 3200, 3150)
+DAILY = WindowUsage(10250, 9100, 2900, 12000, 41, 40)
+WEEKLY = WindowUsage(670000, 401000, 128000, 529000, 529, 521)
+MONTHLY = WindowUsage(5370000, 2500000, 700000, 3200000, 3200, 3150)
 
 
 @pytest.fixture
@@ -300,9 +294,19 @@ async def test_fetched_at_comes_from_the_clock(client: CrossModelClient, clock: 
 def test_window_success_rate() -> None:
     assert DAILY.success_rate == 97.6
     assert MONTHLY.success_rate == 98.4
-    assert Window(0, 0, 0, 0, 0, 0).success_rate is None
-    assert Window(1, 1, 1, 2, 5, None).success_rate is None
-    assert Window(1, 1, 1, 2, 3, 3).success_rate == 100.0
+    assert WindowUsage(0, 0, 0, 0, 0, 0).success_rate is None
+    assert WindowUsage(1, 1, 1, 2, 5, None).success_rate is None
+    assert WindowUsage(1, 1, 1, 2, 3, 3).success_rate == 100.0
+
+
+def test_usage_get_and_window_names() -> None:
+    usage = Usage(DAILY, WEEKLY, MONTHLY)
+    assert [usage.get(w) for w in Window] == [DAILY, WEEKLY, MONTHLY]
+    assert [(w.api, w.suffix, w.label) for w in Window] == [
+        ("daily", "today", "today"),
+        ("weekly", "week", "this week"),
+        ("monthly", "month", "this month"),
+    ]
 
 
 def utc(
@@ -332,29 +336,24 @@ def utc(
     ],
 )
 def test_window_start(at: datetime, daily: datetime, weekly: datetime, monthly: datetime) -> None:
-    assert window_start("daily", at) == daily
-    assert window_start("weekly", at) == weekly
-    assert window_start("monthly", at) == monthly
-    assert window_start("weekly", at).weekday() == 0
-    assert window_start("daily", at).tzinfo is UTC
-
-
-def test_window_start_unknown_window() -> None:
-    with pytest.raises(ValueError, match=r"^yearly$"):
-        window_start("yearly", utc(2026, 1, 1))
+    assert Window.DAY.start(at) == daily
+    assert Window.WEEK.start(at) == weekly
+    assert Window.MONTH.start(at) == monthly
+    assert Window.WEEK.start(at).weekday() == 0
+    assert Window.DAY.start(at).tzinfo is UTC
 
 
 def test_window_boundaries_reset_one_microsecond_later() -> None:
     end = utc(2026, 1, 31, 23, 59, 59, 999999)  # Saturday, last instant of January
     after = end + timedelta(microseconds=1)
-    assert window_start("daily", after) == after
-    assert window_start("monthly", after) == utc(2026, 2, 1)
-    assert window_start("monthly", end) == utc(2026, 1, 1)
-    assert window_start("weekly", after) == window_start("weekly", end) == utc(2026, 1, 26)
+    assert Window.DAY.start(after) == after
+    assert Window.MONTH.start(after) == utc(2026, 2, 1)
+    assert Window.MONTH.start(end) == utc(2026, 1, 1)
+    assert Window.WEEK.start(after) == Window.WEEK.start(end) == utc(2026, 1, 26)
 
 
 def test_fake_clock_starts_on_a_utc_monday() -> None:
     now = FakeClock().now()
     assert now.tzinfo is UTC
     assert now.utcoffset() == timedelta(0)
-    assert window_start("weekly", now) == utc(2026, 1, 5)
+    assert Window.WEEK.start(now) == utc(2026, 1, 5)

@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cm_mqtt_bridge.entities import ENTITIES
-from cm_mqtt_bridge.snapshot import Snapshot, Usage, UsageState, Window
-from cm_mqtt_bridge.state import AccountView, plain_values, same_values, state_document
+from cm_mqtt_bridge.model import Snapshot, Usage, UsageState, WindowUsage
+from cm_mqtt_bridge.render import plain_values, same_values
+from cm_mqtt_bridge.render import state_document as render_document
+from cm_mqtt_bridge.view import AccountView
 
 # Wednesday 7 January 2026 (ISO week starts Monday the 5th).
 USAGE_AT = datetime(2026, 1, 7, 15, 30, 12, 345000, tzinfo=UTC)
@@ -15,9 +17,9 @@ USAGE_AT = datetime(2026, 1, 7, 15, 30, 12, 345000, tzinfo=UTC)
 FETCHED_AT = datetime(2026, 1, 8, 0, 0, 5, tzinfo=UTC)
 
 USAGE = Usage(
-    daily=Window(10250, 9100, 2900, 12000, 41, 40),
-    weekly=Window(670000, 401000, 128000, 529000, 529, 521),
-    monthly=Window(5_370_000, 2_500_000, 700_000, 3_200_000, 3200, None),
+    daily=WindowUsage(10250, 9100, 2900, 12000, 41, 40),
+    weekly=WindowUsage(670000, 401000, 128000, 529000, 529, 521),
+    monthly=WindowUsage(5_370_000, 2_500_000, 700_000, 3_200_000, 3200, None),
 )
 
 
@@ -31,6 +33,11 @@ def snapshot(balance: int = 8_059_489, holds: int = 125_000, at: datetime = FETC
         usage=None,
         usage_state=UsageState.PENDING,
     )
+
+
+def state_document(view: AccountView) -> dict[str, Any]:
+    """The document of an account without alert rules."""
+    return render_document(view, ENTITIES)
 
 
 def full_view(**changes: Any) -> AccountView:
@@ -163,7 +170,7 @@ def test_same_values_ignores_only_last_update():
 
 
 def test_plain_values_exact():
-    assert plain_values(state_document(full_view())) == {
+    assert plain_values(state_document(full_view()), ENTITIES) == {
         "balance": "8.059489",
         "holds": "0.125",
         "available": "7.934489",
@@ -183,9 +190,9 @@ def test_plain_values_exact():
 
 
 def test_plain_values_leave_unknown_out_and_say_off():
-    assert plain_values(state_document(AccountView())) == {"connected": "OFF"}
+    assert plain_values(state_document(AccountView()), ENTITIES) == {"connected": "OFF"}
     view = AccountView(snapshot=snapshot(), api_status="unreachable", connected=False)
-    assert plain_values(state_document(view)) == {
+    assert plain_values(state_document(view), ENTITIES) == {
         "balance": "8.059489",
         "holds": "0.125",
         "available": "7.934489",
@@ -197,7 +204,13 @@ def test_plain_values_leave_unknown_out_and_say_off():
 
 def test_every_entity_value_and_attribute_is_in_the_document():
     doc = state_document(full_view())
+    read: list[str] = []
     for entity in ENTITIES:
-        keys = [entity.value, entity.last_reset, *(key for _name, key in entity.attributes)]
-        for key in keys:
-            assert key is None or key in doc, (entity.key, key)
+        values = [entity.value, entity.last_reset, *(value for _name, value in entity.attributes)]
+        for value in values:
+            assert value is None or value.key in doc, (entity.key, value)
+            if value is not None:
+                read.append(value.key)
+    # Nothing is read twice, and only the currency is in the document without an entity.
+    assert len(read) == len(set(read))
+    assert set(doc) == set(read) | {"currency"} == set(EXPECTED_FULL)

@@ -11,12 +11,13 @@ from typing import Any, cast
 
 import pytest
 
-from cm_mqtt_bridge.alerts.burn import WINDOW, Burn, Sample, burn_rate
-from cm_mqtt_bridge.alerts.engine import AlertEngine, ThresholdError
-from cm_mqtt_bridge.alerts.rules import Notice, RuleState
-from cm_mqtt_bridge.alerts.store import OutboxItem, Store
-from cm_mqtt_bridge.clock import FakeClock
+from cm_mqtt_bridge.alerts.engine import AlertAccount, AlertEngine, ThresholdError
+from cm_mqtt_bridge.alerts.evaluate import Notice, RuleState
+from cm_mqtt_bridge.alerts.forecast import WINDOW, Burn, burn_rate
+from cm_mqtt_bridge.alerts.history import Sample
+from cm_mqtt_bridge.alerts.store import AsyncStore, OutboxItem, Store, StoreError
 from cm_mqtt_bridge.config import Config
+from tests.fakes import FakeClock
 
 KEY = "cm-test-0123456789abcdefSECRET"
 T0 = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
@@ -309,65 +310,68 @@ def config(tmp_path: Path, below: str = "5.00", days: Any = 3) -> Config:
     )
 
 
-def test_overrides_persist_across_a_reopen(tmp_path: Path, path: Path) -> None:
-    cfg = config(tmp_path)
-    store = Store(path)
-    engine = AlertEngine(store, cfg.accounts, FakeClock(T0), ["mqtt"])
-    assert engine.threshold("main", "low_balance_below") == Decimal(5)
-    assert engine.set_threshold("main", "low_balance_below", b" 3.5\n") == Decimal("3.5")
-    assert engine.set_threshold("main", "runway_below_days", b"7.5") == Decimal("7.5")
+async def open_engine(path: Path, cfg: Config) -> tuple[AlertEngine, AsyncStore]:
+    store = AsyncStore(Store(path))
+    accounts = [AlertAccount(a.id, a.name, a.alerts) for a in cfg.accounts]
+    engine = AlertEngine(store, accounts, FakeClock(T0), ["mqtt"])
+    await engine.load()
+    return engine, store
+
+
+async def test_overrides_persist_across_a_reopen(tmp_path: Path, path: Path) -> None:
+    engine, store = await open_engine(path, config(tmp_path))
+    assert engine.thresholds("main")["low_balance_below"] == Decimal(5)
+    assert await engine.set_threshold("main", "low_balance_below", b" 3.5\n") == Decimal("3.5")
+    assert await engine.set_threshold("main", "runway_below_days", b"7.5") == Decimal("7.5")
     store.close()
     assert raw(path, "SELECT account, key, value, config_value FROM overrides ORDER BY key") == [
         ("main", "low_balance_below", "3.5", "5"),
         ("main", "runway_below_days", "7.5", "3"),
     ]
 
-    store = Store(path)
-    engine = AlertEngine(store, config(tmp_path, below="5.0").accounts, FakeClock(T0), ["mqtt"])
-    assert engine.threshold("main", "low_balance_below") == Decimal("3.5")
-    assert engine.threshold("main", "runway_below_days") == Decimal("7.5")
+    engine, store = await open_engine(path, config(tmp_path, below="5.0"))
+    assert engine.thresholds("main")["low_balance_below"] == Decimal("3.5")
+    assert engine.thresholds("main")["runway_below_days"] == Decimal("7.5")
     store.close()
 
 
-def test_an_override_is_dropped_when_the_config_value_changed(tmp_path: Path, path: Path) -> None:
-    store = Store(path)
-    engine = AlertEngine(store, config(tmp_path).accounts, FakeClock(T0), ["mqtt"])
-    engine.set_threshold("main", "low_balance_below", b"3.5")
-    engine.set_threshold("main", "runway_below_days", b"10")
+async def test_an_override_is_dropped_when_the_config_value_changed(
+    tmp_path: Path, path: Path
+) -> None:
+    engine, store = await open_engine(path, config(tmp_path))
+    await engine.set_threshold("main", "low_balance_below", b"3.5")
+    await engine.set_threshold("main", "runway_below_days", b"10")
     store.close()
 
-    store = Store(path)
-    engine = AlertEngine(store, config(tmp_path, below="6").accounts, FakeClock(T0), ["mqtt"])
-    assert engine.threshold("main", "low_balance_below") == Decimal(6)
-    assert engine.threshold("main", "runway_below_days") == Decimal(10)  # unchanged in the file
-    assert store.overrides("main") == {"runway_below_days": ("10", "3")}
+    engine, store = await open_engine(path, config(tmp_path, below="6"))
+    assert engine.thresholds("main")["low_balance_below"] == Decimal(6)
+    assert engine.thresholds("main")["runway_below_days"] == Decimal(10)  # unchanged in the file
+    assert await store.call(Store.overrides, "main") == {"runway_below_days": ("10", "3")}
     store.close()
 
 
 @pytest.mark.parametrize(
     "payload", [b"-1", b"2000000", b"abc", b"", b"NaN", b"Infinity", b"1.0000001", b"sNaN"]
 )
-def test_bad_threshold_changes_nothing(tmp_path: Path, path: Path, payload: bytes) -> None:
-    store = Store(path)
-    engine = AlertEngine(store, config(tmp_path).accounts, FakeClock(T0), ["mqtt"])
-    engine.set_threshold("main", "low_balance_below", b"4")
+async def test_bad_threshold_changes_nothing(tmp_path: Path, path: Path, payload: bytes) -> None:
+    engine, store = await open_engine(path, config(tmp_path))
+    await engine.set_threshold("main", "low_balance_below", b"4")
     with pytest.raises(ThresholdError):
-        engine.set_threshold("main", "low_balance_below", payload)
-    assert engine.threshold("main", "low_balance_below") == Decimal(4)
-    assert store.overrides("main") == {"low_balance_below": ("4", "5")}
+        await engine.set_threshold("main", "low_balance_below", payload)
+    assert engine.thresholds("main")["low_balance_below"] == Decimal(4)
+    assert await store.call(Store.overrides, "main") == {"low_balance_below": ("4", "5")}
     store.close()
 
 
-def test_threshold_limits_are_inclusive(tmp_path: Path, path: Path) -> None:
-    store = Store(path)
-    engine = AlertEngine(store, config(tmp_path).accounts, FakeClock(T0), ["mqtt"])
-    assert engine.set_threshold("main", "low_balance_below", b"1000000") == Decimal(1_000_000)
-    assert engine.set_threshold("main", "low_balance_below", b"0") == Decimal(0)
-    assert engine.set_threshold("main", "runway_below_days", b"365") == Decimal(365)
+async def test_threshold_limits_are_inclusive(tmp_path: Path, path: Path) -> None:
+    engine, store = await open_engine(path, config(tmp_path))
+    assert await engine.set_threshold("main", "low_balance_below", b"1000000") == Decimal(1_000_000)
+    assert await engine.set_threshold("main", "low_balance_below", b"0") == Decimal(0)
+    assert await engine.set_threshold("main", "runway_below_days", b"365") == Decimal(365)
     with pytest.raises(ThresholdError):
-        engine.set_threshold("main", "runway_below_days", b"365.5")
+        await engine.set_threshold("main", "runway_below_days", b"365.5")
     with pytest.raises(ThresholdError):
-        engine.set_threshold("main", "budget_daily", b"1")
+        await engine.set_threshold("main", "budget_daily", b"1")
     store.close()
 
 
@@ -401,12 +405,27 @@ def test_notices_of_one_commit_are_delivered_in_the_order_they_were_produced(
     ],
     ids=["trailing-junk", "too-many-decimals"],
 )
-def test_a_long_payload_is_judged_whole(tmp_path: Path, path: Path, payload: bytes) -> None:
-    store = Store(path)
-    engine = AlertEngine(store, config(tmp_path).accounts, FakeClock(T0), ["mqtt"])
+async def test_a_long_payload_is_judged_whole(tmp_path: Path, path: Path, payload: bytes) -> None:
+    engine, store = await open_engine(path, config(tmp_path))
     try:
         with pytest.raises(ThresholdError):
-            engine.set_threshold("main", "low_balance_below", payload)
-        assert store.overrides("main") == {}
+            await engine.set_threshold("main", "low_balance_below", payload)
+        assert await store.call(Store.overrides, "main") == {}
+    finally:
+        store.close()
+
+
+def test_open_refuses_a_file_that_is_not_a_database(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="move the file aside") as info:
+        Store.open(path, T0)
+    assert str(path) in str(info.value)
+
+
+def test_open_checks_that_the_file_can_be_written(path: Path) -> None:
+    store = Store.open(path, T0)
+    try:
+        assert raw(path, "SELECT key, value FROM meta") == [("opened", T0.isoformat())]
     finally:
         store.close()

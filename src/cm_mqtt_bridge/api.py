@@ -12,7 +12,7 @@ import logging
 import random
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -26,25 +26,28 @@ from tenacity import (
 
 from . import __version__
 from .clock import Clock
+from .model import ApiStatus
 from .redact import redact, shorten
 from .wire import CreditsWire, UsageWire
 
 log = logging.getLogger(__name__)
 
-ApiStatus = Literal["ok", "auth_failed", "rate_limited", "unreachable", "invalid_response"]
-API_STATUSES: tuple[ApiStatus, ...] = (
-    "ok",
-    "auth_failed",
-    "rate_limited",
-    "unreachable",
-    "invalid_response",
-)
 MAX_BODY = 1024 * 1024
 MAX_REDIRECTS = 3
 # Backoff cap: a Retry-After longer than this ends the attempt; the poller waits it out instead.
 MAX_RETRY_WAIT = 60.0
 
 W = TypeVar("W", bound=BaseModel)
+
+
+def backoff(attempt: int) -> float:
+    """Longest wait before retry `attempt` + 1 (1, 2, 4 … s, capped); jitter scales it down."""
+    return min(MAX_RETRY_WAIT, 2.0 ** (attempt - 1))
+
+
+def retry_budget(retries: int, timeout: float) -> float:
+    """The longest one request with its retries may take (Retry-After aside)."""
+    return (retries + 1) * timeout + sum(backoff(i) for i in range(1, retries + 1))
 
 
 class ApiError(Exception):
@@ -129,10 +132,10 @@ class CrossModelClient:
 
     def _wait(self, state: RetryCallState) -> float:
         # Full-jitter exponential backoff (1, 2, 4 … s, capped), never shorter than Retry-After.
-        backoff = min(MAX_RETRY_WAIT, 2.0 ** (state.attempt_number - 1)) * (0.5 + self._rng() / 2)
+        wait = backoff(state.attempt_number) * (0.5 + self._rng() / 2)
         exc = state.outcome.exception() if state.outcome else None
         retry_after = exc.retry_after if isinstance(exc, ApiError) else None
-        return max(backoff, retry_after or 0.0)
+        return max(wait, retry_after or 0.0)
 
     def _stop(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None

@@ -15,21 +15,22 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
-import aiomqtt
 
 from . import __version__
-from .alerts.store import DB_NAME, Store
+from .alerts.store import DB_NAME, Store, StoreError
 from .api import ApiError
-from .clock import Clock, SystemClock
+from .clock import SystemClock
 from .config import Config, ConfigError, load_config, normalize_api_key
 from .demo import run_demo
-from .discovery import Topics, device_payload
+from .discovery import device_payload
 from .entities import entities_for
+from .model import Snapshot, UsageState
 from .money import format_money, format_plain
 from .publisher import Publisher
 from .redact import REDACTED, RedactingFilter
-from .service import StartupError, make_client, run_service
-from .snapshot import WINDOWS, Snapshot, UsageState, Window, fetch_snapshot
+from .service import StartupError, run_service
+from .status import poll_all, render_status, snapshot_json
+from .topics import Topics
 
 EXIT_OK, EXIT_UPSTREAM, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("cm_mqtt_bridge")
@@ -154,84 +155,6 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
 # ---- status -------------------------------------------------------------------------------
 
 
-def _window_text(w: Window, currency: str) -> str:
-    return (
-        f"{format_money(w.cost_micro, currency)} · {w.total_tokens:,} tokens · "
-        f"{w.request_count:,} requests"
-    )
-
-
-def render_status(account_name: str, account_id: str, snap: Snapshot) -> str:
-    c = snap.currency
-    rows = [
-        ("Balance", format_money(snap.balance_micro, c)),
-        ("Holds", format_money(snap.holds_micro, c)),
-        ("Available", format_money(snap.available_micro, c)),
-    ]
-    if snap.usage is not None:
-        rows += [
-            ("Today", _window_text(snap.usage.daily, c)),
-            ("Week", _window_text(snap.usage.weekly, c)),
-            ("Month", _window_text(snap.usage.monthly, c)),
-        ]
-    else:
-        rows.append(("Usage", f"unavailable ({snap.usage_state.value}: {snap.usage_error})"))
-    lines = [f"CrossModel · {account_name} ({account_id})"]
-    lines += [f"  {label:<10} {value}" for label, value in rows]
-    return "\n".join(lines)
-
-
-def _window_json(w: Window) -> dict[str, Any]:
-    return {
-        "cost_micro": w.cost_micro,
-        "cost": format_plain(w.cost_micro),
-        "prompt_tokens": w.prompt_tokens,
-        "completion_tokens": w.completion_tokens,
-        "total_tokens": w.total_tokens,
-        "request_count": w.request_count,
-        "success_count": w.success_count,
-    }
-
-
-def snapshot_json(snap: Snapshot) -> dict[str, Any]:
-    usage = snap.usage
-    return {
-        "currency": snap.currency,
-        "balance_micro": snap.balance_micro,
-        "holds_micro": snap.holds_micro,
-        "available_micro": snap.available_micro,
-        "balance": format_plain(snap.balance_micro),
-        "holds": format_plain(snap.holds_micro),
-        "available": format_plain(snap.available_micro),
-        "fetched_at": snap.fetched_at.isoformat(),
-        "usage_state": snap.usage_state.value,
-        "usage_error": snap.usage_error,
-        "usage": None
-        if usage is None
-        else {name: _window_json(getattr(usage, name)) for name in WINDOWS},
-    }
-
-
-async def poll_all(config: Config, clock: Clock) -> list[tuple[str, str, Snapshot | ApiError]]:
-    results: list[tuple[str, str, Snapshot | ApiError]] = []
-    async with aiohttp.ClientSession() as session:
-
-        async def one(acc_index: int) -> Snapshot | ApiError:
-            acc = config.accounts[acc_index]
-            client = make_client(session, acc, config.poll, clock)
-            try:
-                return await fetch_snapshot(
-                    acc.id, client, clock, usage_deadline=config.poll.usage_timeout
-                )
-            except ApiError as exc:
-                return exc
-
-        outcomes = await asyncio.gather(*(one(i) for i in range(len(config.accounts))))
-    for acc, outcome in zip(config.accounts, outcomes, strict=True):
-        results.append((acc.id, acc.name, outcome))
-    return results
-
-
 def cmd_status(config: Config, as_json: bool, out: TextIO) -> int:
     results = asyncio.run(poll_all(config, SystemClock()))
     failed = any(isinstance(r, ApiError) for _, _, r in results)
@@ -275,11 +198,7 @@ async def broker_reachable(config: Config) -> str | None:
         return None
 
     publisher = Publisher(config.mqtt, topics, SystemClock(), subscriptions=(), on_message=ignore)
-    try:
-        async with publisher.make_client(probe=True):
-            return None
-    except aiomqtt.MqttError as exc:
-        return str(exc) or type(exc).__name__
+    return await publisher.probe()
 
 
 async def cmd_check(config: Config, out: TextIO) -> int:
@@ -314,7 +233,7 @@ async def cmd_check(config: Config, out: TextIO) -> int:
             topics=topics,
             currency=currencies[acc.id],
             qos=config.mqtt.qos,
-            entities=entities_for(acc.alerts.rule_names()),
+            entities=entities_for(acc.alerts.rules()),
         )
         out.write(f"\n{topics.device(acc.id)} (retained)\n{json.dumps(payload, indent=2)}\n")
     out.write("\n" + ("All checks passed.\n" if ok else "Some checks FAILED.\n"))
@@ -361,7 +280,11 @@ def cmd_history(config: Config, account: str | None, since: datetime | None, out
     if account is not None and account not in {a.id for a in config.accounts}:
         print(f"unknown account {account!r}", file=sys.stderr)
         return EXIT_CONFIG
-    store = Store(path)
+    try:
+        store = Store.open(path)
+    except StoreError as exc:
+        print(f"cm-mqtt-bridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(HISTORY_COLUMNS)

@@ -24,9 +24,11 @@ from pydantic import (
     model_validator,
 )
 
-from .alerts.config import AlertsConfig, NotifyConfig, StrictModel, merge_alerts
-from .discovery import entity_slug
+from .alerts.config import NotifyConfig, merge_alerts
+from .alerts.rules import AlertsConfig
+from .configbase import StrictModel
 from .redact import redact
+from .topics import entity_slug
 
 DEFAULT_API_URL = "https://api.crossmodel.ai/v1"
 ENV_PREFIX = "CM_MQTT_BRIDGE__"
@@ -39,9 +41,9 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "MQTT_PASSWORD": ("mqtt", "password"),
 }
 
-_ACCOUNT_ID_RE = re.compile(r"^[a-z0-9_-]{1,40}$")
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+$")
+_ACCOUNT_ID_RE = re.compile(r"[a-z0-9_-]{1,40}")
+_TOPIC_RE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+_HOST_RE = re.compile(r"[A-Za-z0-9.-]+")
 
 
 class ConfigError(Exception):
@@ -97,7 +99,7 @@ def check_api_url(url: str) -> str:
     except ValueError:
         raise ValueError("has an invalid port") from None
     bracketed = parts.netloc.startswith("[")
-    if not host or (not bracketed and not _HOST_RE.match(host)):
+    if not host or (not bracketed and not _HOST_RE.fullmatch(host)):
         raise ValueError("must have a plain host name")
     if bracketed:
         try:
@@ -122,7 +124,7 @@ class AccountConfig(StrictModel):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not _ACCOUNT_ID_RE.match(v):
+        if not _ACCOUNT_ID_RE.fullmatch(v):
             raise ValueError("use 1-40 characters from a-z, 0-9, '_' and '-' (it goes into topics)")
         return v
 
@@ -189,7 +191,7 @@ class MqttConfig(StrictModel):
     @field_validator("discovery_prefix", "base_topic")
     @classmethod
     def _topic(cls, v: str) -> str:
-        if not _TOPIC_RE.match(v):
+        if not _TOPIC_RE.fullmatch(v):
             raise ValueError("use letters, digits, '_', '-' and '/' separators (no + or #)")
         return v
 

@@ -2,83 +2,22 @@
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
-from .entities import Entity, entities_for
+from .entities import Entity, Value, entities_for
+from .topics import Topics, default_entity_id, device_id, unique_id
 
 ORIGIN_NAME = "cm-mqtt-bridge"
 SUPPORT_URL = "https://github.com/crossmodel/cm-mqtt-bridge"
 CONSOLE_URL = "https://crossmodel.ai/console"
 
 
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """Every topic the bridge uses; the one place topic strings are built."""
-
-    base: str
-    prefix: str
-
-    @property
-    def bridge_status(self) -> str:
-        return f"{self.base}/status"
-
-    @property
-    def ha_status(self) -> str:
-        return f"{self.prefix}/status"
-
-    @property
-    def refresh_all(self) -> str:
-        return f"{self.base}/refresh/set"
-
-    @property
-    def device_wildcard(self) -> str:
-        return f"{self.prefix}/device/+/config"
-
-    def account(self, account_id: str) -> str:
-        return f"{self.base}/{account_id}"
-
-    def state(self, account_id: str) -> str:
-        return f"{self.base}/{account_id}/state"
-
-    def availability(self, account_id: str) -> str:
-        return f"{self.base}/{account_id}/availability"
-
-    def value(self, account_id: str, key: str) -> str:
-        return f"{self.base}/{account_id}/{key}"
-
-    def alerts(self, account_id: str) -> str:
-        return f"{self.base}/{account_id}/alerts"
-
-    def alerts_active(self, account_id: str) -> str:
-        return f"{self.base}/{account_id}/alerts/active"
-
-    def device(self, account_id: str) -> str:
-        return f"{self.prefix}/device/{device_id(account_id)}/config"
-
-
-def device_id(account_id: str) -> str:
-    return f"cm_{account_id}"
-
-
-def unique_id(account_id: str, key: str) -> str:
-    return f"cm_{account_id}_{key}"
-
-
-def entity_slug(account_id: str) -> str:
-    """The account id as HA entity ids allow it: [a-z0-9_], no '__', no '_' at either end."""
-    return re.sub("_+", "_", account_id.replace("-", "_")).strip("_") or "account"
-
-
-def default_entity_id(platform: str, account_id: str, key: str) -> str:
-    return f"{platform}.crossmodel_{entity_slug(account_id)}_{key}"
-
-
-def _attributes_template(attributes: Iterable[tuple[str, str]]) -> str:
-    pairs = ", ".join(f"{name!r}: value_json.{key}" for name, key in attributes)
+def _attributes_template(attributes: Iterable[tuple[str, Value]]) -> str:
+    pairs = ", ".join(f"{name!r}: value_json.{value.key}" for name, value in attributes)
     return "{{ {" + pairs + "} | tojson }}"
 
 
@@ -103,11 +42,11 @@ def component(
     elif entity.value is not None:
         cfg["state_topic"] = topics.state(account_id)
         if entity.platform == "binary_sensor":
-            cfg["value_template"] = f"{{{{ 'ON' if value_json.{entity.value} else 'OFF' }}}}"
+            cfg["value_template"] = f"{{{{ 'ON' if value_json.{entity.value.key} else 'OFF' }}}}"
         else:
-            cfg["value_template"] = f"{{{{ value_json.{entity.value} }}}}"
+            cfg["value_template"] = f"{{{{ value_json.{entity.value.key} }}}}"
     if entity.command is not None:
-        cfg["command_topic"] = f"{topics.account(account_id)}/{entity.command}"
+        cfg["command_topic"] = topics.command(account_id, entity.command)
     if entity.platform == "button":
         cfg["payload_press"] = "PRESS"
     for key, val in (
@@ -132,7 +71,7 @@ def component(
         cfg["json_attributes_template"] = _attributes_template(entity.attributes)
     if entity.last_reset is not None:
         # '' when unknown: HA ignores an empty last_reset instead of logging an invalid date.
-        cfg["last_reset_value_template"] = f"{{{{ value_json.{entity.last_reset} or '' }}}}"
+        cfg["last_reset_value_template"] = f"{{{{ value_json.{entity.last_reset.key} or '' }}}}"
     return cfg
 
 
@@ -201,3 +140,52 @@ def announced_currency(payload: Mapping[str, Any]) -> str | None:
         if isinstance(balance, Mapping) and isinstance(balance.get("unit_of_measurement"), str):
             return str(balance["unit_of_measurement"])
     return None
+
+
+def is_ours(payload: Mapping[str, Any], topics: Topics) -> bool:
+    """Several bridges may share a broker: only devices whose entities read from our base
+    topic are ours to change."""
+    cmps = payload.get("cmps")
+    prefix = topics.base + "/"
+    if not isinstance(cmps, Mapping):
+        return False
+    return any(
+        isinstance(c, Mapping) and str(c.get("state_topic", "")).startswith(prefix)
+        for c in cmps.values()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """What an earlier run left retained for one configured account."""
+
+    components: dict[str, str]  # component id -> platform
+    currency: str | None
+
+
+def read_back(
+    retained: Mapping[str, bytes], topics: Topics, account_ids: Iterable[str]
+) -> tuple[list[str], dict[str, Announced]]:
+    """Sort the retained device messages read at start: device topics of accounts no longer
+    configured (to be emptied), and what each configured account announced."""
+    by_topic = {topics.device(a): a for a in account_ids}
+    gone: list[str] = []
+    found: dict[str, Announced] = {}
+    for topic, payload in retained.items():
+        if not payload:
+            continue
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError):  # not ours, maybe hostile: skip it
+            continue
+        if not isinstance(doc, dict):
+            continue
+        announced = announced_components(doc)
+        if announced is None or not is_ours(doc, topics):
+            continue
+        account = by_topic.get(topic)
+        if account is None:
+            gone.append(topic)
+        else:
+            found[account] = Announced(announced, announced_currency(doc))
+    return gone, found

@@ -1,32 +1,36 @@
-"""Every Home Assistant entity of an account, declared once.
+"""Every Home Assistant entity of an account, declared once, with the readers of its values.
 
-Discovery payloads (discovery.py) and the state document (state.py) are both generated from
-this table; nothing else names an entity. `value` is the key the entity reads in the account's
-JSON state document.
+This table is the one source for the discovery payload (discovery.py), the JSON state document
+and the plain value topics (render.py): each entry says how HA shows the entity and how its
+value, attributes and `last_reset` are read from the account's view. Adding an entity touches
+this table only; alert entities are derived from the rule registry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Literal
 
-from .api import API_STATUSES
+from .alerts.rules import RuleSpec
+from .model import API_STATUSES, Window, WindowUsage
+from .money import CURRENCY, format_plain, parse_amount
+from .view import AccountView
 
 Platform = Literal["sensor", "binary_sensor", "button", "number", "event"]
-RULE_NAMES = {
-    "low_balance": "Low balance",
-    "runway": "Runway",
-    "budget_daily": "Daily budget",
-    "budget_weekly": "Weekly budget",
-    "budget_monthly": "Monthly budget",
-    "api_down": "API down",
-    "auth_failed": "Key rejected",
-    "topup": "Top-up",
-}
 # Which availability topics gate the entity: values need fresh data, diagnostics only the bridge.
 Gate = Literal["values", "bridge"]
-CURRENCY = "<currency>"  # the unit is the account's ISO 4217 code, known after the first poll
-CURRENCY_PER_DAY = "<currency>/d"
+CENT = 10_000  # micro units
+Reader = Callable[[AccountView], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """One key of the state document and how to read it from the view (None: unknown)."""
+
+    key: str
+    read: Reader
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +38,7 @@ class Entity:
     key: str  # component id, suffix of unique_id and default_entity_id
     name: str
     platform: Platform = "sensor"
-    value: str | None = None  # state-document key; None for command-only entities
+    value: Value | None = None  # None for command-only entities
     device_class: str | None = None
     state_class: str | None = None
     unit: str | None = None
@@ -42,36 +46,103 @@ class Entity:
     category: Literal["diagnostic", "config"] | None = None
     icon: str | None = None
     options: tuple[str, ...] = ()
-    attributes: tuple[tuple[str, str], ...] = ()  # (attribute name, state-document key)
-    last_reset: str | None = None  # state-document key holding the window start
+    attributes: tuple[tuple[str, Value], ...] = ()  # (attribute name, value)
+    last_reset: Value | None = None
     gate: Gate = "values"
-    command: str | None = None  # topic suffix under <base>/<account>/
+    command: str | None = None  # command name: <base>/<account>/<command>/set
     event_types: tuple[str, ...] = ()
     number: tuple[float, float, float] | None = None  # min, max, step
+    plain: bool = True  # also published as a plain retained topic
+    # Publish hysteresis: keep the published value while a new one is within this fraction.
+    band: Decimal | None = None
 
     def unit_for(self, currency: str | None) -> str | None:
-        if self.unit is None or "<currency>" not in self.unit:
+        if self.unit is None or CURRENCY not in self.unit:
             return self.unit
-        return self.unit.replace("<currency>", currency) if currency else None
+        return self.unit.replace(CURRENCY, currency) if currency else None
 
     @property
     def needs_currency(self) -> bool:
-        return self.unit is not None and "<currency>" in self.unit
+        return self.unit is not None and CURRENCY in self.unit
+
+    def values(self) -> Iterator[Value]:
+        """Every state-document key this entity reads."""
+        if self.value is not None:
+            yield self.value
+        yield from (v for _name, v in self.attributes)
+        if self.last_reset is not None:
+            yield self.last_reset
 
 
-# (value suffix, label, snapshot window)
-WINDOW_LABELS = (
-    ("today", "today", "daily"),
-    ("week", "this week", "weekly"),
-    ("month", "this month", "monthly"),
-)
+# ---- readers ---------------------------------------------------------------------------------
 
 
-def _money(key: str, name: str) -> Entity:
+def _money(field: str) -> Reader:
+    def read(v: AccountView) -> str | None:
+        snap = v.snapshot
+        return None if snap is None else format_plain(getattr(snap, field))
+
+    return read
+
+
+def _window(window: Window, read: Callable[[WindowUsage], Any]) -> Reader:
+    def reader(v: AccountView) -> Any:
+        return None if v.usage is None else read(v.usage.get(window))
+
+    return reader
+
+
+def _reset(window: Window) -> Reader:
+    def read(v: AccountView) -> str | None:
+        if v.usage is None or v.usage_at is None:
+            return None
+        return window.start(v.usage_at).isoformat()
+
+    return read
+
+
+def _burn_rate(v: AccountView) -> str | None:
+    burn = v.alerts.burn if v.alerts else None
+    if burn is None:
+        return None
+    # Published to a cent per day (the rules use the exact value): an idle wallet stays quiet.
+    cents = (burn.per_day_micro / CENT).quantize(Decimal(1), ROUND_HALF_EVEN)
+    return format_plain(int(cents) * CENT)
+
+
+def _runway(v: AccountView) -> str | None:
+    days = v.alerts.runway_days if v.alerts else None
+    if days is None:
+        return None
+    if days <= 0:
+        return "0"
+    # Two significant digits (20 d, 2.5 d, 0.63 d).
+    step = Decimal(1).scaleb(days.adjusted() - 1)
+    return format(days.quantize(step, ROUND_HALF_EVEN), "f")
+
+
+def _firing(rule: str) -> Reader:
+    return lambda v: v.alerts is not None and rule in v.alerts.active
+
+
+def _threshold(key: str, money: bool) -> Reader:
+    def read(v: AccountView) -> str | None:
+        value = v.alerts.thresholds.get(key) if v.alerts else None
+        if value is None:
+            return None
+        return format_plain(parse_amount(value)) if money else str(value)
+
+    return read
+
+
+# ---- the table -------------------------------------------------------------------------------
+
+
+def _money_entity(key: str, name: str) -> Entity:
     return Entity(
         key=key,
         name=name,
-        value=key,
+        value=Value(key, _money(f"{key}_micro")),
         device_class="monetary",
         state_class="total",
         unit=CURRENCY,
@@ -82,75 +153,94 @@ def _money(key: str, name: str) -> Entity:
 
 def _build() -> tuple[Entity, ...]:
     out: list[Entity] = [
-        _money("balance", "Balance"),
-        _money("holds", "Holds"),
-        _money("available", "Available"),
+        _money_entity("balance", "Balance"),
+        _money_entity("holds", "Holds"),
+        _money_entity("available", "Available"),
     ]
-    for suffix, label, _window in WINDOW_LABELS:
+    for w in Window:
         out.append(
             Entity(
-                key=f"spend_{suffix}",
-                name=f"Spend {label}",
-                value=f"spend_{suffix}",
+                key=f"spend_{w.suffix}",
+                name=f"Spend {w.label}",
+                value=Value(f"spend_{w.suffix}", _window(w, lambda u: format_plain(u.cost_micro))),
                 device_class="monetary",
                 state_class="total",
                 unit=CURRENCY,
                 precision=2,
                 icon="mdi:cash-minus",
-                last_reset=f"reset_{suffix}",
+                last_reset=Value(f"reset_{w.suffix}", _reset(w)),
             )
         )
-    for suffix, label, _window in WINDOW_LABELS:
+    for w in Window:
         out.append(
             Entity(
-                key=f"tokens_{suffix}",
-                name=f"Tokens {label}",
-                value=f"tokens_{suffix}",
+                key=f"tokens_{w.suffix}",
+                name=f"Tokens {w.label}",
+                value=Value(f"tokens_{w.suffix}", _window(w, lambda u: u.total_tokens)),
                 state_class="total_increasing",
                 unit="tokens",
                 icon="mdi:counter",
                 attributes=(
-                    ("prompt_tokens", f"prompt_tokens_{suffix}"),
-                    ("completion_tokens", f"completion_tokens_{suffix}"),
+                    (
+                        "prompt_tokens",
+                        Value(f"prompt_tokens_{w.suffix}", _window(w, lambda u: u.prompt_tokens)),
+                    ),
+                    (
+                        "completion_tokens",
+                        Value(
+                            f"completion_tokens_{w.suffix}",
+                            _window(w, lambda u: u.completion_tokens),
+                        ),
+                    ),
                 ),
             )
         )
-    for suffix, label, _window in WINDOW_LABELS:
+    for w in Window:
         out.append(
             Entity(
-                key=f"requests_{suffix}",
-                name=f"Requests {label}",
-                value=f"requests_{suffix}",
+                key=f"requests_{w.suffix}",
+                name=f"Requests {w.label}",
+                value=Value(f"requests_{w.suffix}", _window(w, lambda u: u.request_count)),
                 state_class="total_increasing",
                 unit="requests",
                 icon="mdi:swap-horizontal",
-                attributes=(("success_rate", f"success_rate_{suffix}"),),
+                attributes=(
+                    (
+                        "success_rate",
+                        Value(f"success_rate_{w.suffix}", _window(w, lambda u: u.success_rate)),
+                    ),
+                ),
             )
         )
     out += [
         Entity(
             key="last_update",
             name="Last update",
-            value="last_update",
+            value=Value(
+                "last_update", lambda v: v.snapshot.fetched_at.isoformat() if v.snapshot else None
+            ),
             device_class="timestamp",
             category="diagnostic",
         ),
         Entity(
             key="api_status",
             name="API status",
-            value="api_status",
+            value=Value("api_status", lambda v: v.api_status),
             device_class="enum",
             options=API_STATUSES,
             category="diagnostic",
             icon="mdi:api",
-            attributes=(("error", "error"), ("usage", "usage_state")),
+            attributes=(
+                ("error", Value("error", lambda v: v.error)),
+                ("usage", Value("usage_state", lambda v: v.usage_state)),
+            ),
             gate="bridge",
         ),
         Entity(
             key="connected",
             name="Connected",
             platform="binary_sensor",
-            value="connected",
+            value=Value("connected", lambda v: v.connected),
             device_class="connectivity",
             category="diagnostic",
             gate="bridge",
@@ -160,56 +250,65 @@ def _build() -> tuple[Entity, ...]:
             name="Refresh",
             platform="button",
             icon="mdi:refresh",
-            command="refresh/set",
+            command="refresh",
             gate="bridge",
+        ),
+        # The forecast is useful without any rule: always published.
+        Entity(
+            key="burn_rate",
+            name="Burn rate",
+            value=Value("burn_rate", _burn_rate),
+            state_class="measurement",
+            unit=f"{CURRENCY}/d",
+            precision=2,
+            icon="mdi:fire",
+            attributes=(("source", Value("burn_rate_source", _burn_source)),),
+            band=Decimal("0.02"),
+        ),
+        Entity(
+            key="runway",
+            name="Runway",
+            value=Value("runway_days", _runway),
+            device_class="duration",
+            state_class="measurement",
+            unit="d",
+            precision=1,
+            icon="mdi:timer-sand",
+            band=Decimal("0.02"),
         ),
     ]
     return tuple(out)
 
 
-ENTITIES: tuple[Entity, ...] = _build()
+def _burn_source(v: AccountView) -> str | None:
+    burn = v.alerts.burn if v.alerts else None
+    return burn.source if burn else None
 
-# Always published (the forecast is useful without any rule): burn rate and runway.
-FORECAST: tuple[Entity, ...] = (
-    Entity(
-        key="burn_rate",
-        name="Burn rate",
-        value="burn_rate",
-        state_class="measurement",
-        unit=CURRENCY_PER_DAY,
-        precision=2,
-        icon="mdi:fire",
-        attributes=(("source", "burn_rate_source"),),
-    ),
-    Entity(
-        key="runway",
-        name="Runway",
-        value="runway_days",
-        device_class="duration",
-        state_class="measurement",
-        unit="d",
-        precision=1,
-        icon="mdi:timer-sand",
-    ),
+
+ENTITIES: tuple[Entity, ...] = _build()
+# Not an entity: the currency code rides in the state document for other subscribers.
+DOCUMENT_ONLY: tuple[Value, ...] = (
+    Value("currency", lambda v: v.snapshot.currency if v.snapshot else None),
 )
 
 
-def alert_entities(rules: tuple[str, ...]) -> tuple[Entity, ...]:
+def alert_entities(rules: tuple[RuleSpec, ...]) -> tuple[Entity, ...]:
     """A problem binary_sensor per enabled rule, one event entity, and the number entities
     for the thresholds HA may change."""
     if not rules:
         return ()
     out: list[Entity] = [
         Entity(
-            key=f"alert_{rule}",
-            name=f"{RULE_NAMES[rule]} alert",
+            key=f"alert_{rule.name}",
+            name=f"{rule.label} alert",
             platform="binary_sensor",
-            value=f"alert_{rule}",
+            value=Value(f"alert_{rule.name}", _firing(rule.name)),
             device_class="problem",
             gate="bridge",  # an alert (API down!) must stay visible while values are stale
+            plain=False,
         )
         for rule in rules
-        if rule != "topup"  # a top-up is an event, never a lasting problem
+        if not rule.event
     ]
     out.append(
         Entity(
@@ -217,52 +316,33 @@ def alert_entities(rules: tuple[str, ...]) -> tuple[Entity, ...]:
             name="Alert",
             platform="event",
             icon="mdi:bell-alert",
-            command=None,
-            event_types=rules,
+            event_types=tuple(r.name for r in rules),
             gate="bridge",
+            plain=False,
         )
     )
-    if "low_balance" in rules:
+    for rule in rules:
+        t = rule.threshold
+        if t is None:
+            continue
         out.append(
             Entity(
-                key="low_balance_below",
-                name="Low balance threshold",
+                key=t.key,
+                name=t.name,
                 platform="number",
-                value="low_balance_below",
-                unit=CURRENCY,
+                value=Value(t.key, _threshold(t.key, t.money)),
+                unit=t.unit,
                 category="config",
-                icon="mdi:wallet-outline",
-                command="low_balance_below/set",
-                number=(0.0, 1_000_000.0, 0.01),
+                icon=t.icon,
+                command=t.key,
+                number=(float(t.low), float(t.high), float(t.step)),
                 gate="bridge",
-            )
-        )
-    if "runway" in rules:
-        out.append(
-            Entity(
-                key="runway_below_days",
-                name="Runway threshold",
-                platform="number",
-                value="runway_below_days",
-                unit="d",
-                category="config",
-                icon="mdi:timer-alert-outline",
-                command="runway_below_days/set",
-                number=(0.0, 365.0, 0.5),
-                gate="bridge",
+                plain=False,
             )
         )
     return tuple(out)
 
 
-def entities_for(rules: tuple[str, ...]) -> tuple[Entity, ...]:
+def entities_for(rules: tuple[RuleSpec, ...]) -> tuple[Entity, ...]:
     """Every entity of an account with these alert rules enabled."""
-    return ENTITIES + FORECAST + alert_entities(rules)
-
-
-# Values also published as plain retained topics for subscribers that do not parse JSON.
-PLAIN_VALUES: tuple[str, ...] = tuple(
-    e.value
-    for e in ENTITIES + FORECAST
-    if e.value is not None and e.platform in ("sensor", "binary_sensor")
-)
+    return ENTITIES + alert_entities(rules)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,31 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+def build_report(
+    *,
+    version: str,
+    connected: bool,
+    accounts: dict[str, dict[str, Any]],
+    tasks: dict[str, str],
+    store_problem: str | None,
+    alerts_pending: int,
+) -> dict[str, Any]:
+    """/healthz: healthy when connected, every account polled within its budget, every task
+    running (or settled after a restart) and the alert store working."""
+    return {
+        "healthy": connected
+        and all(a["ok"] for a in accounts.values())
+        and not tasks
+        and store_problem is None,
+        "broker_connected": connected,
+        "alerts_pending": alerts_pending,
+        "alert_store": "ok" if store_problem is None else f"failing: {store_problem}",
+        "tasks": tasks or "ok",
+        "version": version,
+        "accounts": accounts,
+    }
 
 
 class HealthServer:
@@ -39,9 +65,16 @@ class HealthServer:
             self.port = sockets[0].getsockname()[1]
         log.info("health endpoint on http://%s:%d/healthz", self._host, self.port)
 
+    async def serve(self) -> None:
+        """Keep the endpoint up (a supervised task): start it again if it is not running."""
+        if self._runner is None:
+            await self.start()
+        await asyncio.Event().wait()
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
 
     async def _healthz(self, request: web.Request) -> web.Response:
         report = self._report()

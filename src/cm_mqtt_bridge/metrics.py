@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .model import Snapshot, Window
 from .money import micro_to_decimal
-from .snapshot import WINDOWS, Snapshot
 
 
 class Metrics:
@@ -36,6 +36,12 @@ class Metrics:
             registry=r,
         )
         self.connected = Gauge("cm_bridge_mqtt_connected", "1 while connected", registry=r)
+        self.restarts = Counter(
+            "cm_bridge_task_restarts",
+            "Restarts of a background task after it failed",
+            ["task"],
+            registry=r,
+        )
 
     def poll(self, account: str, result: str, seconds: float) -> None:
         self.polls.labels(account, result).inc()
@@ -49,9 +55,11 @@ class Metrics:
             float(micro_to_decimal(snap.available_micro))
         )
         if snap.usage is not None:
-            for window in WINDOWS:
-                cost = getattr(snap.usage, window).cost_micro
-                self.spend.labels(snap.account_id, cur, window).set(float(micro_to_decimal(cost)))
+            for window in Window:
+                cost = snap.usage.get(window).cost_micro
+                self.spend.labels(snap.account_id, cur, window.api).set(
+                    float(micro_to_decimal(cost))
+                )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

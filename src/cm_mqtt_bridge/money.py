@@ -60,3 +60,7 @@ def parse_amount(text: str | int | float | Decimal) -> int:
     if micro != micro.to_integral_value():
         raise ValueError("amount has more than 6 decimal places")
     return int(micro)
+
+
+# A unit placeholder: the account's ISO 4217 code, known after its first poll.
+CURRENCY = "<currency>"

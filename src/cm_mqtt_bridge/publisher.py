@@ -16,13 +16,12 @@ import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from enum import IntEnum
 
 import aiomqtt
 
 from .clock import Clock
 from .config import MqttConfig
-from .discovery import Topics
+from .topics import Kind, Topics
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +39,15 @@ _MQTT_LOG = logging.getLogger("cm_mqtt_bridge.mqtt")
 _MQTT_LOG.addFilter(_QuietPending())
 
 
-class Kind(IntEnum):
-    """Publish order on (re)connect; also what an HA birth message asks to resend."""
-
-    STATUS = 0
-    DISCOVERY = 1
-    AVAILABILITY = 2
-    STATE = 3
-
-
 @dataclass(slots=True)
 class _Entry:
     kind: Kind
     payload: bytes
     once: bool = False  # e.g. a device removal: send once, then forget
+
+
+class PublishError(Exception):
+    """A message could not be published (no connection, or the broker did not take it)."""
 
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
@@ -70,7 +64,7 @@ class Publisher:
         subscriptions: Iterable[str],
         on_message: MessageHandler,
         on_readback: ReadbackHandler | None = None,
-        on_connect: Callable[[], None] | None = None,
+        on_connection: Callable[[bool], None] | None = None,
         readback_seconds: float = 3.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -80,7 +74,7 @@ class Publisher:
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
         self._on_readback = on_readback
-        self._on_connect = on_connect
+        self._on_connection = on_connection
         self._readback_seconds = readback_seconds
         self._rng = rng or random.Random()
         self._desired: dict[str, _Entry] = {}
@@ -90,7 +84,7 @@ class Publisher:
         self._readback_done = False
         self._readback: dict[str, bytes] = {}
         self._barrier = asyncio.Event()
-        self._barrier_topic = f"{topics.base}/_readback/{uuid.uuid4().hex}"
+        self._barrier_topic = topics.readback(uuid.uuid4().hex)
         self._stopping = False
         self._flushing = False
         self.connected = asyncio.Event()
@@ -173,7 +167,10 @@ class Publisher:
                 )
             finally:
                 self._client = None
-                self.connected.clear()
+                if self.connected.is_set():
+                    self.connected.clear()
+                    if self._on_connection is not None:
+                        self._on_connection(False)
             if self._stopping:
                 return
             await self._clock.sleep(backoff * (0.8 + 0.4 * self._rng.random()))
@@ -207,8 +204,8 @@ class Publisher:
             self.connected.set()
             self._dirty.set()
             tg.create_task(self._sync(client))
-            if self._on_connect is not None:
-                self._on_connect()
+            if self._on_connection is not None:
+                self._on_connection(True)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -279,13 +276,24 @@ class Publisher:
         return [(t, e.payload) for t, e in sorted(self._desired.items(), key=lambda i: i[1].kind)]
 
     async def publish_now(self, topic: str, payload: bytes) -> None:
-        """Publish at QoS 1 and return once the broker acknowledged it; raise
-        aiomqtt.MqttError when there is no connection (the caller keeps the message)."""
+        """Publish at QoS 1 and return once the broker acknowledged it; raise PublishError
+        when there is no connection or the broker did not take it (the caller keeps it)."""
         client = self._client
         if client is None or not self.connected.is_set():
-            raise aiomqtt.MqttError("not connected to the MQTT broker")
-        await client.publish(topic, payload, qos=1, retain=False)
+            raise PublishError("not connected to the MQTT broker")
+        try:
+            await client.publish(topic, payload, qos=1, retain=False)
+        except aiomqtt.MqttError as exc:
+            raise PublishError(str(exc) or type(exc).__name__) from None
         self.publish_count += 1
+
+    async def probe(self) -> str | None:
+        """None when a connection to the broker works, else the reason (`check`)."""
+        try:
+            async with self.make_client(probe=True):
+                return None
+        except aiomqtt.MqttError as exc:
+            return str(exc) or type(exc).__name__
 
     async def close(self, timeout: float = 2.0) -> None:
         """Say `offline` (clean disconnects do not trigger the Will) and stop reconnecting."""
@@ -298,4 +306,4 @@ class Publisher:
                 client.publish(self._topics.bridge_status, "offline", qos=1, retain=True), timeout
             )
         except (aiomqtt.MqttError, TimeoutError) as exc:
-            log.warning("could not publish offline status: %s", exc)
+            log.warning("could not publish offline status: %s", str(exc) or type(exc).__name__)

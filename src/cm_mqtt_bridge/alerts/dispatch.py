@@ -1,4 +1,9 @@
-"""Delivers the outbox, one task per channel: a channel that is down delays only itself."""
+"""Delivers the outbox, one loop per channel: a channel that is down delays only itself.
+
+Every loop survives a failing database: a store call that fails is retried with backoff, and a
+notice whose delivery could not be recorded is remembered here, so it is recorded later and
+never sent twice by this process.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +16,24 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from ..clock import Clock, wait_event
 from .notifiers import Channel, DeliveryError
-from .store import Store
+from .store import AsyncStore, OutboxItem, Store, StoreError
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
+STORE_RETRY = (1.0, 60.0)  # backoff while the database fails: first, cap
 
 
 class Dispatcher:
     def __init__(
         self,
-        store: Store,
+        store: AsyncStore,
         channels: Sequence[Channel],
         clock: Clock,
         *,
         attempts: int = 3,
         backoff_base: float = 5.0,
         retry_wait_max: float = 4.0,
+        store_retry: tuple[float, float] = STORE_RETRY,
     ) -> None:
         self.store = store
         self.channels = list(channels)
@@ -34,7 +41,12 @@ class Dispatcher:
         self._attempts = attempts
         self._backoff_base = backoff_base
         self._retry_wait_max = retry_wait_max
+        self._store_retry = store_retry
         self._wake = {c.name: asyncio.Event() for c in self.channels}
+        self._resume = {c.name: True for c in self.channels}
+        # Sent, but the database did not take the record yet: (channel) -> items.
+        self._unrecorded: dict[str, list[OutboxItem]] = {c.name: [] for c in self.channels}
+        self.pending: dict[str, int] = {c.name: 0 for c in self.channels}  # for /healthz
 
     @property
     def names(self) -> list[str]:
@@ -45,39 +57,63 @@ class Dispatcher:
             if channel is None or name == channel:
                 event.set()
 
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            for channel in self.channels:
-                tg.create_task(self._run_channel(channel))
-
     def resume(self, channel: str) -> None:
-        """The channel is back (e.g. the broker reconnected): send what it owes now."""
-        self.store.make_due(channel, self._clock.now())
-        self.wake(channel)
+        """The channel is back (e.g. the broker reconnected): send what it owes now, not
+        after its backoff."""
+        if channel in self._resume:
+            self._resume[channel] = True
+            self.wake(channel)
 
-    async def _run_channel(self, channel: Channel) -> None:
+    async def run_channel(self, channel: Channel) -> None:
+        """Deliver for one channel until cancelled."""
         wake = self._wake[channel.name]
-        # A new process is a new chance: what waited out a backoff before a restart goes now.
-        self.store.make_due(channel.name, self._clock.now())
+        # A new process (or a restarted loop) is a new chance: what waited out a backoff
+        # before goes now.
+        self._resume[channel.name] = True
+        failures = 0
         while True:
             wake.clear()
             try:
-                await self.flush(channel)
-            except Exception:
-                # A bug in one channel must not end deliveries: the outbox keeps the notices.
-                log.exception("%s: delivery loop failed; retrying in 60 s", channel.name)
-                await wait_event(self._clock, wake, 60.0)
-                continue
-            next_due = self.store.next_due(channel.name)
-            timeout = 3600.0
-            if next_due is not None:
-                timeout = max(0.05, (next_due - self._clock.now()).total_seconds())
+                timeout = await self._round(channel)
+            except StoreError:
+                # Logged by the store; the notices stay in the outbox (or in _unrecorded).
+                first, cap = self._store_retry
+                timeout = min(cap, first * 2**failures)
+                failures += 1
+            else:
+                failures = 0
             await wait_event(self._clock, wake, timeout)
+
+    async def _round(self, channel: Channel) -> float:
+        """Record what was sent, send what is due; return how long to wait."""
+        name = channel.name
+        await self._record_pending(name)
+        if self._resume[name]:
+            now = self._clock.now()
+            await self.store.call(Store.make_due, name, now)
+            self._resume[name] = False
+        await self.flush(channel)
+        self.pending[name] = await self.store.call(Store.pending, name)
+        next_due = await self.store.call(Store.next_due, name)
+        if next_due is None:
+            return 3600.0
+        return max(0.05, (next_due - self._clock.now()).total_seconds())
+
+    async def _record_pending(self, name: str) -> None:
+        pending = self._unrecorded[name]
+        while pending:
+            item = pending[0]
+            now = self._clock.now()
+            await self.store.call(Store.delivered, item, now)
+            pending.pop(0)
 
     async def flush(self, channel: Channel) -> int:
         """Deliver what is due, oldest first; stop at the first failure to keep the order."""
+        name = channel.name
         delivered = 0
-        for item in self.store.due(channel.name, self._clock.now()):
+        now = self._clock.now()
+        due = await self.store.call(Store.due, name, now)
+        for item in due:
             try:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception_type(DeliveryError),
@@ -93,17 +129,23 @@ class Dispatcher:
                 retry_at = self._clock.now() + timedelta(seconds=delay)
                 log.warning(
                     "%s: could not deliver alert %s (%s); kept, next try in %.3g s",
-                    channel.name,
+                    name,
                     item.id,
                     exc,
                     delay,
                 )
-                self.store.failed(item, retry_at, str(exc))
+                error = str(exc) or type(exc).__name__
+                await self.store.call(Store.failed, item, retry_at, error)
                 return delivered
-            self.store.delivered(item, self._clock.now())
+            log.info("%s: delivered alert %s", name, item.id)
             delivered += 1
-            log.info("%s: delivered alert %s", channel.name, item.id)
-        if delivered and self.store.make_due(channel.name, self._clock.now()):
+            # Until the database has it, the record lives here: a failure now must not
+            # turn into a second copy.
+            self._unrecorded[name].append(item)
+            await self._record_pending(name)
+        if delivered:
             # The channel works again: what waited out a backoff goes now, in order.
-            return delivered + await self.flush(channel)
+            now = self._clock.now()
+            if await self.store.call(Store.make_due, name, now):
+                return delivered + await self.flush(channel)
         return delivered

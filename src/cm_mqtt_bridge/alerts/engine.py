@@ -1,85 +1,113 @@
 """Glue between a poll and the alert rules: history samples, burn rate, thresholds set from
-Home Assistant, and the atomic rule-state + outbox commit."""
+Home Assistant, and the atomic rule-state + outbox commit.
+
+In-memory state changes only after the database has committed, so a failed commit (a locked
+database) loses nothing: the same observation, evaluated again, gives the same notices.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from ..clock import Clock
-from ..config import AccountConfig
+from ..model import Snapshot, Usage, Window
 from ..money import MICRO_PER_UNIT, parse_amount
-from ..snapshot import WINDOWS, UsageState
-from ..state import AccountView
-from .burn import WINDOW, Sample, burn_rate, runway_days, spent_since
-from .rules import AlertStatus, Inputs, Notice, RuleState, evaluate
-from .store import Store
+from .evaluate import AlertStatus, Notice, RuleState, evaluate
+from .forecast import WINDOW, burn_rate, runway_days
+from .history import Sample, next_sample
+from .rules import THRESHOLDS, AlertsBase, Inputs
+from .store import AsyncStore, Store
 
 log = logging.getLogger(__name__)
 
-# Thresholds Home Assistant may change (number entities): key -> (min, max) in their unit.
-SETTABLE = {
-    "low_balance_below": (Decimal(0), Decimal(1_000_000)),
-    "runway_below_days": (Decimal(0), Decimal(365)),
-}
+
+_Loaded = tuple[dict[str, RuleState], Sample | None, dict[str, Decimal]]
 
 
 class ThresholdError(ValueError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class AlertAccount:
+    id: str
+    name: str
+    alerts: AlertsBase
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the rules see of an account after a poll (or a failed one)."""
+
+    snapshot: Snapshot | None
+    usage: Usage | None  # the last good /usage
+    usage_at: datetime | None
+    usage_current: bool  # `usage` came with `snapshot` (a full, good poll)
+    api_status: str | None
+    last_success: datetime | None
+
+
 class AlertEngine:
     def __init__(
-        self, store: Store, accounts: Sequence[AccountConfig], clock: Clock, channels: list[str]
+        self, store: AsyncStore, accounts: Sequence[AlertAccount], clock: Clock, channels: list[str]
     ) -> None:
         self.store = store
         self.clock = clock
         self.channels = channels
         self.started_at = clock.now()
         self._accounts = {a.id: a for a in accounts}
-        self._states: dict[str, dict[str, RuleState]] = {}
-        self._last: dict[str, Sample | None] = {}
-        self._thresholds: dict[str, dict[str, Decimal]] = {}
-        for acc in accounts:
-            self._states[acc.id] = store.rule_states(acc.id)
-            self._last[acc.id] = store.latest_sample(acc.id)
-            self._thresholds[acc.id] = self._load_overrides(acc)
+        self._states: dict[str, dict[str, RuleState]] = {a.id: {} for a in accounts}
+        self._last: dict[str, Sample | None] = {a.id: None for a in accounts}
+        self._thresholds: dict[str, dict[str, Decimal]] = {a.id: {} for a in accounts}
+
+    async def load(self) -> None:
+        """Rule states, the last sample and thresholds set from HA, from the database."""
+        for acc in self._accounts.values():
+            loaded = await self.store.call(self._load, acc)
+            self._states[acc.id], self._last[acc.id], self._thresholds[acc.id] = loaded
+
+    def _load(self, store: Store, acc: AlertAccount) -> _Loaded:
+        overrides: dict[str, Decimal] = {}
+        for key, (value, config_value) in store.overrides(acc.id).items():
+            current = self._configured(acc, key)
+            if current is None or config_value != str(current):
+                # The file changed since HA set this: the file is the newer word.
+                store.drop_override(acc.id, key)
+                continue
+            overrides[key] = Decimal(value)
+        return store.rule_states(acc.id), store.latest_sample(acc.id), overrides
 
     # ---- thresholds ----------------------------------------------------------------------
 
     @staticmethod
-    def _config_value(acc: AccountConfig, key: str) -> Decimal | None:
-        if key == "low_balance_below" and acc.alerts.low_balance:
-            return Decimal(acc.alerts.low_balance.below) / MICRO_PER_UNIT
-        if key == "runway_below_days" and acc.alerts.runway:
-            return acc.alerts.runway.below_days
-        return None
+    def _configured(acc: AlertAccount, key: str) -> Decimal | None:
+        rule, threshold = THRESHOLDS[key]
+        section = acc.alerts.section(rule.section)
+        return None if section is None else threshold.configured(section)
 
-    def _load_overrides(self, acc: AccountConfig) -> dict[str, Decimal]:
+    def thresholds(self, account_id: str) -> dict[str, Decimal]:
+        """Every threshold in force for the account's enabled rules."""
+        acc = self._accounts[account_id]
         out: dict[str, Decimal] = {}
-        for key, (value, config_value) in self.store.overrides(acc.id).items():
-            current = self._config_value(acc, key)
-            if current is None or config_value != str(current):
-                # The file changed since HA set this: the file is the newer word.
-                self.store.drop_override(acc.id, key)
-                continue
-            out[key] = Decimal(value)
+        for key in THRESHOLDS:
+            configured = self._configured(acc, key)
+            if configured is not None:
+                out[key] = self._thresholds[account_id].get(key, configured)
         return out
 
-    def threshold(self, account_id: str, key: str) -> Decimal | None:
+    async def set_threshold(self, account_id: str, key: str, raw: bytes) -> Decimal:
+        """Validate and persist a threshold sent from HA; raises ThresholdError (or
+        StoreError), changing nothing, when it cannot be taken."""
         acc = self._accounts[account_id]
-        return self._thresholds[account_id].get(key, self._config_value(acc, key))
-
-    def set_threshold(self, account_id: str, key: str, raw: bytes) -> Decimal:
-        """Validate and persist a threshold sent from HA; raises ThresholdError, changing
-        nothing, when the payload is not acceptable."""
-        acc = self._accounts[account_id]
-        if key not in SETTABLE:
+        if key not in THRESHOLDS:
             raise ThresholdError(f"{key} cannot be set")
-        config_value = self._config_value(acc, key)
-        if config_value is None:
+        _rule, spec = THRESHOLDS[key]
+        configured = self._configured(acc, key)
+        if configured is None:
             raise ThresholdError(f"{key}: the rule is not enabled for account {account_id}")
         text = raw.decode("utf-8", "replace").strip()
         if len(text) > 40:
@@ -88,64 +116,48 @@ class AlertEngine:
             value = Decimal(text)
         except InvalidOperation:
             raise ThresholdError(f"{key}: {text!r} is not a number") from None
-        low, high = SETTABLE[key]
-        if not value.is_finite() or not low <= value <= high:
-            raise ThresholdError(f"{key}: {text!r} is outside {low}..{high}")
-        if key == "low_balance_below":
+        if not value.is_finite() or not spec.low <= value <= spec.high:
+            raise ThresholdError(f"{key}: {text!r} is outside {spec.low}..{spec.high}")
+        if spec.money:
             try:
                 value = Decimal(parse_amount(value)) / MICRO_PER_UNIT
             except ValueError as exc:
                 raise ThresholdError(f"{key}: {exc}") from None
-        self.store.set_override(account_id, key, str(value), str(config_value))
+        await self.store.call(Store.set_override, account_id, key, str(value), str(configured))
         self._thresholds[account_id][key] = value
         return value
 
     # ---- evaluation ----------------------------------------------------------------------
 
-    def observe(
-        self,
-        account_id: str,
-        view: AccountView,
-        *,
-        last_success: datetime | None,
-        record: bool,
+    def status(self, account_id: str) -> AlertStatus:
+        """What is known without evaluating (at start, from the database)."""
+        acc = self._accounts[account_id]
+        states = self._states[account_id]
+        return AlertStatus(
+            rules=acc.alerts.rule_names(),
+            active={r: s.since or self.started_at for r, s in states.items() if s.firing},
+            thresholds=self.thresholds(account_id),
+        )
+
+    async def observe(
+        self, account_id: str, seen: Observation, *, record: bool
     ) -> tuple[AlertStatus, list[Notice]]:
-        """Evaluate the account's rules after a poll; `record` adds a history sample (a full
-        poll with fresh usage). Notices are already in the outbox when this returns."""
+        """Evaluate the account's rules; `record` adds a history sample (a full poll with
+        fresh usage). Notices are in the outbox when this returns; StoreError otherwise."""
         acc = self._accounts[account_id]
         now = self.clock.now()
         prev = self._last[account_id]
-        snap = view.snapshot
+        snap = seen.snapshot
         sample: Sample | None = None
-        if (
-            record
-            and snap is not None
-            and view.usage is not None
-            and view.usage_at == (snap.fetched_at)
-            and view.usage_state == UsageState.OK
-        ):
-            month = view.usage.monthly.cost_micro
-            total = (prev.spent_total_micro if prev else 0) + spent_since(
-                prev, snap.fetched_at, month
-            )
-            sample = Sample(
-                snap.fetched_at,
-                snap.balance_micro,
-                snap.holds_micro,
-                view.usage.daily.cost_micro,
-                view.usage.weekly.cost_micro,
-                month,
-                total,
-            )
-            if prev is not None and _same_figures(prev, sample):
-                sample = None  # nothing moved: history keeps one row per change
+        if record and snap is not None and seen.usage is not None and seen.usage_current:
+            sample = next_sample(prev, snap, seen.usage)
         latest = sample or prev
-        burn = burn_rate(latest, self.store.latest_sample(account_id, now - WINDOW), now)
+        anchor = await self.store.call(Store.latest_sample, account_id, now - WINDOW)
+        burn = burn_rate(latest, anchor, now)
         available = snap.available_micro if snap else None
         runway = runway_days(available, burn) if available is not None else None
-        low_below = self.threshold(account_id, "low_balance_below")
-        runway_below = self.threshold(account_id, "runway_below_days")
-        usage = view.usage
+        thresholds = self.thresholds(account_id)
+        usage = seen.usage
         inputs = Inputs(
             account_id=account_id,
             account_name=acc.name,
@@ -153,10 +165,10 @@ class AlertEngine:
             currency=snap.currency if snap else None,
             balance_micro=snap.balance_micro if snap else None,
             available_micro=available,
-            spend_micro={w: getattr(usage, w).cost_micro for w in WINDOWS} if usage else {},
-            usage_at=view.usage_at,
-            api_status=view.api_status,
-            last_success=last_success,
+            spend_micro={w.api: usage.get(w).cost_micro for w in Window} if usage else {},
+            usage_at=seen.usage_at,
+            api_status=seen.api_status,
+            last_success=seen.last_success,
             started_at=self.started_at,
             burn=burn,
             runway_days=runway,
@@ -164,12 +176,13 @@ class AlertEngine:
             spend_since_prev_micro=sample.spent_total_micro - prev.spent_total_micro
             if sample and prev
             else None,
-            low_balance_below=parse_amount(low_below) if low_below is not None else None,
-            runway_below_days=runway_below,
+            thresholds=thresholds,
         )
         states = self._states[account_id]
         changed, notices = evaluate(acc.alerts, inputs, states)
-        self.store.commit(account_id, changed, notices, self.channels, now, sample)
+        if changed or notices or sample is not None:
+            channels = self.channels
+            await self.store.call(Store.commit, account_id, changed, notices, channels, now, sample)
         states.update(changed)
         if sample is not None:
             self._last[account_id] = sample
@@ -180,23 +193,6 @@ class AlertEngine:
             active={r: s.since or now for r, s in states.items() if s.firing},
             burn=burn,
             runway_days=runway,
-            low_balance_below=parse_amount(low_below) if low_below is not None else None,
-            runway_below_days=runway_below,
+            thresholds=thresholds,
         )
         return status, notices
-
-
-def _same_figures(a: Sample, b: Sample) -> bool:
-    return (
-        a.balance_micro,
-        a.holds_micro,
-        a.spend_day_micro,
-        a.spend_week_micro,
-        a.spend_month_micro,
-    ) == (
-        b.balance_micro,
-        b.holds_micro,
-        b.spend_day_micro,
-        b.spend_week_micro,
-        b.spend_month_micro,
-    )

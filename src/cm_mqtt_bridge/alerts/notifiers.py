@@ -14,7 +14,7 @@ import aiohttp
 
 from .. import __version__
 from ..redact import redact, shorten
-from .config import NtfyConfig, WebhookConfig
+from .config import NotifyConfig, NtfyConfig, WebhookConfig
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 USER_AGENT = f"cm-mqtt-bridge/{__version__}"
@@ -141,3 +141,20 @@ class MqttChannel:
     async def deliver(self, notice: dict[str, Any]) -> None:
         payload = json.dumps(notice, separators=(",", ":")).encode()
         await self._publish(self._topic_for(str(notice["account"])), payload)
+
+
+def build_channels(
+    notify: NotifyConfig,
+    session: aiohttp.ClientSession,
+    publish: Callable[[str, bytes], Awaitable[None]],
+    topic_for: Callable[[str], str],
+) -> list[Channel]:
+    """MQTT always (HA's event entity reads it), then every configured push service."""
+    channels: list[Channel] = [MqttChannel(publish, topic_for)]
+    if notify.ntfy is not None:
+        channels.append(NtfyChannel(session, notify.ntfy))
+    if notify.webhook is not None:
+        channels.append(WebhookChannel(session, notify.webhook))
+    if notify.apprise:
+        channels.append(AppriseChannel([u.get_secret_value() for u in notify.apprise]))
+    return channels

@@ -3,21 +3,32 @@
 One WAL database in the data dir. A rule's new state and the notices it produced are written
 in ONE transaction: after any crash (kill -9 included) an alert is either not fired yet or
 fired with its notices waiting in the outbox, so it is never fired twice and never lost.
-Writes are small and local, so they run on the event loop thread.
+
+`Store` is synchronous (the CLI uses it as is); the service reaches it through `AsyncStore`,
+which runs every call on one dedicated thread, so a locked or slow database delays only the
+alert bookkeeping, never polling or publishing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import logging
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from .burn import Sample
-from .rules import Notice, RuleState
+from .evaluate import Notice, RuleState
+from .history import Sample
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+P = ParamSpec("P")
 
 DB_NAME = "cm_mqtt_bridge.db"
 SCHEMA = """
@@ -36,6 +47,7 @@ CREATE TABLE IF NOT EXISTS samples (
     account TEXT NOT NULL, at REAL NOT NULL, balance INTEGER NOT NULL, holds INTEGER NOT NULL,
     spend_day INTEGER, spend_week INTEGER, spend_month INTEGER, spent_total INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS samples_account_at ON samples (account, at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 # History thinning: every poll for 48 h, then one per hour, then one per day; gone after 400 d.
 KEEP_ALL = timedelta(hours=48)
@@ -60,6 +72,10 @@ class OutboxItem:
     attempts: int
 
 
+class StoreError(Exception):
+    """The state database could not be read or written; nothing of that call was kept."""
+
+
 class Store:
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
@@ -71,6 +87,29 @@ class Store:
         # Only our own process writes; a short wait keeps a stray lock from stalling the loop.
         self._db.execute("PRAGMA busy_timeout=1000")
         self._db.executescript(SCHEMA)
+
+    @classmethod
+    def open(cls, path: Path | str, now: datetime | None = None) -> Store:
+        """Open (creating it if needed); with `now`, also prove it can be written. Raises
+        StoreError naming the file and what to do."""
+        try:
+            store = cls(path)
+            if now is not None:
+                store.check_writable(now)
+        except (OSError, sqlite3.Error) as exc:
+            hint = ""
+            text = str(exc)
+            if "readonly" in text or "read-only" in text:
+                hint = "; make the file and its directory writable by this user (e.g. chown)"
+            elif isinstance(exc, sqlite3.DatabaseError) and "locked" not in text:
+                hint = "; move the file aside and the bridge starts with a fresh one"
+            raise StoreError(f"cannot open the state database {path}: {text}{hint}") from None
+        return store
+
+    def check_writable(self, now: datetime) -> None:
+        """Fail now, not at the first alert, when the database cannot be written (a volume
+        owned by another user, a read-only mount)."""
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('opened', ?)", (now.isoformat(),))
 
     def close(self) -> None:
         self._db.close()
@@ -275,4 +314,50 @@ class _Tx:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                # A COMMIT that fails (database locked) leaves the transaction open: end it,
+                # so the next call starts clean and retries the whole thing.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+
+class AsyncStore:
+    """The store for the event loop: every call runs on one dedicated thread.
+
+    A failing call raises StoreError and is remembered in `problem` (for /healthz) until a
+    later call succeeds."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cm-store")
+        self.problem: str | None = None
+
+    async def call(
+        self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`await store.call(Store.commit, …)`: the call, on the store's thread."""
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(
+                self._thread, functools.partial(fn, self.store, *args, **kwargs)
+            )
+        except sqlite3.Error as exc:
+            if self.problem is None:
+                log.error("alert store: %s (alerts are kept and retried)", exc)
+            self.problem = str(exc) or type(exc).__name__
+            raise StoreError(self.problem) from None
+        if self.problem is not None:
+            log.info("alert store works again")
+            self.problem = None
+        return result
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self.store.close()

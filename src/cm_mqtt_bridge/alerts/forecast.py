@@ -1,8 +1,7 @@
 """Burn rate (currency per day) and runway (days left), from recorded history. Pure.
 
-Every sample carries `spent_total_micro`: the account's cumulative spend since recording began,
-built from the month-to-date counter. The spend between any two samples is then a difference
-of two rows, however the history has been thinned out since.
+Every sample carries `spent_total_micro` (see history.py), so the spend between any two
+samples is a difference of two rows, however the history has been thinned out since.
 """
 
 from __future__ import annotations
@@ -10,37 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-from ..snapshot import window_start
+from ..model import Window
+
+if TYPE_CHECKING:
+    from .history import Sample
 
 WINDOW = timedelta(days=7)
 DAY_SECONDS = Decimal(86400)
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    at: datetime
-    balance_micro: int
-    holds_micro: int
-    spend_day_micro: int | None
-    spend_week_micro: int | None
-    spend_month_micro: int | None
-    spent_total_micro: int = 0
-
-
-def spent_since(prev: Sample | None, at: datetime, spend_month_micro: int | None) -> int:
-    """Spend between `prev` and a new sample at `at`, from the month-to-date counter.
-
-    Within a month the counter only grows; across a month boundary it restarts, and the new
-    value is what was spent since the month began. A counter that did not drop across the
-    boundary is still last month's (the API caches for up to a minute): only its growth counts.
-    """
-    if prev is None or prev.spend_month_micro is None or spend_month_micro is None:
-        return 0
-    same_month = (prev.at.year, prev.at.month) == (at.year, at.month)
-    if same_month or spend_month_micro >= prev.spend_month_micro:
-        return max(0, spend_month_micro - prev.spend_month_micro)
-    return spend_month_micro
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +37,8 @@ def burn_rate(latest: Sample | None, anchor: Sample | None, now: datetime) -> Bu
         spent = latest.spent_total_micro - anchor.spent_total_micro
         return Burn(Decimal(spent) / span, "history_7d")
     options: list[tuple[timedelta, int | None, str]] = [
-        (latest.at - window_start("weekly", latest.at), latest.spend_week_micro, "week_to_date"),
-        (latest.at - window_start("monthly", latest.at), latest.spend_month_micro, "month_to_date"),
+        (latest.at - Window.WEEK.start(latest.at), latest.spend_week_micro, "week_to_date"),
+        (latest.at - Window.MONTH.start(latest.at), latest.spend_month_micro, "month_to_date"),
     ]
     elapsed, spent_or_none, source = max(options, key=lambda o: o[0])
     if spent_or_none is None or elapsed <= timedelta(0):

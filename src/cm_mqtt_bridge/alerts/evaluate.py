@@ -1,0 +1,158 @@
+"""Rule evaluation: pure functions from (inputs, previous state) to (new state, notices).
+
+Each rule fires once per crossing. Hysteresis: a firing rule re-arms only after the value has
+recovered past the threshold by the margin (budgets: at the next window start), so a value
+wobbling around a threshold notifies once. Optional reminders while firing, and an optional
+"recovered" notice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from .forecast import Burn
+from .rules import AlertsBase, Check, Inputs, RuleSpec
+
+Kind = Literal["fired", "reminder", "recovered", "event"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleState:
+    firing: bool = False
+    since: datetime | None = None
+    last_notified: datetime | None = None
+    window: str | None = None  # budgets: start of the window the rule fired in
+    seq: int = 0  # notices issued so far: gives every notice a stable id
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    id: str
+    account_id: str
+    rule: str
+    kind: Kind
+    title: str
+    message: str
+    value: str | None
+    threshold: str | None
+    at: datetime
+    priority: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "account": self.account_id,
+            "event_type": self.rule,
+            "rule": self.rule,
+            "kind": self.kind,
+            "title": self.title,
+            "message": self.message,
+            "value": self.value,
+            "threshold": self.threshold,
+            "at": self.at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AlertStatus:
+    """What Home Assistant shows of an account's alerts (the state document reads it)."""
+
+    rules: tuple[str, ...] = ()
+    active: Mapping[str, datetime] = field(default_factory=dict)  # firing rule -> since
+    burn: Burn | None = None
+    runway_days: Decimal | None = None
+    thresholds: Mapping[str, Decimal] = field(default_factory=dict)  # in force, by key
+
+
+def _notice(
+    rule: RuleSpec, kind: Kind, text: str, check: Check, cfg: AlertsBase, i: Inputs, seq: int
+) -> Notice:
+    common = cfg.common(rule.name)
+    title = f"CrossModel {i.account_name}"
+    if kind == "recovered":
+        title += " (recovered)"
+    elif kind == "reminder":
+        title += " (reminder)"
+    return Notice(
+        id=f"{i.account_id}.{rule.name}.{seq}",
+        account_id=i.account_id,
+        rule=rule.name,
+        kind=kind,
+        title=title,
+        message=f"{title}: {text}",
+        value=check.value,
+        threshold=check.threshold,
+        at=i.now,
+        priority="default" if kind == "recovered" else common.priority,
+        tags=common.tags,
+    )
+
+
+def evaluate(
+    cfg: AlertsBase, i: Inputs, states: Mapping[str, RuleState]
+) -> tuple[dict[str, RuleState], list[Notice]]:
+    """Run every enabled rule once; return the changed states and the notices to send."""
+    changed: dict[str, RuleState] = {}
+    notices: list[Notice] = []
+    for rule in cfg.rules():
+        state = states.get(rule.name, RuleState())
+        section = cfg.section(rule.section)
+        if rule.event:
+            new, out = _event(rule, section, cfg, i, state)
+        else:
+            new, out = _step(rule, section, cfg, i, state)
+        if new != state:
+            changed[rule.name] = new
+        notices += out
+    return changed, notices
+
+
+def _event(
+    rule: RuleSpec, section: object, cfg: AlertsBase, i: Inputs, state: RuleState
+) -> tuple[RuleState, list[Notice]]:
+    check = rule.check(section, i, state)
+    if not check.active:
+        return state, []
+    seq = state.seq + 1
+    notice = _notice(rule, "event", check.fired, check, cfg, i, seq)
+    return replace(state, seq=seq, last_notified=i.now), [notice]
+
+
+def _step(
+    rule: RuleSpec, section: object, cfg: AlertsBase, i: Inputs, state: RuleState
+) -> tuple[RuleState, list[Notice]]:
+    check = rule.check(section, i, state)
+    common = cfg.common(rule.name)
+    if not state.firing:
+        if check.active:
+            seq = state.seq + 1
+            notice = _notice(rule, "fired", check.fired, check, cfg, i, seq)
+            return RuleState(True, i.now, i.now, check.window, seq), [notice]
+        return state, []
+    if check.rearm:
+        new = replace(state, firing=False, since=None, window=None)
+        out: list[Notice] = []
+        if common.notify_recovered:
+            seq = state.seq + 1
+            out.append(_notice(rule, "recovered", check.recovered, check, cfg, i, seq))
+            new = replace(new, seq=seq, last_notified=i.now)
+        if check.window is not None and check.active:
+            # A budget re-armed by a new window may already be over again in that window.
+            again, more = _step(rule, section, cfg, i, new)
+            return again, out + more
+        return new, out
+    if (
+        common.repeat_every
+        and check.active
+        and state.last_notified is not None
+        and i.now - state.last_notified >= timedelta(seconds=common.repeat_every)
+    ):
+        seq = state.seq + 1
+        notice = _notice(rule, "reminder", check.fired, check, cfg, i, seq)
+        return replace(state, last_notified=i.now, seq=seq), [notice]
+    return state, []

@@ -1,0 +1,86 @@
+"""One poll of an account: /credits and /usage concurrently, the balance first.
+
+Sits on top of the API client and turns wire answers into the `model` types. /usage has its
+own deadline and can only mark its own part failed; a /credits failure raises ApiError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from .api import ApiError, CrossModelClient
+from .clock import Clock
+from .model import Snapshot, Usage, UsageState, WindowUsage
+from .wire import UsageWire, WindowWire
+
+log = logging.getLogger(__name__)
+PARTIAL_GRACE = 0.25  # seconds
+
+
+def window_usage(w: WindowWire) -> WindowUsage:
+    return WindowUsage(
+        w.cost_micro,
+        w.prompt_tokens,
+        w.completion_tokens,
+        w.total_tokens,
+        w.request_count,
+        w.success_count,
+    )
+
+
+def usage_from_wire(u: UsageWire) -> Usage:
+    return Usage(window_usage(u.daily), window_usage(u.weekly), window_usage(u.monthly))
+
+
+async def fetch_snapshot(
+    account_id: str,
+    client: CrossModelClient,
+    clock: Clock,
+    *,
+    usage_deadline: float,
+    on_balance: Callable[[Snapshot], Awaitable[None]] | None = None,
+) -> Snapshot:
+    """`on_balance` is called with a PENDING snapshot as soon as the balance is known while
+    /usage is still running, so a slow /usage never delays the balance."""
+    usage_task = asyncio.create_task(asyncio.wait_for(client.get_usage(), usage_deadline))
+    try:
+        credits = await client.get_credits()
+    except BaseException:
+        usage_task.cancel()
+        await asyncio.gather(usage_task, return_exceptions=True)
+        raise
+    snap = Snapshot(
+        account_id=account_id,
+        fetched_at=clock.now(),
+        currency=credits.currency,
+        balance_micro=credits.balance_micro,
+        holds_micro=credits.uncollected_micro,
+        usage=None,
+        usage_state=UsageState.PENDING,
+    )
+    if on_balance is not None and not usage_task.done():
+        # Usually /usage answers at about the same time: wait a moment before publishing
+        # the balance alone, so a normal poll publishes one state, not two.
+        await asyncio.wait({usage_task}, timeout=PARTIAL_GRACE)
+        if not usage_task.done():
+            await on_balance(snap)
+    try:
+        usage_wire = await usage_task
+    except TimeoutError:
+        msg = f"/usage: no answer within {usage_deadline:g} s"
+        log.warning("%s: %s; balance kept", account_id, msg)
+        return replace(snap, usage_state=UsageState.TIMED_OUT, usage_error=msg)
+    except ApiError as exc:
+        log.warning("%s: %s; balance kept", account_id, exc)
+        return replace(snap, usage_state=UsageState.FAILED, usage_error=str(exc))
+    if usage_wire.currency != credits.currency:
+        msg = (
+            f"/usage currency {usage_wire.currency} differs from "
+            f"balance currency {credits.currency}"
+        )
+        log.warning("%s: %s; usage dropped for this poll", account_id, msg)
+        return replace(snap, usage_state=UsageState.CURRENCY_MISMATCH, usage_error=msg)
+    return replace(snap, usage=usage_from_wire(usage_wire), usage_state=UsageState.OK)

@@ -1,0 +1,319 @@
+"""One account at run time: its scheduler, its view and what it publishes.
+
+The poller fetches; every outcome goes through the pure reducer (view.py), then the alert
+engine, then `render` into the publisher. Staleness and retries of alert bookkeeping run on
+their own timer (`watch`), whatever a poll is doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from .alerts.engine import AlertEngine, Observation, ThresholdError
+from .alerts.store import StoreError
+from .api import ApiError, CrossModelClient
+from .clock import Clock, wait_event
+from .config import AccountConfig, PollConfig
+from .discovery import Announced, device_payload
+from .entities import entities_for
+from .fetch import fetch_snapshot
+from .metrics import Metrics
+from .model import Snapshot
+from .publisher import Publisher
+from .render import dumps, render
+from .topics import Kind, Topics
+from .view import AccountView, AlertsEvaluated, Event, Polled, PollFailed, WentStale, reduce
+
+log = logging.getLogger(__name__)
+MAX_RETRY_AFTER = 3600.0
+EVALUATION_GRACE = 0.25  # seconds
+ALERT_RETRY = (1.0, 60.0)  # backoff while the alert store fails: first, cap
+
+
+class AccountRuntime:
+    def __init__(
+        self,
+        cfg: AccountConfig,
+        client: CrossModelClient,
+        *,
+        poll: PollConfig,
+        clock: Clock,
+        rng: random.Random,
+        topics: Topics,
+        publisher: Publisher,
+        metrics: Metrics,
+        engine: AlertEngine | None,
+        qos: int,
+        concurrency: asyncio.Semaphore,
+        on_notices: Callable[[], None] = lambda: None,
+        alert_retry: tuple[float, float] = ALERT_RETRY,
+    ) -> None:
+        self.cfg = cfg
+        self.id = cfg.id
+        self.client = client
+        self._poll = poll
+        self._clock = clock
+        self._rng = rng
+        self._topics = topics
+        self._publisher = publisher
+        self._metrics = metrics
+        self._engine = engine
+        self._qos = qos
+        self._sem = concurrency
+        self._on_notices = on_notices
+        self._alert_retry = alert_retry
+        self.rules = cfg.alerts.rules()
+        self.entities = entities_for(self.rules)
+        self.view = AccountView(alerts=engine.status(cfg.id) if engine else None)
+        self.doc: dict[str, Any] | None = None  # the state document published last
+        self.currency: str | None = None
+        self.removed: dict[str, str] = {}  # components to remove in the next discovery
+        self.polls = 0
+        self.last_success: float | None = None  # monotonic time of the last good /credits
+        self.last_poll_start: float | None = None
+        self.not_before: float | None = None  # Retry-After: no request before this
+        self.refresh_requested = asyncio.Event()
+        self._changed = asyncio.Event()  # wakes `watch`
+        self._eval_lock = asyncio.Lock()
+        self._alerts_owed: bool | None = None  # an evaluation to retry (its `record` flag)
+        self._alerts_retry_at: float | None = None
+        self._alerts_failures = 0
+
+    # ---- scheduling ------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        self.refresh_requested.set()
+
+    async def run(self) -> None:
+        """Poll every interval, or sooner on a refresh, never faster than the refresh spacing
+        and never inside a Retry-After window."""
+        p = self._poll
+        if p.jitter and self.last_poll_start is None:
+            # Spread accounts so they do not poll in lockstep.
+            await self._clock.sleep(self._rng.uniform(0, p.jitter))
+        while True:
+            await self._wait_until_allowed()
+            self.refresh_requested.clear()
+            self.last_poll_start = self._clock.monotonic()
+            async with self._sem:
+                await self.poll_once()
+            next_at = self.last_poll_start + p.interval + self._rng.uniform(0, p.jitter)
+            timeout = max(0.0, next_at - self._clock.monotonic())
+            await wait_event(self._clock, self.refresh_requested, timeout)
+
+    async def _wait_until_allowed(self) -> None:
+        # A refresh inside the spacing or a Retry-After window is deferred to its end;
+        # several collapse into one.
+        earliest = 0.0
+        if self.last_poll_start is not None:
+            earliest = self.last_poll_start + self._poll.min_refresh_interval
+        if self.not_before is not None:
+            earliest = max(earliest, self.not_before)
+        wait = earliest - self._clock.monotonic()
+        if wait > 0:
+            await self._clock.sleep(wait)
+
+    async def watch(self) -> None:
+        """Staleness and owed alert bookkeeping, on a timer of their own."""
+        while True:
+            self._changed.clear()
+            now = self._clock.monotonic()
+            deadlines: list[float] = []
+            stale_at = self._stale_at()
+            if self.view.fresh and stale_at is not None:
+                if now >= stale_at:
+                    self._went_stale()
+                    continue
+                deadlines.append(stale_at)
+            if self._alerts_owed is not None and self._alerts_retry_at is not None:
+                if now >= self._alerts_retry_at:
+                    await self._retry_alerts()
+                    continue
+                deadlines.append(self._alerts_retry_at)
+            timeout = min(deadlines) - now if deadlines else 3600.0
+            await wait_event(self._clock, self._changed, timeout)
+
+    def _stale_at(self) -> float | None:
+        if self.last_success is None:
+            return None
+        return self.last_success + self._poll.stale_after_s
+
+    def _went_stale(self) -> None:
+        log.warning(
+            "%s: no good data for %d s; values now unavailable",
+            self.id,
+            self._poll.stale_after_s,
+        )
+        self._apply(WentStale())
+        self.publish()
+
+    # ---- one poll --------------------------------------------------------------------------
+
+    async def poll_once(self) -> None:
+        self.polls += 1
+        started = self._clock.monotonic()
+        try:
+            snap = await fetch_snapshot(
+                self.id,
+                self.client,
+                self._clock,
+                usage_deadline=self._poll.usage_timeout,
+                on_balance=self._on_balance,
+            )
+        except ApiError as exc:
+            self._metrics.poll(self.id, exc.status, self._clock.monotonic() - started)
+            await self._failed(exc)
+            return
+        except Exception as exc:
+            # Never let a surprise end polling; the next poll tries again.
+            log.exception("%s: unexpected error while polling", self.id)
+            self._metrics.poll(self.id, "internal_error", self._clock.monotonic() - started)
+            await self._failed(ApiError(f"internal error: {type(exc).__name__}"))
+            return
+        self._metrics.poll(self.id, "ok", self._clock.monotonic() - started)
+        self._metrics.snapshot(snap)
+        self._succeeded(snap, partial=False)
+        await self._evaluate_and_publish(record=True)
+
+    async def _on_balance(self, snap: Snapshot) -> None:
+        # The balance is known while /usage is still running: publish it now.
+        self._succeeded(snap, partial=True)
+        self.publish()
+
+    def _succeeded(self, snap: Snapshot, *, partial: bool) -> None:
+        self.last_success = self._clock.monotonic()
+        self.not_before = None
+        self._apply(Polled(snap, partial))
+        if snap.currency != self.currency:
+            if self.currency is not None:
+                log.warning(
+                    "%s: currency changed from %s to %s; discovery republished with the new unit",
+                    self.id,
+                    self.currency,
+                    snap.currency,
+                )
+            self.currency = snap.currency
+            self.set_discovery()
+
+    async def _failed(self, exc: ApiError) -> None:
+        log.warning("%s: poll failed (%s): %s", self.id, exc.status, exc)
+        if exc.retry_after is not None:
+            # Honour Retry-After, but an absurd one must not stop polling (and alerts).
+            wait = min(exc.retry_after, MAX_RETRY_AFTER)
+            self.not_before = self._clock.monotonic() + wait
+        self._apply(PollFailed(exc.status, str(exc)))
+        await self._evaluate_and_publish(record=False)
+
+    def _apply(self, event: Event) -> None:
+        self.view = reduce(self.view, event)
+        self._changed.set()
+
+    # ---- alerts ----------------------------------------------------------------------------
+
+    async def _evaluate_and_publish(self, *, record: bool) -> None:
+        # Values and alerts go out together; but a slow or locked alert store must not hold
+        # the values back: after a moment they go first.
+        evaluation = asyncio.ensure_future(self._evaluate(record=record))
+        done, _ = await asyncio.wait({evaluation}, timeout=EVALUATION_GRACE)
+        if not done:
+            self.publish()
+        await evaluation
+        self.publish()
+
+    async def _evaluate(self, *, record: bool) -> bool:
+        """Run the rules on the current view; on a store failure, owe it (retried by
+        `watch`), so nothing is lost while the database is locked or read-only."""
+        if self._engine is None:
+            return True
+        async with self._eval_lock:
+            view = self.view
+            seen = Observation(
+                snapshot=view.snapshot,
+                usage=view.usage,
+                usage_at=view.usage_at,
+                usage_current=view.usage_current,
+                api_status=view.api_status,
+                last_success=view.last_success_at,
+            )
+            record = record or bool(self._alerts_owed)
+            try:
+                status, notices = await self._engine.observe(self.id, seen, record=record)
+            except StoreError:
+                self._owe_alerts(record)
+                return False
+        self._alerts_owed = None
+        self._alerts_failures = 0
+        self._apply(AlertsEvaluated(status))
+        if notices:
+            self._on_notices()
+        return True
+
+    def _owe_alerts(self, record: bool) -> None:
+        first, cap = self._alert_retry
+        delay = min(cap, first * 2**self._alerts_failures)
+        self._alerts_failures += 1
+        self._alerts_owed = record
+        self._alerts_retry_at = self._clock.monotonic() + delay
+        log.warning("%s: alert state not saved; retrying in %.0f s", self.id, delay)
+        self._changed.set()
+
+    async def _retry_alerts(self) -> None:
+        if await self._evaluate(record=bool(self._alerts_owed)):
+            self.publish()
+
+    async def set_threshold(self, key: str, payload: bytes) -> None:
+        assert self._engine is not None
+        try:
+            value = await self._engine.set_threshold(self.id, key, payload)
+        except ThresholdError as exc:
+            log.warning("%s: rejected threshold from MQTT: %s", self.id, exc)
+            return
+        except StoreError:
+            log.error("%s: %s not saved (alert store unavailable); send it again", self.id, key)
+            return
+        log.info("%s: %s set to %s from Home Assistant", self.id, key, value)
+        await self._evaluate(record=False)
+        self.publish()
+
+    # ---- publishing ------------------------------------------------------------------------
+
+    def publish(self) -> None:
+        rendered = render(
+            self.id,
+            self.view,
+            self.entities,
+            self._topics,
+            published=self.doc,
+            alerts=bool(self.rules),
+        )
+        self.doc = rendered.doc
+        for topic, (payload, kind) in rendered.messages.items():
+            self._publisher.set(topic, payload, kind)
+
+    def discovery(self) -> dict[str, Any]:
+        return device_payload(
+            account_id=self.id,
+            account_name=self.cfg.name,
+            topics=self._topics,
+            currency=self.currency,
+            qos=self._qos,
+            entities=self.entities,
+            removed=self.removed,
+        )
+
+    def set_discovery(self) -> None:
+        self._publisher.set(self._topics.device(self.id), dumps(self.discovery()), Kind.DISCOVERY)
+        # A removal ({"p": …}) goes out once, in this payload; later payloads leave it out.
+        self.removed = {}
+
+    def announced(self, found: Announced) -> None:
+        """What an earlier run announced: keep its currency, remove what is gone since."""
+        if self.currency is None:
+            self.currency = found.currency
+        current = set(self.discovery()["cmps"])
+        self.removed = {k: p for k, p in found.components.items() if k not in current}
+        self.set_discovery()

@@ -1,0 +1,92 @@
+"""`status` output (text and JSON), and the one-shot poll of every account behind it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from .api import ApiError
+from .clock import Clock
+from .config import Config
+from .fetch import fetch_snapshot
+from .model import Snapshot, Window, WindowUsage
+from .money import format_money, format_plain
+from .service import make_client
+
+
+def _window_text(w: WindowUsage, currency: str) -> str:
+    return (
+        f"{format_money(w.cost_micro, currency)} · {w.total_tokens:,} tokens · "
+        f"{w.request_count:,} requests"
+    )
+
+
+def render_status(account_name: str, account_id: str, snap: Snapshot) -> str:
+    c = snap.currency
+    rows = [
+        ("Balance", format_money(snap.balance_micro, c)),
+        ("Holds", format_money(snap.holds_micro, c)),
+        ("Available", format_money(snap.available_micro, c)),
+    ]
+    if snap.usage is not None:
+        rows += [
+            ("Today", _window_text(snap.usage.daily, c)),
+            ("Week", _window_text(snap.usage.weekly, c)),
+            ("Month", _window_text(snap.usage.monthly, c)),
+        ]
+    else:
+        rows.append(("Usage", f"unavailable ({snap.usage_state.value}: {snap.usage_error})"))
+    lines = [f"CrossModel · {account_name} ({account_id})"]
+    lines += [f"  {label:<10} {value}" for label, value in rows]
+    return "\n".join(lines)
+
+
+def _window_json(w: WindowUsage) -> dict[str, Any]:
+    return {
+        "cost_micro": w.cost_micro,
+        "cost": format_plain(w.cost_micro),
+        "prompt_tokens": w.prompt_tokens,
+        "completion_tokens": w.completion_tokens,
+        "total_tokens": w.total_tokens,
+        "request_count": w.request_count,
+        "success_count": w.success_count,
+    }
+
+
+def snapshot_json(snap: Snapshot) -> dict[str, Any]:
+    usage = snap.usage
+    return {
+        "currency": snap.currency,
+        "balance_micro": snap.balance_micro,
+        "holds_micro": snap.holds_micro,
+        "available_micro": snap.available_micro,
+        "balance": format_plain(snap.balance_micro),
+        "holds": format_plain(snap.holds_micro),
+        "available": format_plain(snap.available_micro),
+        "fetched_at": snap.fetched_at.isoformat(),
+        "usage_state": snap.usage_state.value,
+        "usage_error": snap.usage_error,
+        "usage": None if usage is None else {w.api: _window_json(usage.get(w)) for w in Window},
+    }
+
+
+async def poll_all(config: Config, clock: Clock) -> list[tuple[str, str, Snapshot | ApiError]]:
+    results: list[tuple[str, str, Snapshot | ApiError]] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def one(acc_index: int) -> Snapshot | ApiError:
+            acc = config.accounts[acc_index]
+            client = make_client(session, acc, config.poll, clock)
+            try:
+                return await fetch_snapshot(
+                    acc.id, client, clock, usage_deadline=config.poll.usage_timeout
+                )
+            except ApiError as exc:
+                return exc
+
+        outcomes = await asyncio.gather(*(one(i) for i in range(len(config.accounts))))
+    for acc, outcome in zip(config.accounts, outcomes, strict=True):
+        results.append((acc.id, acc.name, outcome))
+    return results
