@@ -11,13 +11,30 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+import aiohttp
+
 from .api import ApiError, CrossModelClient
 from .clock import Clock
+from .config import AccountConfig, PollConfig
 from .model import Snapshot, Usage, UsageState, WindowUsage
 from .wire import UsageWire, WindowWire
 
 log = logging.getLogger(__name__)
 PARTIAL_GRACE = 0.25  # seconds
+
+
+def make_client(
+    session: aiohttp.ClientSession, acc: AccountConfig, poll: PollConfig, clock: Clock
+) -> CrossModelClient:
+    return CrossModelClient(
+        session,
+        base_url=acc.api_url,
+        api_key=acc.api_key.get_secret_value(),
+        clock=clock,
+        credits_timeout=poll.credits_timeout,
+        usage_timeout=poll.usage_timeout,
+        retries=poll.retries,
+    )
 
 
 def window_usage(w: WindowWire) -> WindowUsage:

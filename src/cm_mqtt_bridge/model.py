@@ -8,16 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
-from typing import Literal
+from typing import Literal, get_args
 
 ApiStatus = Literal["ok", "auth_failed", "rate_limited", "unreachable", "invalid_response"]
-API_STATUSES: tuple[ApiStatus, ...] = (
-    "ok",
-    "auth_failed",
-    "rate_limited",
-    "unreachable",
-    "invalid_response",
-)
+API_STATUSES: tuple[ApiStatus, ...] = get_args(ApiStatus)
 
 
 class Window(Enum):

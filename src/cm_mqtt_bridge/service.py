@@ -19,11 +19,12 @@ from .alerts.dispatch import Dispatcher
 from .alerts.engine import AlertAccount, AlertEngine
 from .alerts.notifiers import DeliveryError, build_channels
 from .alerts.store import DB_NAME, AsyncStore, Store, StoreError
-from .api import CrossModelClient, retry_budget
+from .api import retry_budget
 from .clock import Clock, SystemClock
 from .commands import Births, Commands
-from .config import AccountConfig, Config, PollConfig
+from .config import Config
 from .discovery import read_back
+from .fetch import make_client
 from .health import HealthServer, build_report
 from .metrics import Metrics
 from .publisher import Publisher, PublishError
@@ -32,20 +33,6 @@ from .supervisor import Supervisor
 from .topics import Kind, Topics
 
 log = logging.getLogger(__name__)
-
-
-def make_client(
-    session: aiohttp.ClientSession, acc: AccountConfig, poll: PollConfig, clock: Clock
-) -> CrossModelClient:
-    return CrossModelClient(
-        session,
-        base_url=acc.api_url,
-        api_key=acc.api_key.get_secret_value(),
-        clock=clock,
-        credits_timeout=poll.credits_timeout,
-        usage_timeout=poll.usage_timeout,
-        retries=poll.retries,
-    )
 
 
 class StartupError(Exception):

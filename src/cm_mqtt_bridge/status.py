@@ -10,10 +10,9 @@ import aiohttp
 from .api import ApiError
 from .clock import Clock
 from .config import Config
-from .fetch import fetch_snapshot
+from .fetch import fetch_snapshot, make_client
 from .model import Snapshot, Window, WindowUsage
 from .money import format_money, format_plain
-from .service import make_client
 
 
 def _window_text(w: WindowUsage, currency: str) -> str:
