@@ -183,7 +183,10 @@ def test_compose_config_renders_bridge_and_password_protected_mosquitto(compose,
     assert env["MQTT_PASSWORD"] == MQTT_PASSWORD
     assert env["CROSSMODEL_API_KEY"] == ""
     assert env["CROSSMODEL_API_KEY_FILE"] == SECRET_TARGET
-    assert {"source": "crossmodel_api_key", "target": SECRET_TARGET} in bridge["secrets"]
+    # Compose before 2.24 leaves out the default target, /run/secrets/<name>.
+    (secret,) = bridge["secrets"]
+    assert secret["source"] == "crossmodel_api_key"
+    assert secret.get("target", "/run/secrets/crossmodel_api_key") == SECRET_TARGET
     assert Path(doc["secrets"]["crossmodel_api_key"]["file"]) == (
         project / "secrets" / "crossmodel_api_key"
     )
