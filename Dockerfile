@@ -1,18 +1,33 @@
 # cm-mqtt-bridge: a small non-root image; state (SQLite) lives in the /data volume.
 #   docker build -t cm-mqtt-bridge .
-# Two stages: the build stage installs the package and its dependencies into a virtualenv (all
-# of them ship wheels, so no compiler is needed); the runtime stage copies only that virtualenv.
+# Two stages: the build stage installs the dependencies from requirements.lock (exact versions,
+# every file checked against its hash; all of them ship wheels, so no compiler is needed) in a
+# layer of their own, then the package itself without dependencies; the runtime stage copies
+# only that virtualenv. A source change therefore reuses the cached dependency layer.
 
-FROM python:3.12-slim-bookworm AS build
+FROM python:3.13-slim-trixie AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY src ./src
+COPY requirements.lock ./
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir .
+    && /opt/venv/bin/pip install --no-cache-dir --isolated --only-binary=:all: \
+        --require-hashes -r requirements.lock
+COPY pyproject.toml README.md LICENSE ./
+COPY src ./src
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
 
-FROM python:3.12-slim-bookworm
+FROM python:3.13-slim-trixie
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="cm-mqtt-bridge" \
+    org.opencontainers.image.description="CrossModel wallet balance and spend on MQTT and Home Assistant, with alerts" \
+    org.opencontainers.image.source="https://github.com/crossmodel/cm-mqtt-bridge" \
+    org.opencontainers.image.url="https://github.com/crossmodel/cm-mqtt-bridge" \
+    org.opencontainers.image.documentation="https://github.com/crossmodel/cm-mqtt-bridge#docker-compose" \
+    org.opencontainers.image.licenses="MIT" \
+    org.opencontainers.image.version="${VERSION}" \
+    org.opencontainers.image.revision="${REVISION}"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \

@@ -30,6 +30,7 @@ from cm_mqtt_bridge.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+STARTER = ROOT / "docker" / "bridge" / "config.starter.yaml"
 ADDON = ROOT / "addon" / "cm_mqtt_bridge"
 SECRET_TARGET = "/run/secrets/crossmodel_api_key"
 MQTT_PASSWORD = "pw-for-compose-test"
@@ -132,40 +133,68 @@ def _conf_lines(path: Path) -> dict[str, str]:
 # ---- (a) docker-compose.yml ------------------------------------------------------------------
 
 
+def _project(tmp_path: Path, password_line: str | None = f"MQTT_PASSWORD={MQTT_PASSWORD}") -> Path:
+    """The README's Docker Compose steps in a scratch copy of the project: `cp .env.example
+    .env` and set the password, `cp docker/bridge/config.starter.yaml config.yaml`, the
+    (empty) secret file."""
+    project = tmp_path / "project"
+    (project / "docker" / "mosquitto").mkdir(parents=True)
+    shutil.copy(COMPOSE_FILE, project / "docker-compose.yml")
+    shutil.copy(ROOT / "docker" / "mosquitto" / "mosquitto.conf", project / "docker/mosquitto")
+    shutil.copy(STARTER, project / "config.yaml")
+    env = (ROOT / ".env.example").read_text(encoding="utf-8")
+    if password_line is not None:
+        env, count = re.subn(r"^MQTT_PASSWORD=.*$", password_line, env, flags=re.M)
+        assert count == 1
+    (project / ".env").write_text(env, encoding="utf-8")
+    (project / "secrets").mkdir()
+    secret = project / "secrets" / "crossmodel_api_key"
+    secret.touch(mode=0o600)
+    return project
+
+
+def _render_project(compose: list[str], project: Path, home: Path):
+    return _render(compose, project / "docker-compose.yml", project, _clean_env(home))
+
+
 def test_compose_config_renders_bridge_and_password_protected_mosquitto(compose, tmp_path):
-    env_file = tmp_path / "test.env"
-    env_file.write_text(
-        f"MQTT_USERNAME=bridge\nMQTT_PASSWORD={MQTT_PASSWORD}\nCROSSMODEL_API_KEY=\n",
-        encoding="utf-8",
-    )
-    result = _render(compose, COMPOSE_FILE, ROOT, _clean_env(tmp_path), "--env-file", str(env_file))
+    project = _project(tmp_path)
+    result = _render_project(compose, project, tmp_path)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     services = doc["services"]
     assert set(services) == {"bridge", "mosquitto"}
     bridge, mosquitto = services["bridge"], services["mosquitto"]
 
-    # Restart policies.
-    assert bridge["restart"] == "unless-stopped"
-    assert mosquitto["restart"] == "unless-stopped"
+    # Restart policies and log rotation.
+    for service in (bridge, mosquitto):
+        assert service["restart"] == "unless-stopped"
+        assert service["logging"]["driver"] == "json-file"
+        assert service["logging"]["options"] == {"max-size": "10m", "max-file": "3"}
+
+    # Mosquitto pinned to its 2.0 line (`2` floats to 2.1).
+    assert re.fullmatch(r"eclipse-mosquitto:2\.0(\.\d+)?", mosquitto["image"])
 
     # The bridge: built from this repo, broker credentials from .env, key from .env or secret.
-    assert Path(bridge["build"]["context"]) == ROOT
+    assert Path(bridge["build"]["context"]) == project
     env = bridge["environment"]
     assert env["MQTT_HOST"] == "mosquitto"
     assert env["MQTT_USERNAME"] == "bridge"
     assert env["MQTT_PASSWORD"] == MQTT_PASSWORD
     assert env["CROSSMODEL_API_KEY"] == ""
     assert env["CROSSMODEL_API_KEY_FILE"] == SECRET_TARGET
-    assert {"source": "crossmodel_api_key", "target": SECRET_TARGET} in bridge["secrets"]
+    # Compose before 2.24 leaves out the default target, /run/secrets/<name>.
+    (secret,) = bridge["secrets"]
+    assert secret["source"] == "crossmodel_api_key"
+    assert secret.get("target", "/run/secrets/crossmodel_api_key") == SECRET_TARGET
     assert Path(doc["secrets"]["crossmodel_api_key"]["file"]) == (
-        ROOT / "secrets" / "crossmodel_api_key"
+        project / "secrets" / "crossmodel_api_key"
     )
+    assert KEY not in result.stdout  # the secret's content is mounted, never rendered
 
     # Volumes: bridge state in a named volume at /data, broker persistence in another.
-    assert {(v["type"], v["source"], v["target"]) for v in bridge["volumes"]} == {
-        ("volume", "bridge-data", "/data")
-    }
+    volumes = {v["target"]: v for v in bridge["volumes"]}
+    assert (volumes["/data"]["type"], volumes["/data"]["source"]) == ("volume", "bridge-data")
     assert {"bridge-data", "mosquitto-data"} <= set(doc["volumes"])
     mounts = {v["target"]: v for v in mosquitto["volumes"]}
     assert mounts["/mosquitto/data"]["type"] == "volume"
@@ -176,54 +205,87 @@ def test_compose_config_renders_bridge_and_password_protected_mosquitto(compose,
     conf_mount = mounts["/mosquitto/config/mosquitto.conf"]
     assert conf_mount["type"] == "bind"
     assert conf_mount["read_only"] is True
-    conf_path = Path(conf_mount["source"])
-    assert conf_path == ROOT / "docker" / "mosquitto" / "mosquitto.conf"
-    conf = _conf_lines(conf_path)
+    conf = _conf_lines(Path(conf_mount["source"]))
     assert conf["allow_anonymous"] == "false"
     command = " ".join(mosquitto["command"])
     assert f"mosquitto_passwd -b -c {conf['password_file']} " in command
     assert "exec mosquitto -c /mosquitto/config/mosquitto.conf" in command
     assert mosquitto["environment"]["MQTT_PASSWORD"] == MQTT_PASSWORD
+    # Published on loopback unless .env says otherwise.
+    (port,) = mosquitto["ports"]
+    assert (port["host_ip"], port["target"], str(port["published"])) == ("127.0.0.1", 1883, "1883")
 
     # Start order: the bridge waits until the broker accepts the credentials.
     assert bridge["depends_on"]["mosquitto"]["condition"] == "service_healthy"
     assert "mosquitto_sub" in " ".join(mosquitto["healthcheck"]["test"])
 
 
-def test_compose_reads_dot_env_and_secret_file_from_the_project_directory(compose, tmp_path):
-    # The README flow in a scratch copy of the project: `cp .env.example .env`, the key in
-    # secrets/crossmodel_api_key.
-    project = tmp_path / "project"
-    (project / "docker" / "mosquitto").mkdir(parents=True)
-    shutil.copy(COMPOSE_FILE, project / "docker-compose.yml")
-    shutil.copy(ROOT / "docker" / "mosquitto" / "mosquitto.conf", project / "docker/mosquitto")
-    shutil.copy(ROOT / ".env.example", project / ".env")
-    (project / "secrets").mkdir()
-    secret = project / "secrets" / "crossmodel_api_key"
-    secret.write_text(KEY + "\n", encoding="utf-8")
-    secret.chmod(0o600)
-
-    result = _render(compose, project / "docker-compose.yml", project, _clean_env(tmp_path))
+def test_compose_mounts_the_config_file_the_bridge_reads_with_alerts_on(compose, tmp_path):
+    project = _project(tmp_path)
+    with (project / ".env").open("a", encoding="utf-8") as env_file:
+        env_file.write("CM_MQTT_BRIDGE__POLL__INTERVAL=120\n")
+    result = _render_project(compose, project, tmp_path)
     assert result.returncode == 0, result.stderr
-    doc = json.loads(result.stdout)
-    example = dict(
-        line.split("=", 1)
-        for line in (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
-        if line and not line.startswith("#")
-    )
-    env = doc["services"]["bridge"]["environment"]
-    assert env["MQTT_PASSWORD"] == example["MQTT_PASSWORD"]
-    assert env["CROSSMODEL_API_KEY"] == example["CROSSMODEL_API_KEY"] == ""
-    assert Path(doc["secrets"]["crossmodel_api_key"]["file"]) == secret
-    assert KEY not in result.stdout  # the secret's content is mounted, never rendered
+    bridge = json.loads(result.stdout)["services"]["bridge"]
+    env = bridge["environment"]
+    target = env["CM_MQTT_BRIDGE_CONFIG"]
+    mount = {v["target"]: v for v in bridge["volumes"]}[target]
+    assert mount["type"] == "bind"
+    assert Path(mount["source"]) == project / "config.yaml"
+    assert mount["read_only"] is True
+    # A missing ./config.yaml is an error, not an empty directory created in its place.
+    assert not mount.get("bind", {}).get("create_host_path", False)
+    # env_file: .env passes the CM_MQTT_BRIDGE__ options through.
+    assert env["CM_MQTT_BRIDGE__POLL__INTERVAL"] == "120"
+
+    # The mounted file, read by the bridge's own loader with the container's environment.
+    container_env = {k: v for k, v in env.items() if v} | {"CROSSMODEL_API_KEY": KEY}
+    config = load_config(config_path=Path(mount["source"]), env=container_env)
+    (account,) = config.accounts
+    assert config.poll.interval == 120
+    rules = account.alerts
+    assert rules.low_balance is not None
+    assert rules.low_balance.below == 5_000_000
+    assert rules.runway is not None
+    assert rules.api_down is not None
+    assert rules.auth_failed is not None
 
 
-def test_compose_refuses_to_render_without_a_broker_password(compose, tmp_path):
-    env_file = tmp_path / "test.env"
-    env_file.write_text("MQTT_USERNAME=bridge\n", encoding="utf-8")
-    result = _render(compose, COMPOSE_FILE, ROOT, _clean_env(tmp_path), "--env-file", str(env_file))
+def test_compose_refuses_to_start_until_a_password_is_set(compose, tmp_path):
+    # .env.example as shipped: no working password, so nothing renders (nor starts).
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    assert "change-me" not in example
+    assert re.search(r"^MQTT_PASSWORD=$", example, re.M)
+    result = _render_project(compose, _project(tmp_path, password_line=None), tmp_path)
     assert result.returncode != 0
     assert "set MQTT_PASSWORD in .env" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("MQTT_PASSWORD='Xy$9kPq$Zr'", "Xy$9kPq$Zr"),  # the documented form keeps every `$`
+        ("MQTT_PASSWORD=Xy$9kPq$Zr", "Xy$9kPq"),  # unquoted, Compose expands $Zr to nothing
+    ],
+)
+def test_dollar_in_the_password_survives_only_in_single_quotes(compose, tmp_path, line, expected):
+    result = _render_project(compose, _project(tmp_path, password_line=line), tmp_path)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    for service in ("bridge", "mosquitto"):
+        # `config` escapes a literal `$` as `$$` in what it prints.
+        rendered = services[service]["environment"]["MQTT_PASSWORD"].replace("$$", "$")
+        assert rendered == expected
+    assert "single quotes" in (ROOT / ".env.example").read_text(encoding="utf-8")
+
+
+def test_compose_fails_without_the_dot_env_file(compose, tmp_path):
+    project = _project(tmp_path)
+    (project / ".env").unlink()
+    env = _clean_env(tmp_path) | {"MQTT_PASSWORD": MQTT_PASSWORD}
+    result = _render(compose, project / "docker-compose.yml", project, env)
+    assert result.returncode != 0
+    assert ".env" in result.stderr
 
 
 # ---- (b) hadolint --------------------------------------------------------------------------
@@ -273,16 +335,133 @@ def test_image_healthcheck_asks_the_bridge():
     assert 'VOLUME ["/data"]' in text
 
 
-# ---- (c) the Home Assistant add-on ---------------------------------------------------------
+# ---- (c) the Home Assistant add-on, against the Supervisor's rules -------------------------
+# The Supervisor's add-on validation (home-assistant/supervisor, supervisor/addons/validate.py,
+# options.py and store/data.py), restated here in our own words; 2024.11 and today's release
+# share these rules except where `SUPERVISOR_2024_11` says otherwise.
 
 ARCHES = {"armhf", "armv7", "aarch64", "amd64", "i386"}
-# The option types the add-on documentation lists, each optionally followed by `?`.
-_RANGE = r"(?:\((?P<lo>-?\d+(?:\.\d+)?)?,(?P<hi>-?\d+(?:\.\d+)?)?\))?"
-SCHEMA_TYPE = re.compile(
-    r"^(?:(?P<kind>str|int|float)" + _RANGE + r"|(?P<simple>bool|email|url|password|port)"
-    r"|match\((?P<match>.+)\)|list\((?P<list>[^|()]+(?:\|[^|()]+)*)\)"
-    r"|device(?:\((?P<device>subsystem=\w+)\))?)(?P<optional>\?)?$"
+SLUG = re.compile(r"^[-_.A-Za-z0-9]+$")
+SERVICE = re.compile(r"^(mqtt|mysql):(provide|want|need)$")
+# `image`: registry/owner/name with `{arch}` allowed, and no tag (the tag is `version`).
+IMAGE = re.compile(r"^([a-zA-Z\-.:\d{}]+/)*?([\-\w{}]+)/([\-\w{}]+)$")
+# One option type: simple types, bounded str/password/int/float, match(regex), list(a|b), device.
+# The bounds accept digits only (and dots for float): no negative numbers.
+OPTION_TYPE = re.compile(
+    r"^(?:bool|email|url|port|device(?:\((?P<device>subsystem=[a-z]+)\))?"
+    r"|(?P<kind>str|password|int)(?:\((?P<lo>\d+)?,(?P<hi>\d+)?\))?"
+    r"|(?P<float>float)(?:\((?P<flo>[\d.]+)?,(?P<fhi>[\d.]+)?\))?"
+    r"|match\((?P<match>.*)\)|list\((?P<list>.+)\))(?P<optional>\?)?$"
 )
+SUPERVISOR_2024_11 = "2024.11"
+SUPERVISOR_CURRENT = "current"
+
+
+class OptionRefused(ValueError):
+    pass
+
+
+def supervisor_validate(typ: str, value: Any, supervisor: str = SUPERVISOR_CURRENT) -> Any:
+    """What the Supervisor does with one option value of type `typ`."""
+    m = OPTION_TYPE.match(typ)
+    if m is None:
+        raise OptionRefused(f"unknown type {typ!r}")
+    if value is None:
+        raise OptionRefused("missing required option")
+    lo = m["lo"] if m["lo"] is not None else m["flo"]
+    hi = m["hi"] if m["hi"] is not None else m["fhi"]
+    kind = m["kind"] or m["float"]
+    if kind in ("str", "password"):
+        if (lo or hi) and supervisor == SUPERVISOR_2024_11:
+            # Before 2026.07.4 the bounds were compared with the string itself, which Python
+            # refuses: every value fails ("must have a partial ordering").
+            raise OptionRefused("invalid value or type (must have a partial ordering)")
+        value = str(value)
+        size = len(value)
+        if (lo and size < float(lo)) or (hi and size > float(hi)):
+            raise OptionRefused("length out of range")
+        return value
+    if kind in ("int", "float"):
+        if isinstance(value, bool):
+            raise OptionRefused("not a number")
+        number = int(value) if kind == "int" else float(value)
+        if (lo and number < float(lo)) or (hi and number > float(hi)):
+            raise OptionRefused("value out of range")
+        return number
+    if typ.startswith("bool"):
+        if not isinstance(value, bool):
+            raise OptionRefused("not a boolean")
+        return value
+    if typ.startswith("url"):
+        if not re.match(r"^[a-z][a-z0-9+.-]*://[^/\s]+", str(value)):
+            raise OptionRefused("not a URL")
+        return value
+    if m["match"] is not None:
+        # re.match: anchored at the start only, so the patterns carry their own ^...$.
+        if not re.match(m["match"], str(value)):
+            raise OptionRefused(f"does not match {m['match']}")
+        return str(value)
+    if m["list"] is not None:
+        if str(value) not in m["list"].split("|"):
+            raise OptionRefused("not in the list")
+        return str(value)
+    return value
+
+
+def supervisor_validate_options(
+    schema: dict[str, str], options: dict[str, Any], supervisor: str = SUPERVISOR_CURRENT
+) -> dict[str, Any]:
+    out = {k: supervisor_validate(schema[k], v, supervisor) for k, v in options.items()}
+    missing = [k for k, typ in schema.items() if k not in out and not typ.endswith("?")]
+    if missing:
+        raise OptionRefused(f"missing options {missing}")
+    return out
+
+
+def supervisor_config_problems(config: dict[str, Any]) -> list[str]:
+    """The add-on config keys that the Supervisor refuses (an empty list: accepted)."""
+    problems = []
+    for key in ("name", "version", "slug", "description", "arch"):
+        if not config.get(key):
+            problems.append(f"{key} is required")
+    for key in ("name", "version", "slug", "description"):
+        if not isinstance(config.get(key), str):
+            problems.append(f"{key} must be a string")
+    if not SLUG.match(str(config.get("slug", ""))):
+        problems.append("slug")
+    if not set(config.get("arch", [])) <= ARCHES:
+        problems.append("arch")
+    if "image" in config and not IMAGE.match(config["image"]):
+        problems.append("image")
+    if not all(SERVICE.match(s) for s in config.get("services", [])):
+        problems.append("services")
+    if config.get("startup", "application") not in {
+        "initialize",
+        "system",
+        "services",
+        "application",
+        "once",
+    }:
+        problems.append("startup")
+    if config.get("boot", "auto") not in {"auto", "manual", "manual_only"}:
+        problems.append("boot")
+    for key, typ in config.get("schema", {}).items():
+        if not isinstance(typ, str) or not OPTION_TYPE.match(typ):
+            problems.append(f"schema.{key}: {typ!r}")
+    return problems
+
+
+def supervisor_scan(repository: Path) -> list[Path]:
+    """The files a repository scan reads as add-on configs: `config.*` anywhere with a
+    .json/.yaml/.yml suffix, outside hidden folders and `rootfs`."""
+    return sorted(
+        path
+        for path in repository.glob("**/config.*")
+        if path.suffix in (".json", ".yaml", ".yml")
+        and not any(
+            part.startswith(".") or part == "rootfs" for part in path.relative_to(repository).parts
+        )
+    )
 
 
 def _load_yaml(path: Path) -> Any:
@@ -296,110 +475,170 @@ def addon_config() -> dict[str, Any]:
     return data
 
 
-def _schema_types(config: dict[str, Any]) -> dict[str, re.Match[str]]:
-    out = {}
-    for key, typ in config["schema"].items():
-        assert isinstance(typ, str), f"schema.{key}: only flat options are used"
-        match = SCHEMA_TYPE.match(typ)
-        assert match, f"schema.{key}: {typ!r} is not an add-on schema type"
-        out[key] = match
-    return out
+@pytest.fixture(scope="module")
+def addon_repository(tmp_path_factory) -> Path:
+    """The repository users add, as the release workflow builds it."""
+    spec = importlib.util.spec_from_file_location(
+        "cm_addon_build_repository", ROOT / "addon" / "build_repository.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    output: Path = tmp_path_factory.mktemp("addon-repository") / "tree"
+    module.build(output)
+    return output
 
 
-def _default_fits(key: str, match: re.Match[str], value: Any) -> None:
-    if value is None:
-        return  # documented: a null default must be set by the user before the add-on starts
-    kind = match["kind"] or match["simple"]
-    if kind in ("str", "password", "email", "url"):
-        assert isinstance(value, str), key
-    if kind in ("int", "port"):
-        assert isinstance(value, int), key
-        assert not isinstance(value, bool), key
-    if kind == "float":
-        assert isinstance(value, int | float), key
-        assert not isinstance(value, bool), key
-    if kind == "bool":
-        assert isinstance(value, bool), key
-    if match["kind"] in ("int", "float"):
-        if match["lo"] is not None:
-            assert value >= float(match["lo"]), key
-        if match["hi"] is not None:
-            assert value <= float(match["hi"]), key
-    if match["kind"] == "str":
-        if match["lo"] is not None:
-            assert len(value) >= int(match["lo"]), key
-        if match["hi"] is not None:
-            assert len(value) <= int(match["hi"]), key
-    if match["list"] is not None:
-        assert value in match["list"].split("|"), key
-    if match["match"] is not None:
-        assert re.fullmatch(match["match"], str(value)), key
+def test_the_str_bounds_trap_of_supervisor_2024_11():
+    # The restated rules reproduce the 2024.11 failure, so the next test means something.
+    with pytest.raises(OptionRefused, match="partial ordering"):
+        supervisor_validate("str(1,64)", "Main", SUPERVISOR_2024_11)
+    assert supervisor_validate("str(1,64)", "Main", SUPERVISOR_CURRENT) == "Main"
+    with pytest.raises(OptionRefused):
+        supervisor_validate("int(-5,5)", 1)  # negative bounds are not in the grammar
 
 
-def test_repository_yaml_is_at_the_repository_root():
-    # The Supervisor requires repository.(yaml|yml|json) at the root of the git repository.
-    repo = _load_yaml(ROOT / "repository.yaml")
-    assert isinstance(repo.get("name"), str)
-    assert repo["name"]
-    assert set(repo) <= {"name", "url", "maintainer"}
+@pytest.mark.parametrize("supervisor", [SUPERVISOR_2024_11, SUPERVISOR_CURRENT])
+def test_addon_options_are_accepted_by_the_supervisor(addon_config, supervisor):
+    schema = addon_config["schema"]
+    assert supervisor_config_problems(addon_config) == []
+    # The defaults (with the one value the user must give) and every option set.
+    defaults = {**addon_config["options"], "api_key": KEY}
+    assert supervisor_validate_options(schema, defaults, supervisor)
+    assert supervisor_validate_options(schema, FULL_OPTIONS, supervisor) == FULL_OPTIONS
+    # The api_key default is null: the Supervisor refuses to start until it is set.
+    with pytest.raises(OptionRefused, match="missing required"):
+        supervisor_validate_options(schema, addon_config["options"], supervisor)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "accepted"),
+    [
+        ("account_name", "x" * 64, True),
+        ("account_name", "x" * 65, False),
+        ("account_name", "", False),
+        ("account_id", "wallet_1", True),
+        ("account_id", "Wallet 1", False),
+        ("ntfy_topic", "wallet-3f9a", True),
+        ("ntfy_topic", "a/b", False),
+        ("poll_interval", 29, False),
+        ("runway_below_days", 366, False),
+        ("log_level", "TRACE", False),
+    ],
+)
+def test_addon_option_lengths_and_patterns_are_checked(addon_config, key, value, accepted):
+    typ = addon_config["schema"][key]
+    for supervisor in (SUPERVISOR_2024_11, SUPERVISOR_CURRENT):
+        if accepted:
+            supervisor_validate(typ, value, supervisor)
+        else:
+            with pytest.raises(OptionRefused):
+                supervisor_validate(typ, value, supervisor)
 
 
 def test_addon_config_has_the_required_keys(addon_config):
-    for key in ("name", "version", "slug", "description", "arch"):
-        assert addon_config.get(key), f"{key} is required"
-    for key in ("name", "version", "slug", "description"):
-        assert isinstance(addon_config[key], str), f"{key} must be a string"
     assert re.fullmatch(r"[a-z0-9_]+", addon_config["slug"])
     assert addon_config["slug"] == ADDON.name
     assert addon_config["version"] == cm_mqtt_bridge.__version__
-    assert isinstance(addon_config["arch"], list)
-    assert set(addon_config["arch"]) <= ARCHES
+    assert set(addon_config["arch"]) == {"amd64", "aarch64"}
     # HA base images run s6-overlay v3, which needs Docker's init off.
     assert addon_config.get("init") is False
 
 
+def test_addon_uses_the_prebuilt_image_of_the_release_workflow(addon_config):
+    image = addon_config["image"]
+    assert image == "ghcr.io/crossmodel/cm-mqtt-bridge-addon-{arch}"
+    assert IMAGE.match(image)
+    workflow = (ROOT / ".github" / "workflows" / "release.yml").read_text(encoding="utf-8")
+    prefix = image.removesuffix("-{arch}")
+    assert f"ADDON_IMAGE: {prefix}\n" in workflow
+    assert "${{ env.ADDON_IMAGE }}-${{ matrix.arch }}:${{ needs.dist.outputs.version }}" in workflow
+    for arch in addon_config["arch"]:
+        assert f"- arch: {arch}" in workflow
+
+
 def test_addon_needs_the_mqtt_service(addon_config):
-    services = addon_config["services"]
-    assert all(re.fullmatch(r"[a-z_]+:(provide|want|need)", s) for s in services)
-    assert "mqtt:need" in services
+    assert "mqtt:need" in addon_config["services"]
 
 
 def test_addon_options_and_schema_match(addon_config):
-    options, types = addon_config["options"], _schema_types(addon_config)
-    assert set(options) <= set(types), "every option needs a schema entry"
-    required = {k for k, m in types.items() if not m["optional"]}
-    optional = set(types) - required
+    options, schema = addon_config["options"], addon_config["schema"]
+    assert set(options) <= set(schema), "every option needs a schema entry"
+    required = {k for k, typ in schema.items() if not typ.endswith("?")}
     assert required <= set(options), "every required schema entry needs an option default"
     # Documented: a default makes an option required, so optional ones have none.
-    assert not optional & set(options)
-    for key, value in options.items():
-        _default_fits(key, types[key], value)
-    assert types["api_key"]["simple"] == "password"
+    assert not (set(schema) - required) & set(options)
+    assert schema["api_key"] == "password"
     assert options["api_key"] is None  # the user must give one
-    for key in ("ntfy_url", "ntfy_topic", "budget_daily", "budget_weekly", "budget_monthly"):
-        assert key in optional
+    # No bounded str/password anywhere: Supervisor 2024.11 refuses them.
+    for key, typ in schema.items():
+        match = OPTION_TYPE.match(typ)
+        assert match is not None
+        assert not (match["kind"] in ("str", "password") and (match["lo"] or match["hi"])), key
 
 
-def test_addon_build_yaml_gives_a_base_image_per_arch(addon_config):
-    build = _load_yaml(ADDON / "build.yaml")
-    assert set(build["build_from"]) == set(addon_config["arch"])
-    for arch, image in build["build_from"].items():
-        assert re.fullmatch(rf"ghcr\.io/home-assistant/{arch}-base-python:[\w.-]+", image)
+def test_addon_build_settings_are_in_the_dockerfile():
+    assert not (ADDON / "build.yaml").exists()
+    assert not (ADDON / "build.json").exists()
+    dockerfile = (ADDON / "Dockerfile").read_text(encoding="utf-8")
+    (base,) = re.findall(r"^FROM (\S+)$", dockerfile, re.M)
+    # The multi-arch base image (not the retired per-arch amd64-/aarch64- names).
+    assert re.fullmatch(r"ghcr\.io/home-assistant/base-python:3\.1[3-9]-alpine3\.2[3-9]", base)
+    labels = _labels(dockerfile)
+    assert labels["io.hass.type"] == "addon"
+    assert labels["io.hass.arch"] == "${BUILD_ARCH}"
+    assert labels["io.hass.version"] == "${BUILD_VERSION}"
+    assert (
+        labels["org.opencontainers.image.source"] == "https://github.com/crossmodel/cm-mqtt-bridge"
+    )
+
+
+def _labels(dockerfile: str) -> dict[str, str]:
+    joined = dockerfile.replace("\\\n", " ")
+    labels: dict[str, str] = {}
+    for line in re.findall(r"^LABEL (.+)$", joined, re.M):
+        labels.update(re.findall(r'([\w.-]+)="([^"]*)"', line))
+    return labels
+
+
+@pytest.mark.parametrize(("name", "size"), [("icon.png", (128, 128)), ("logo.png", (250, 100))])
+def test_addon_has_icon_and_logo(name, size):
+    data = (ADDON / name).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    assert (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")) == size
+
+
+def test_the_repository_users_add_passes_the_supervisor_scan(addon_repository):
+    repo = _load_yaml(addon_repository / "repository.yaml")
+    assert repo["name"]
+    assert set(repo) <= {"name", "url", "maintainer"}
+    assert not list(addon_repository.rglob("config.example.yaml"))
+    found = supervisor_scan(addon_repository)
+    assert found == [addon_repository / "cm_mqtt_bridge" / "config.yaml"]
+    for path in found:
+        assert supervisor_config_problems(_load_yaml(path)) == []
+    addon = addon_repository / "cm_mqtt_bridge"
+    for name in ("README.md", "DOCS.md", "CHANGELOG.md", "icon.png", "logo.png"):
+        assert (addon / name).is_file(), name
+    assert (addon / "translations" / "en.yaml").is_file()
+
+
+def test_the_main_branch_is_not_offered_as_an_add_on_repository():
+    # Its scan would read config.example.yaml as a broken add-on config (a warning on every
+    # store reload), so it has no repository.yaml; the README points at the branch instead.
+    assert ROOT / "config.example.yaml" in supervisor_scan(ROOT)
+    assert not list(ROOT.glob("repository.*"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "https://github.com/crossmodel/cm-mqtt-bridge#addon-repository" in readme
+    assert "addon-repository" in (ROOT / ".github/workflows/release.yml").read_text("utf-8")
 
 
 def test_addon_translations_cover_the_schema(addon_config):
     translations = _load_yaml(ADDON / "translations" / "en.yaml")["configuration"]
     assert set(translations) == set(addon_config["schema"])
     assert all(t.get("name") and t.get("description") for t in translations.values())
-
-
-def test_only_addon_configs_are_named_config_yaml():
-    # The Supervisor searches the whole repository for config.(yaml|yml|json).
-    found = []
-    for dirpath, dirnames, filenames in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "node_modules"]
-        found += [Path(dirpath, f) for f in filenames if re.fullmatch(r"config\.(ya?ml|json)", f)]
-    assert found == [ADDON / "config.yaml"]
 
 
 def test_run_sh_takes_the_broker_from_the_supervisor():
@@ -413,7 +652,7 @@ def test_run_sh_takes_the_broker_from_the_supervisor():
     assert "--data-dir /data" in text
     assert re.search(r'^exec cm-mqtt-bridge --config "\$\{config_file\}" run$', text, re.M)
     dockerfile = (ADDON / "Dockerfile").read_text(encoding="utf-8")
-    assert "COPY run.sh make_config.py /" in dockerfile
+    assert "COPY addon/cm_mqtt_bridge/run.sh addon/cm_mqtt_bridge/make_config.py /" in dockerfile
     assert 'CMD ["/run.sh"]' in dockerfile
     assert os.access(ADDON / "run.sh", os.X_OK)
 

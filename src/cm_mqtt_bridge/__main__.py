@@ -1,0 +1,8 @@
+"""`python -m cm_mqtt_bridge`: the same command line as `cm-mqtt-bridge`."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
