@@ -28,6 +28,13 @@ LOGBOOK_HOURS = 30 * 24
 GAUGE_SPAN = 4
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Safe dumping without &anchors: a row list used by two cards is written out twice."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 class _Account:
     """One account's entities, looked up by key in the bridge's own entity table."""
 
@@ -181,8 +188,9 @@ def render(accounts: Sequence[AccountConfig], *, overview: bool = False) -> str:
         "# cm-mqtt-bridge dashboard: paste into a new dashboard's raw configuration editor\n"
         "# (Settings > Dashboards > Add dashboard > open it > Edit > Raw configuration editor).\n"
     )
-    body = yaml.safe_dump(
+    body = yaml.dump(
         dashboard(accounts, overview=overview),
+        Dumper=_NoAliases,
         sort_keys=False,
         allow_unicode=True,
         default_flow_style=False,
