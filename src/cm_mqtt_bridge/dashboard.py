@@ -91,15 +91,9 @@ def account_view(acc: AccountConfig, path: str | None = None) -> dict[str, Any]:
             "type": "entities",
             "title": "Wallet",
             "entities": a.rows(
-                (
-                    "balance",
-                    "available",
-                    "holds",
-                    "spend_today",
-                    "spend_month",
-                    "runway",
-                    "burn_rate",
-                )
+                # Ids HA before 2025.10 derives from the names too (not "spend_month", whose
+                # name "Spend this month" gives sensor.crossmodel_<account>_spend_this_month).
+                ("balance", "available", "holds", "spend_today", "runway", "burn_rate")
             ),
         },
         _gauge(a),
