@@ -749,10 +749,15 @@ def _run_run_sh(tmp_path: Path, options: dict[str, Any], broker: dict[str, str] 
     options_file.write_text(json.dumps(options), encoding="utf-8")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # python3 -> this interpreter (it has PyYAML); cm-mqtt-bridge -> records its arguments.
+    # python3 -> this interpreter (it has PyYAML).
     shims = {
         "python3": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n',
-        "cm-mqtt-bridge": f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/bridge-argv"\n',
+        # cm-mqtt-bridge -> records each call's arguments (one line a call); `dashboard`
+        # runs for real, so the log shows the YAML the user is told to paste.
+        "cm-mqtt-bridge": (
+            f'#!/bin/sh\necho "$*" >> "{tmp_path}/bridge-argv"\n'
+            f'[ "$3" = dashboard ] && exec "{sys.executable}" -m cm_mqtt_bridge "$@"\nexit 0\n'
+        ),
     }
     for name, body in shims.items():
         shim = bin_dir / name
@@ -804,8 +809,13 @@ def test_minimal_options_leave_the_optional_rules_off(addon_config):
 def test_run_sh_writes_a_config_the_bridge_accepts(tmp_path):
     result, config_file = _run_run_sh(tmp_path, FULL_OPTIONS, BROKER)
     assert result.returncode == 0, result.stderr
-    argv = (tmp_path / "bridge-argv").read_text(encoding="utf-8").splitlines()
-    assert argv == ["--config", str(config_file), "run"]
+    calls = (tmp_path / "bridge-argv").read_text(encoding="utf-8").splitlines()
+    assert calls == [f"--config {config_file} dashboard", f"--config {config_file} run"]
+    # The log says how to get a dashboard and shows it, with the account's entities.
+    assert "Raw configuration editor, then paste this YAML" in result.stderr
+    board = yaml.safe_load(result.stdout)
+    assert board["views"][0]["path"] == "wallet_1"
+    assert "sensor.crossmodel_wallet_1_available" in result.stdout
     assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
     assert BROKER["password"] not in result.stderr + result.stdout
 

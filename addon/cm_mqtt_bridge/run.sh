@@ -41,4 +41,9 @@ CM_ADDON_MQTT_SSL="${mqtt_ssl}" \
     python3 "${here}/make_config.py" \
         --options "${options_file}" --output "${config_file}" --data-dir /data
 
+# A ready dashboard for this account, once per start: the user copies it from the Log tab.
+bashio::log.info 'Dashboard: Settings > Dashboards > Add dashboard > New dashboard from scratch > ⋮ > Raw configuration editor, then paste this YAML:'
+cm-mqtt-bridge --config "${config_file}" dashboard \
+    || bashio::log.warning 'could not print the dashboard YAML (cm-mqtt-bridge dashboard)'
+
 exec cm-mqtt-bridge --config "${config_file}" run

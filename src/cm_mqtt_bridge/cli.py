@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from . import __version__
+from . import __version__, dashboard
 from .alerts.store import DB_NAME, Store, StoreError
 from .api import ApiError
 from .clock import SystemClock
@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--since", type=parse_since, help="only samples at or after DATE (YYYY-MM-DD, UTC)"
     )
+    dash = sub.add_parser("dashboard", parents=[common], help="print a Home Assistant dashboard")
+    which = dash.add_mutually_exclusive_group()
+    which.add_argument("--account", help="only this account id")
+    which.add_argument("--all", action="store_true", help="also an overview of every account")
     cfg = sub.add_parser("config", help="manage configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     setkey = cfg_sub.add_parser("set-api-key", help="store an API key in a secret file (mode 0600)")
@@ -386,6 +390,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return cmd_history(config, args.account, args.since, sys.stdout)
     if args.command == "check":
         return asyncio.run(cmd_check(config, sys.stdout))
+    if args.command == "dashboard":
+        return dashboard.command(config.accounts, args.account, args.all, sys.stdout, sys.stderr)
     raise AssertionError(f"unhandled command {args.command}")
 
 
