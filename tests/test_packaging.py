@@ -26,6 +26,11 @@ import pytest
 import yaml
 
 import cm_mqtt_bridge
+from cm_mqtt_bridge.alerts.rules import (
+    BudgetRule,
+    LowBalanceRule,
+    RunwayRule,
+)
 from cm_mqtt_bridge.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,11 +249,12 @@ def test_compose_mounts_the_config_file_the_bridge_reads_with_alerts_on(compose,
     (account,) = config.accounts
     assert config.poll.interval == 120
     rules = account.alerts
-    assert rules.low_balance is not None
-    assert rules.low_balance.below == 5_000_000
-    assert rules.runway is not None
-    assert rules.api_down is not None
-    assert rules.auth_failed is not None
+    low = rules.get(LowBalanceRule)
+    assert low is not None
+    assert low.below == 5_000_000
+    assert rules.get(RunwayRule) is not None
+    assert rules.get(ApiDownRule) is not None
+    assert rules.get(SimpleRule) is not None  # auth_failed
 
 
 def test_compose_refuses_to_start_until_a_password_is_set(compose, tmp_path):
@@ -839,16 +845,17 @@ def test_run_sh_writes_a_config_the_bridge_accepts(tmp_path):
     assert config.log_level == "DEBUG"
     assert str(config.data_dir) == "/data"
     alerts = account.alerts
-    assert alerts.low_balance is not None
-    assert (alerts.low_balance.below, alerts.low_balance.margin) == (7_500_000, 250_000)
-    assert alerts.runway is not None
-    assert float(alerts.runway.below_days) == 4.5
-    assert alerts.budget is not None
-    assert (alerts.budget.daily, alerts.budget.weekly, alerts.budget.monthly) == (
-        2_000_000,
-        10_000_000,
-        30_500_000,
+    low, runway, budget = (
+        alerts.get(LowBalanceRule),
+        alerts.get(RunwayRule),
+        alerts.get(BudgetRule),
     )
+    assert low is not None
+    assert (low.below, low.margin) == (7_500_000, 250_000)
+    assert runway is not None
+    assert float(runway.below_days) == 4.5
+    assert budget is not None
+    assert (budget.daily, budget.weekly, budget.monthly) == (2_000_000, 10_000_000, 30_500_000)
     assert config.notify.ntfy is not None
     assert config.notify.ntfy.url == "https://ntfy.example.org"
     assert config.notify.ntfy.topic == "wallet-3f9a"

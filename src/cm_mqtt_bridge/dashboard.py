@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from .alerts.rules import LowBalanceRule
 from .config import AccountConfig
 from .entities import Entity, entities_for
 from .money import micro_to_decimal
@@ -69,7 +70,7 @@ def _gauge(a: _Account) -> dict[str, Any]:
         "name": a.by_key["available"].name,
         "min": 0,
     }
-    low = a.acc.alerts.low_balance
+    low = a.acc.alerts.get(LowBalanceRule)
     if low is not None and low.below > 0:
         card["max"] = _amount(GAUGE_SPAN * low.below)
         # HA colours a value by the highest band start it reaches (all three must be given).

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BeforeValidator, Field, create_model
 
@@ -357,7 +357,18 @@ def _flag(value: Any) -> Any:
     return value
 
 
+S = TypeVar("S", bound=RuleCommon)
+
+
 class AlertsBase(StrictModel):
+    def get(self, model: type[S]) -> S | None:
+        """A section by its model, typed: `alerts.get(LowBalanceRule)`."""
+        for name, section_model in SECTIONS.items():
+            if section_model is model:
+                found = getattr(self, name)
+                return found if isinstance(found, model) else None
+        raise KeyError(model.__name__)
+
     def section(self, name: str) -> RuleCommon | None:
         found = getattr(self, name)
         assert found is None or isinstance(found, RuleCommon)
