@@ -27,9 +27,11 @@ import yaml
 
 import cm_mqtt_bridge
 from cm_mqtt_bridge.alerts.rules import (
+    ApiDownRule,
     BudgetRule,
     LowBalanceRule,
     RunwayRule,
+    SimpleRule,
 )
 from cm_mqtt_bridge.config import load_config
 
