@@ -111,7 +111,8 @@ class CrossModelStandin:
         app = web.Application()
         app.router.add_get("/v1/{endpoint}", self._handle)
         app.router.add_get("/other/v1/{endpoint}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None)
+        # A scripted hang must not hold the test's teardown: in-flight answers are dropped.
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
