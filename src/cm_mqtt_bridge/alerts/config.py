@@ -11,6 +11,7 @@ from typing import Any, Literal, Self
 from pydantic import SecretStr, field_validator, model_validator
 
 from ..configbase import StrictModel
+from ..configfile import FileProblem, read_secret
 
 
 def _secret_from(inline: SecretStr | None, path: Path | None, where: str) -> SecretStr | None:
@@ -19,9 +20,9 @@ def _secret_from(inline: SecretStr | None, path: Path | None, where: str) -> Sec
     if path is None:
         return inline
     try:
-        return SecretStr(path.expanduser().read_text(encoding="utf-8").strip())
-    except OSError as exc:
-        raise ValueError(f"cannot read {where}_file {path} ({exc.strerror})") from None
+        return SecretStr(read_secret(path, f"{where}_file").strip())
+    except FileProblem as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _check_http_url(url: str) -> str:
