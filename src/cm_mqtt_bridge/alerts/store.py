@@ -94,6 +94,7 @@ class Store:
         StoreError naming the file and what to do."""
         try:
             store = cls(path)
+            store.verify()
             if now is not None:
                 store.check_writable(now)
         except (OSError, sqlite3.Error) as exc:
@@ -105,6 +106,14 @@ class Store:
                 hint = "; move the file aside and the bridge starts with a fresh one"
             raise StoreError(f"cannot open the state database {path}: {text}{hint}") from None
         return store
+
+    def verify(self) -> None:
+        """Fail now, not in the middle of a run or an export, when pages are corrupt (a
+        header can survive while the tables behind it do not). Reads the whole file once."""
+        problem = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            first = " ".join(str(problem).splitlines()[0].split())[:200]
+            raise sqlite3.DatabaseError(f"database disk image is malformed ({first})")
 
     def check_writable(self, now: datetime) -> None:
         """Fail now, not at the first alert, when the database cannot be written (a volume
