@@ -130,6 +130,7 @@ class Bridge:
             self.clock,
             backoff_base=self.dispatch_backoff,
             store_retry=self.retry_backoff,
+            on_refused=lambda channel: self.metrics.alert_failed.labels(channel).inc(),
         )
         self.dispatcher = dispatcher
         cfg = self.config
