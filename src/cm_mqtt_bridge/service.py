@@ -61,7 +61,7 @@ class Bridge:
         self.metrics = Metrics()
         self.accounts: dict[str, AccountRuntime] = {}
         self.births = Births(self.clock, self.rng, self._resend, delay=birth_delay)
-        self.commands = Commands(self.topics, self.accounts, self.births)
+        self.commands = Commands(self.topics, self.accounts, self.births, self.clock)
         self.publisher = Publisher(
             config.mqtt,
             self.topics,
