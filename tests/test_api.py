@@ -47,6 +47,7 @@ def make_client(
 ) -> MakeClient:
     def make(**kw: Any) -> CrossModelClient:
         args: dict[str, Any] = {
+            "account": "main",
             "base_url": standin.url,
             "api_key": KEY,
             "clock": clock,
@@ -494,6 +495,7 @@ async def test_connection_refused_is_transient(clock: FakeClock) -> None:
     async with aiohttp.ClientSession() as session:
         client = CrossModelClient(
             session,
+            account="main",
             base_url=f"http://127.0.0.1:{port}/v1",
             api_key=KEY,
             clock=clock,
@@ -642,8 +644,8 @@ async def test_key_redacted_from_errors_and_logs(
     )
     messages = [r.getMessage() for r in caplog_all.records]
     assert messages == [
-        "credits: attempt 1 failed (/credits: HTTP 500), retrying in 0.5 s",
-        "credits: attempt 2 failed (/credits: HTTP 429 rate limited), retrying in 1.0 s",
+        "main: attempt 1 failed (/credits: HTTP 500), retrying in 0.5 s",
+        "main: attempt 2 failed (/credits: HTTP 429 rate limited), retrying in 1.0 s",
     ]
     assert KEY not in caplog_all.text
     assert "cm-test" not in caplog_all.text

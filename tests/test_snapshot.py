@@ -33,6 +33,7 @@ async def client(standin: CrossModelStandin, clock: FakeClock) -> AsyncIterator[
     async with aiohttp.ClientSession() as session:
         yield CrossModelClient(
             session,
+            account="main",
             base_url=standin.url,
             api_key=KEY,
             clock=clock,

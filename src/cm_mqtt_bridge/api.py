@@ -96,6 +96,27 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
+def redirect_target(url: str, location: str) -> str:
+    """The URL a redirect from `url` leads to; InvalidResponse unless it is a plain URL on the
+    same origin: another origin would receive the key, and a malformed one (a bad port, user
+    info, control characters) must be an invalid answer, never an exception from the client."""
+    endpoint = urlsplit(url).path.rsplit("/", 1)[-1]
+    malformed = InvalidResponse(f"/{endpoint}: refused a redirect to a malformed location")
+    if not location or any(ord(c) < 33 or ord(c) == 127 for c in location):
+        raise malformed
+    try:
+        target = urljoin(url, location)
+        parts = urlsplit(target)
+        same = _origin(target) == _origin(url)
+    except ValueError:
+        raise malformed from None
+    if "@" in parts.netloc or parts.fragment:
+        raise malformed
+    if not same:
+        raise InvalidResponse(f"/{endpoint}: refused redirect to another host or scheme")
+    return target
+
+
 class CrossModelClient:
     """One account's view of the API; the aiohttp session is shared by the whole process."""
 
@@ -103,6 +124,7 @@ class CrossModelClient:
         self,
         session: aiohttp.ClientSession,
         *,
+        account: str,
         base_url: str,
         api_key: str,
         clock: Clock,
@@ -113,6 +135,7 @@ class CrossModelClient:
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._session = session
+        self._account = account  # names the account in log lines
         self._base = base_url.rstrip("/")
         self._key = api_key
         self._clock = clock
@@ -120,6 +143,9 @@ class CrossModelClient:
         self._retries = retries
         self._max_body = max_body
         self._rng = rng
+        # The failure that made the current request of each endpoint retry, so a caller that
+        # gives up on it (a deadline) can say why, not just that it took too long.
+        self.retrying: dict[str, ApiError] = {}
 
     async def get_credits(self) -> CreditsWire:
         return await self._get("credits", CreditsWire)
@@ -147,17 +173,23 @@ class CrossModelClient:
         # Most requests succeed at once; tenacity's setup costs more than the request's own
         # parsing, so it is entered only after a transient failure, which it then replays as
         # its first attempt (same waits, same limits, same logs).
+        self.retrying.pop(endpoint, None)
         try:
             return await self._get_once(endpoint, model)
         except TransientError as exc:
             first: TransientError | None = exc
+            self.retrying[endpoint] = exc
 
         async def attempt() -> W:
             nonlocal first
             if first is not None:
                 failed, first = first, None
                 raise failed
-            return await self._get_once(endpoint, model)
+            try:
+                return await self._get_once(endpoint, model)
+            except TransientError as exc:
+                self.retrying[endpoint] = exc
+                raise
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
@@ -167,7 +199,7 @@ class CrossModelClient:
             reraise=True,
             before_sleep=lambda s: log.info(
                 "%s: attempt %d failed (%s), retrying in %.1f s",
-                endpoint,
+                self._account,
                 s.attempt_number,
                 s.outcome.exception() if s.outcome else "?",
                 s.next_action.sleep if s.next_action else 0.0,
@@ -187,10 +219,11 @@ class CrossModelClient:
             raise TransientError(
                 f"/{endpoint}: connection failed: {self._redact(str(exc) or type(exc).__name__)}"
             ) from None
+        except ValueError:  # a URL the HTTP client cannot use, after a redirect
+            raise InvalidResponse(f"/{endpoint}: refused a redirect to an unusable URL") from None
         return self._parse(endpoint, model, body, content_type)
 
     async def _fetch(self, url: str) -> tuple[bytes, str]:
-        origin = _origin(url)
         headers = {
             "Authorization": f"Bearer {self._key}",
             "Accept": "application/json",
@@ -200,13 +233,8 @@ class CrossModelClient:
         for _ in range(MAX_REDIRECTS + 1):
             async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
                 if resp.status in (301, 302, 303, 307, 308):
-                    target = urljoin(url, resp.headers.get("Location", ""))
-                    if _origin(target) != origin:
-                        # Following would hand the key to another origin: refuse instead.
-                        raise InvalidResponse(
-                            f"/{endpoint}: refused redirect to another host or scheme"
-                        )
-                    url = target
+                    # Following to another origin would hand it the key: refused.
+                    url = redirect_target(url, resp.headers.get("Location", ""))
                     continue
                 self._check_status(endpoint, resp)
                 body = await self._read_capped(endpoint, resp)

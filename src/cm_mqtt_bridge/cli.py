@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -290,28 +291,39 @@ def cmd_history(config: Config, account: str | None, since: datetime | None, out
         print(f"cm-mqtt-bridge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(HISTORY_COLUMNS)
-        for acc_id, s in store.samples(account, since):
-
-            def plain(m: int | None) -> str:
-                return "" if m is None else format_plain(m)
-
-            writer.writerow(
-                (
-                    acc_id,
-                    s.at.isoformat(),
-                    plain(s.balance_micro),
-                    plain(s.holds_micro),
-                    plain(s.balance_micro - s.holds_micro),
-                    plain(s.spend_day_micro),
-                    plain(s.spend_week_micro),
-                    plain(s.spend_month_micro),
-                    plain(s.spent_total_micro),
-                )
-            )
+        return _write_history(store, account, since, out)
+    except sqlite3.Error as exc:  # corrupt beyond what the quick check at open sees
+        print(
+            f"cm-mqtt-bridge: cannot read the state database {path}: {exc}; move the file "
+            "aside and the bridge starts with a fresh one",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     finally:
         store.close()
+
+
+def _plain(m: int | None) -> str:
+    return "" if m is None else format_plain(m)
+
+
+def _write_history(store: Store, account: str | None, since: datetime | None, out: TextIO) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(HISTORY_COLUMNS)
+    for acc_id, s in store.samples(account, since):
+        writer.writerow(
+            (
+                acc_id,
+                s.at.isoformat(),
+                _plain(s.balance_micro),
+                _plain(s.holds_micro),
+                _plain(s.balance_micro - s.holds_micro),
+                _plain(s.spend_day_micro),
+                _plain(s.spend_week_micro),
+                _plain(s.spend_month_micro),
+                _plain(s.spent_total_micro),
+            )
+        )
     return EXIT_OK
 
 

@@ -64,14 +64,43 @@ class Births:
             self._pending.cancel()
 
 
+class LimitedWarning:
+    """A warning anyone on the broker can trigger at will: the first is logged, then at most
+    one line a minute with the count of those suppressed meanwhile, so a flood of commands
+    cannot flood the log."""
+
+    def __init__(self, clock: Clock, what: str, every: float = 60.0) -> None:
+        self._clock = clock
+        self._what = what
+        self._every = every
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def warn(self, message: str, *args: object) -> None:
+        now = self._clock.monotonic()
+        if self._last is not None and now - self._last < self._every:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += f" ({self._suppressed} more {self._what} ignored in the last minute)"
+        log.warning(message, *args)
+        self._last, self._suppressed = now, 0
+
+
 class Commands:
     def __init__(
-        self, topics: Topics, accounts: Mapping[str, AccountRuntime], births: Births
+        self,
+        topics: Topics,
+        accounts: Mapping[str, AccountRuntime],
+        births: Births,
+        clock: Clock,
     ) -> None:
         self._topics = topics
         self._accounts = accounts
         self._births = births
         self._running: set[asyncio.Task[None]] = set()
+        self._unknown_account = LimitedWarning(clock, "commands for unknown accounts")
+        self._unknown_command = LimitedWarning(clock, "unknown commands")
 
     async def handle(self, topic: str, payload: bytes) -> None:
         if topic == self._topics.ha_status:
@@ -87,7 +116,9 @@ class Commands:
             return
         acc = self._accounts.get(command.account)
         if acc is None:
-            log.warning("command for unknown account %r ignored", command.account[:40])
+            self._unknown_account.warn(
+                "command for unknown account %r ignored", command.account[:40]
+            )
         elif command.name == "refresh":
             log.info("%s: refresh requested", acc.id)
             acc.refresh()
@@ -98,7 +129,7 @@ class Commands:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
         else:
-            log.warning("%s: unknown command %r ignored", acc.id, command.name[:40])
+            self._unknown_command.warn("%s: unknown command %r ignored", acc.id, command.name[:40])
 
     async def drain(self) -> None:
         """Let threshold changes in progress finish (tests, shutdown)."""

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     Field,
     SecretStr,
@@ -27,6 +26,7 @@ from pydantic import (
 from .alerts.config import NotifyConfig, merge_alerts
 from .alerts.rules import AlertsConfig
 from .configbase import StrictModel
+from .configfile import FileProblem, parse_yaml, read_secret
 from .redact import redact
 from .topics import entity_slug
 
@@ -44,6 +44,18 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 _ACCOUNT_ID_RE = re.compile(r"[a-z0-9_-]{1,40}")
 _TOPIC_RE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
 _HOST_RE = re.compile(r"[A-Za-z0-9.-]+")
+# Printable ASCII without space and MQTT wildcards: a control character makes the broker drop
+# the connection (a reconnect loop), a wildcard is refused in a client id by some brokers.
+_CLIENT_ID_RE = re.compile(r"[!-~]{1,128}")
+# A CrossModel key pasted into the wrong field: refused, and never echoed back.
+_KEY_SHAPED_RE = re.compile(r"(?i)(?<![a-z0-9])cm-[A-Za-z0-9._~+/=-]{12,}")
+KEY_SHAPED = "looks like an API key; put the key in api_key_file, not here"
+
+
+def refuse_control_characters(v: str) -> str:
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in v):
+        raise ValueError("must not contain control characters or line breaks")
+    return v
 
 
 class ConfigError(Exception):
@@ -121,6 +133,13 @@ class AccountConfig(StrictModel):
     # The top-level `alerts` merged with the account's own (see Config._account_alerts).
     alerts: AlertsConfig = AlertsConfig()
 
+    @field_validator("id", "name")
+    @classmethod
+    def _not_a_key(cls, v: str) -> str:
+        if _KEY_SHAPED_RE.search(v):
+            raise ValueError(KEY_SHAPED)
+        return refuse_control_characters(v)
+
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
@@ -187,6 +206,16 @@ class MqttConfig(StrictModel):
         if v is not None and not v.expanduser().is_file():
             raise ValueError(f"file not found: {v}")
         return v.expanduser() if v is not None else None
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        if not _CLIENT_ID_RE.fullmatch(v) or "+" in v or "#" in v:
+            raise ValueError(
+                "use 1-128 printable ASCII characters without spaces, '+' or '#' "
+                "(no control characters)"
+            )
+        return v
 
     @field_validator("discovery_prefix", "base_topic")
     @classmethod
@@ -278,20 +307,9 @@ def file_layer(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"config file {path}: not found"]) from None
-    except OSError as exc:
-        raise ConfigError([f"config file {path}: cannot read ({exc.strerror})"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError([f"config file {path}: invalid YAML{where}: {redact(problem)}"]) from None
+        data = parse_yaml(path)
+    except FileProblem as exc:
+        raise ConfigError([str(exc)]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -339,11 +357,10 @@ def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _read_key_file(path_value: Any, where: str, problems: list[str]) -> str | None:
-    path = Path(str(path_value)).expanduser()
     try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        problems.append(f"{where}: cannot read {path} ({exc.strerror})")
+        return read_secret(Path(str(path_value)), where)
+    except FileProblem as exc:
+        problems.append(str(exc))
         return None
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +13,14 @@ from . import __version__
 from .entities import Entity, Value, entities_for
 from .topics import Topics, default_entity_id, device_id, unique_id
 
+log = logging.getLogger(__name__)
+
 ORIGIN_NAME = "cm-mqtt-bridge"
+# What we write is about 20 KB and 30 components per account; anything far beyond that was
+# not written by us, and acting on it (one removal per component) would amplify it.
+MAX_DISCOVERY_BYTES = 256 * 1024
+MAX_COMPONENTS = 200
+_COMPONENT_KEY_RE = re.compile(r"[a-z0-9_]{1,64}")
 SUPPORT_URL = "https://github.com/crossmodel/cm-mqtt-bridge"
 CONSOLE_URL = "https://crossmodel.ai/console"
 
@@ -163,16 +172,49 @@ class Announced:
     currency: str | None
 
 
+def distrust(doc: Mapping[str, Any], topic: str, topics: Topics) -> str | None:
+    """Why a retained device message that claims our origin is not one this bridge wrote
+    (None when it is): its device, its components' unique ids and state topics must all be
+    ours, and its size within what we ever write."""
+    prefix = f"{topics.prefix}/device/"
+    device = topic.removeprefix(prefix).removesuffix("/config")
+    if not device.startswith("cm_") or f"{prefix}{device}/config" != topic:
+        return "not a device id this bridge uses"
+    dev = doc.get("dev")
+    if not isinstance(dev, Mapping) or dev.get("identifiers") != [device]:
+        return "device identifiers do not match the topic"
+    cmps = doc.get("cmps")
+    if not isinstance(cmps, Mapping) or len(cmps) > MAX_COMPONENTS:
+        return f"more than {MAX_COMPONENTS} components"
+    for key, cfg in cmps.items():
+        if not isinstance(key, str) or not _COMPONENT_KEY_RE.fullmatch(key):
+            return "a component id this bridge never writes"
+        if not isinstance(cfg, Mapping):
+            return "a component that is not a mapping"
+        if len(cfg) > 1 and cfg.get("unique_id") != f"{device}_{key}":
+            return "a component unique_id this bridge did not write"
+    if not is_ours(doc, topics):
+        return "state topics outside this bridge's base topic"
+    return None
+
+
 def read_back(
     retained: Mapping[str, bytes], topics: Topics, account_ids: Iterable[str]
 ) -> tuple[list[str], dict[str, Announced]]:
     """Sort the retained device messages read at start: device topics of accounts no longer
-    configured (to be emptied), and what each configured account announced."""
+    configured (to be emptied), and what each configured account announced. Only messages
+    this bridge wrote count; one that claims our origin but is not ours is logged (one line
+    for all of them) and ignored."""
     by_topic = {topics.device(a): a for a in account_ids}
     gone: list[str] = []
     found: dict[str, Announced] = {}
+    ignored: list[tuple[str, str]] = []
     for topic, payload in retained.items():
         if not payload:
+            continue
+        if len(payload) > MAX_DISCOVERY_BYTES:
+            if topic in by_topic or b'"cm-mqtt-bridge"' in payload[:4096]:
+                ignored.append((topic, f"larger than {MAX_DISCOVERY_BYTES} bytes"))
             continue
         try:
             doc = json.loads(payload)
@@ -181,11 +223,25 @@ def read_back(
         if not isinstance(doc, dict):
             continue
         announced = announced_components(doc)
-        if announced is None or not is_ours(doc, topics):
+        if announced is None:
+            continue  # another integration's device
+        why = distrust(doc, topic, topics)
+        if why is not None:
+            if is_ours(doc, topics) or topic in by_topic:
+                ignored.append((topic, why))
             continue
         account = by_topic.get(topic)
         if account is None:
             gone.append(topic)
         else:
             found[account] = Announced(announced, announced_currency(doc))
+    if ignored:
+        topic, why = ignored[0]
+        more = f" and {len(ignored) - 1} more" if len(ignored) > 1 else ""
+        log.warning(
+            "ignored retained discovery this bridge did not write: %s (%s)%s",
+            topic[:200],
+            why,
+            more,
+        )
     return gone, found

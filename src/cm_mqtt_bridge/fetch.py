@@ -28,6 +28,7 @@ def make_client(
 ) -> CrossModelClient:
     return CrossModelClient(
         session,
+        account=acc.id,
         base_url=acc.api_url,
         api_key=acc.api_key.get_secret_value(),
         clock=clock,
@@ -87,6 +88,12 @@ async def fetch_snapshot(
     try:
         usage_wire = await usage_task
     except TimeoutError:
+        failure = client.retrying.get("usage")
+        if failure is not None:
+            # It did answer (429, 5xx …), retried until the deadline: say what it answered.
+            msg = f"{failure}; gave up after {usage_deadline:g} s of retries"
+            log.warning("%s: %s; balance kept", account_id, msg)
+            return replace(snap, usage_state=UsageState.FAILED, usage_error=msg)
         msg = f"/usage: no answer within {usage_deadline:g} s"
         log.warning("%s: %s; balance kept", account_id, msg)
         return replace(snap, usage_state=UsageState.TIMED_OUT, usage_error=msg)

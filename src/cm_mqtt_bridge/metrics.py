@@ -42,6 +42,12 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.alert_failed = Counter(
+            "cm_bridge_alert_failed",
+            "Alert notices a receiver refused for good (HTTP 4xx): not retried",
+            ["channel"],
+            registry=r,
+        )
 
     def poll(self, account: str, result: str, seconds: float) -> None:
         self.polls.labels(account, result).inc()

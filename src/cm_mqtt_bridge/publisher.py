@@ -21,6 +21,7 @@ import aiomqtt
 
 from .clock import Clock
 from .config import MqttConfig
+from .discovery import MAX_DISCOVERY_BYTES
 from .topics import Kind, Topics
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,8 @@ class Publisher:
                 continue
             if message.topic.matches(self._topics.device_wildcard):
                 if not self._readback_done and message.retain:
-                    self._readback[topic] = payload
+                    # Kept only up to just past the limit: read_back refuses it by its size.
+                    self._readback[topic] = payload[: MAX_DISCOVERY_BYTES + 1]
                 continue
             try:
                 await self._on_message(topic, payload)

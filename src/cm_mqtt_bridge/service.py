@@ -61,7 +61,7 @@ class Bridge:
         self.metrics = Metrics()
         self.accounts: dict[str, AccountRuntime] = {}
         self.births = Births(self.clock, self.rng, self._resend, delay=birth_delay)
-        self.commands = Commands(self.topics, self.accounts, self.births)
+        self.commands = Commands(self.topics, self.accounts, self.births, self.clock)
         self.publisher = Publisher(
             config.mqtt,
             self.topics,
@@ -130,6 +130,7 @@ class Bridge:
             self.clock,
             backoff_base=self.dispatch_backoff,
             store_retry=self.retry_backoff,
+            on_refused=lambda channel: self.metrics.alert_failed.labels(channel).inc(),
         )
         self.dispatcher = dispatcher
         cfg = self.config

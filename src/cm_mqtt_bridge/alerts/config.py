@@ -6,11 +6,12 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from ..configbase import StrictModel
+from ..configbase import Duration, StrictModel
+from ..configfile import FileProblem, read_secret
 
 
 def _secret_from(inline: SecretStr | None, path: Path | None, where: str) -> SecretStr | None:
@@ -19,9 +20,14 @@ def _secret_from(inline: SecretStr | None, path: Path | None, where: str) -> Sec
     if path is None:
         return inline
     try:
-        return SecretStr(path.expanduser().read_text(encoding="utf-8").strip())
-    except OSError as exc:
-        raise ValueError(f"cannot read {where}_file {path} ({exc.strerror})") from None
+        return SecretStr(read_secret(path, f"{where}_file").strip())
+    except FileProblem as exc:
+        raise ValueError(str(exc)) from None
+
+
+# Long enough that a receiver stalling 20 s still answers the first request: a timeout and
+# retry would deliver a second copy to a receiver that did get the first.
+DeliveryTimeout = Annotated[Duration, Field(le=300)]
 
 
 def _check_http_url(url: str) -> str:
@@ -37,6 +43,7 @@ class NtfyConfig(StrictModel):
     token_file: Path | None = None
     priority: Literal["min", "low", "default", "high", "urgent"] = "high"
     tags: tuple[str, ...] = ("moneybag",)
+    timeout: DeliveryTimeout = 30.0
 
     @field_validator("url")
     @classmethod
@@ -60,6 +67,7 @@ class WebhookConfig(StrictModel):
     url: str
     secret: SecretStr | None = None
     secret_file: Path | None = None
+    timeout: DeliveryTimeout = 30.0
 
     @field_validator("url")
     @classmethod

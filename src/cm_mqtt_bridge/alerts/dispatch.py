@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ..clock import Clock, wait_event
-from .notifiers import Channel, DeliveryError
+from .notifiers import Channel, DeliveryError, RefusedError
 from .store import AsyncStore, OutboxItem, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class Dispatcher:
         backoff_base: float = 5.0,
         retry_wait_max: float = 4.0,
         store_retry: tuple[float, float] = STORE_RETRY,
+        on_refused: Callable[[str], None] = lambda channel: None,
     ) -> None:
         self.store = store
         self.channels = list(channels)
@@ -42,6 +43,7 @@ class Dispatcher:
         self._backoff_base = backoff_base
         self._retry_wait_max = retry_wait_max
         self._store_retry = store_retry
+        self._on_refused = on_refused
         self._wake = {c.name: asyncio.Event() for c in self.channels}
         self._resume = {c.name: True for c in self.channels}
         # Sent, but the database did not take the record yet: (channel) -> items.
@@ -108,7 +110,8 @@ class Dispatcher:
             pending.pop(0)
 
     async def flush(self, channel: Channel) -> int:
-        """Deliver what is due, oldest first; stop at the first failure to keep the order."""
+        """Deliver what is due, oldest first; stop at the first failure to keep the order.
+        A notice the receiver refused for good is marked failed and skipped."""
         name = channel.name
         delivered = 0
         now = self._clock.now()
@@ -116,7 +119,7 @@ class Dispatcher:
         for item in due:
             try:
                 async for attempt in AsyncRetrying(
-                    retry=retry_if_exception_type(DeliveryError),
+                    retry=retry_if_exception(_retryable),
                     stop=stop_after_attempt(self._attempts),
                     wait=wait_exponential(multiplier=0.5, max=self._retry_wait_max),
                     sleep=self._clock.sleep,
@@ -124,6 +127,13 @@ class Dispatcher:
                 ):
                     with attempt:
                         await channel.deliver(item.payload)
+            except RefusedError as exc:
+                log.error(
+                    "%s: alert %s refused by the receiver (%s); not retried", name, item.id, exc
+                )
+                self._on_refused(name)
+                await self.store.call(Store.gave_up, item, self._clock.now(), str(exc))
+                continue
             except DeliveryError as exc:
                 delay = min(MAX_BACKOFF, self._backoff_base * 2 ** min(item.attempts, 10))
                 retry_at = self._clock.now() + timedelta(seconds=delay)
@@ -149,3 +159,7 @@ class Dispatcher:
             if await self.store.call(Store.make_due, name, now):
                 return delivered + await self.flush(channel)
         return delivered
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, DeliveryError) and not isinstance(exc, RefusedError)

@@ -1,6 +1,12 @@
 """Channels that deliver a notice: MQTT (Home Assistant event + plain topic), ntfy, a generic
 webhook, and Apprise URLs (optional extra). Each raises DeliveryError when it could not deliver;
-the dispatcher keeps the notice in the outbox and tries again later."""
+the dispatcher keeps the notice in the outbox and tries again later, with the same notice id,
+unless the error is a RefusedError: the receiver said no for good (HTTP 4xx but 408 and 429).
+
+A timeout is not proof the receiver did not get it: a receiver that stalls and then processes
+the request gets the retry as well. The client timeout (30 s by default, per channel) is
+therefore generous, and every copy carries the notice id (ntfy's X-Message-Id, the webhook's
+X-CM-Bridge-Id) so a receiver can drop the second one."""
 
 from __future__ import annotations
 
@@ -16,13 +22,20 @@ from .. import __version__
 from ..redact import redact, shorten
 from .config import NotifyConfig, NtfyConfig, WebhookConfig
 
-TIMEOUT = aiohttp.ClientTimeout(total=10)
 USER_AGENT = f"cm-mqtt-bridge/{__version__}"
 NTFY_PRIORITY = {"min": "1", "low": "2", "default": "3", "high": "4", "urgent": "5"}
 
 
 class DeliveryError(Exception):
     pass
+
+
+class RefusedError(DeliveryError):
+    """The receiver refused the notice itself (HTTP 4xx other than 408 and 429): sending it
+    again would only be refused again."""
+
+
+PERMANENT = frozenset(range(400, 500)) - {408, 429}
 
 
 class Channel(Protocol):
@@ -37,16 +50,25 @@ async def _post(
     *,
     data: bytes,
     headers: dict[str, str],
+    timeout: float,
     secrets: Sequence[str] = (),
 ) -> None:
     try:
         async with session.post(
-            url, data=data, headers=headers, timeout=TIMEOUT, allow_redirects=False
+            url,
+            data=data,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
         ) as resp:
             if resp.status >= 300:
                 body = (await resp.content.read(300)).decode("utf-8", "replace")
-                raise DeliveryError(f"HTTP {resp.status}: {shorten(redact(body, secrets), 120)}")
-    except (aiohttp.ClientError, TimeoutError) as exc:
+                text = shorten(redact(body, secrets), 120) or "no reason given"
+                error = RefusedError if resp.status in PERMANENT else DeliveryError
+                raise error(f"HTTP {resp.status}: {text}")
+    except TimeoutError:
+        raise DeliveryError(f"no answer within {timeout:g} s") from None
+    except aiohttp.ClientError as exc:
         raise DeliveryError(redact(str(exc) or type(exc).__name__, secrets)) from None
 
 
@@ -77,6 +99,7 @@ class NtfyChannel:
             f"{cfg.url}/{cfg.topic}",
             data=str(notice["message"]).encode(),
             headers=headers,
+            timeout=cfg.timeout,
             secrets=secrets,
         )
 
@@ -101,7 +124,9 @@ class WebhookChannel:
         }
         if self._cfg.secret is not None:
             headers["X-CM-Bridge-Signature"] = sign(self._cfg.secret.get_secret_value(), body)
-        await _post(self._session, self._cfg.url, data=body, headers=headers)
+        await _post(
+            self._session, self._cfg.url, data=body, headers=headers, timeout=self._cfg.timeout
+        )
 
 
 class AppriseChannel:

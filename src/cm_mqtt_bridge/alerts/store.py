@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS overrides (
 CREATE TABLE IF NOT EXISTS outbox (
     id TEXT NOT NULL, channel TEXT NOT NULL, account TEXT NOT NULL, payload TEXT NOT NULL,
     created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL,
-    delivered REAL, last_error TEXT, PRIMARY KEY (id, channel));
+    delivered REAL, last_error TEXT, failed REAL, PRIMARY KEY (id, channel));
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, delivered, next_attempt);
 CREATE TABLE IF NOT EXISTS samples (
     account TEXT NOT NULL, at REAL NOT NULL, balance INTEGER NOT NULL, holds INTEGER NOT NULL,
@@ -87,6 +87,9 @@ class Store:
         # Only our own process writes; a short wait keeps a stray lock from stalling the loop.
         self._db.execute("PRAGMA busy_timeout=1000")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "failed" not in columns:  # a database from before permanent failures existed
+            self._db.execute("ALTER TABLE outbox ADD COLUMN failed REAL")
 
     @classmethod
     def open(cls, path: Path | str, now: datetime | None = None) -> Store:
@@ -94,6 +97,7 @@ class Store:
         StoreError naming the file and what to do."""
         try:
             store = cls(path)
+            store.verify()
             if now is not None:
                 store.check_writable(now)
         except (OSError, sqlite3.Error) as exc:
@@ -105,6 +109,14 @@ class Store:
                 hint = "; move the file aside and the bridge starts with a fresh one"
             raise StoreError(f"cannot open the state database {path}: {text}{hint}") from None
         return store
+
+    def verify(self) -> None:
+        """Fail now, not in the middle of a run or an export, when pages are corrupt (a
+        header can survive while the tables behind it do not). Reads the whole file once."""
+        problem = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            first = " ".join(str(problem).splitlines()[0].split())[:200]
+            raise sqlite3.DatabaseError(f"database disk image is malformed ({first})")
 
     def check_writable(self, now: datetime) -> None:
         """Fail now, not at the first alert, when the database cannot be written (a volume
@@ -174,29 +186,39 @@ class Store:
     # ---- outbox ------------------------------------------------------------------------
 
     def due(self, channel: str, now: datetime, limit: int = 50) -> list[OutboxItem]:
+        """What the channel owes, strictly in the order it was written, up to the first item
+        still waiting out a backoff: a later notice (a rule's `recovered`) never overtakes an
+        earlier one (its `fired`). Permanently failed items are skipped."""
         rows = self._db.execute(
-            "SELECT id, channel, account, payload, attempts FROM outbox "
-            "WHERE channel = ? AND delivered IS NULL AND next_attempt <= ? "
+            "SELECT id, channel, account, payload, attempts, next_attempt FROM outbox "
+            "WHERE channel = ? AND delivered IS NULL AND failed IS NULL "
             "ORDER BY created, rowid LIMIT ?",
-            (channel, now.timestamp(), limit),
+            (channel, limit),
         )
-        return [OutboxItem(i, c, a, json.loads(p), n) for i, c, a, p, n in rows]
+        out: list[OutboxItem] = []
+        for i, c, a, p, n, next_attempt in rows:
+            if next_attempt > now.timestamp():
+                break
+            out.append(OutboxItem(i, c, a, json.loads(p), n))
+        return out
 
     def make_due(self, channel: str, now: datetime) -> int:
         """The channel works (again): everything it still owes is due now, not after backoff."""
         cur = self._db.execute(
-            "UPDATE outbox SET next_attempt = ? "
-            "WHERE channel = ? AND delivered IS NULL AND next_attempt > ?",
+            "UPDATE outbox SET next_attempt = ? WHERE channel = ? AND delivered IS NULL "
+            "AND failed IS NULL AND next_attempt > ?",
             (now.timestamp(), channel, now.timestamp()),
         )
         return cur.rowcount
 
     def next_due(self, channel: str) -> datetime | None:
+        """When the oldest item the channel owes is due (the others wait behind it)."""
         row = self._db.execute(
-            "SELECT MIN(next_attempt) FROM outbox WHERE channel = ? AND delivered IS NULL",
+            "SELECT next_attempt FROM outbox WHERE channel = ? AND delivered IS NULL "
+            "AND failed IS NULL ORDER BY created, rowid LIMIT 1",
             (channel,),
         ).fetchone()
-        return _dt(row[0]) if row and row[0] is not None else None
+        return _dt(row[0]) if row else None
 
     def delivered(self, item: OutboxItem, now: datetime) -> None:
         self._db.execute(
@@ -212,8 +234,16 @@ class Store:
             (retry_at.timestamp(), error[:500], item.id, item.channel),
         )
 
+    def gave_up(self, item: OutboxItem, now: datetime, error: str) -> None:
+        """The receiver refused the notice for good (e.g. HTTP 400): never retried."""
+        self._db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, failed = ?, last_error = ? "
+            "WHERE id = ? AND channel = ?",
+            (now.timestamp(), error[:500], item.id, item.channel),
+        )
+
     def pending(self, channel: str | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM outbox WHERE delivered IS NULL"
+        sql = "SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND failed IS NULL"
         args: tuple[str, ...] = ()
         if channel is not None:
             sql += " AND channel = ?"
@@ -291,7 +321,7 @@ class Store:
                 )
             self._db.execute("DELETE FROM samples WHERE at < ?", ((now - KEEP_DAILY).timestamp(),))
             self._db.execute(
-                "DELETE FROM outbox WHERE delivered IS NOT NULL AND delivered < ?",
+                "DELETE FROM outbox WHERE COALESCE(delivered, failed) < ?",
                 ((now - timedelta(days=7)).timestamp(),),
             )
         return self._db.total_changes - before
