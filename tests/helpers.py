@@ -1,15 +1,23 @@
-"""Helpers shared by the tests: waiting on a condition, and reading the state database."""
+"""Helpers shared by the tests: waiting on a condition, reading the state database, and running
+the console script (as a subprocess, or in-process through `cli.main`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import pytest
 
 from cm_mqtt_bridge.alerts.store import DB_NAME
+from cm_mqtt_bridge.cli import main
 
 
 async def until(check: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
@@ -23,6 +31,9 @@ async def until(check: Callable[[], Any], timeout: float = 5.0, what: str = "") 
 
 
 def db_rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of `sql` on the state database in `data_dir` (empty while it does not exist)."""
+    if not (data_dir / DB_NAME).exists():
+        return []
     db = sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True)
     try:
         return db.execute(sql).fetchall()
@@ -38,3 +49,93 @@ def outbox(data_dir: Path) -> list[tuple[str, str, int, bool]]:
             data_dir, "SELECT id, channel, attempts, delivered FROM outbox ORDER BY id, channel"
         )
     ]
+
+
+# ---- the console script ----------------------------------------------------------------------
+
+SCRIPT = Path(sys.executable).with_name("cm-mqtt-bridge")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "cm_mqtt_bridge.cli"]
+BRIDGE_ENV_PREFIXES = ("CROSSMODEL_", "MQTT_", "CM_MQTT_BRIDGE")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """The parent's env minus anything that configures the bridge, HOME in `home`."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(BRIDGE_ENV_PREFIXES) and name != "XDG_CONFIG_HOME"
+    }
+    return {**env, "HOME": str(home), "PYTHONIOENCODING": "utf-8", **extra}
+
+
+@contextlib.asynccontextmanager
+async def cli_process(
+    *args: str,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    stdin: bool = False,
+    stderr: int | IO[Any] = asyncio.subprocess.PIPE,
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`cm-mqtt-bridge ARGS` as a subprocess, killed on the way out if it still runs."""
+    proc = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        *args,
+        env=dict(env),
+        cwd=cwd,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def run_cli(
+    *args: str,
+    env: Mapping[str, str],
+    stdin: str | None = None,
+    cwd: Path | None = None,
+    timeout: float = 30.0,
+    secrets: Sequence[str] = (),
+) -> Result:
+    """Run `cm-mqtt-bridge ARGS` to the end. It never crashes nor prints one of `secrets`."""
+    async with cli_process(*args, env=env, cwd=cwd, stdin=stdin is not None) as proc:
+        data = stdin.encode() if stdin is not None else None
+        out, err = await asyncio.wait_for(proc.communicate(data), timeout)
+    assert proc.returncode is not None
+    result = Result(proc.returncode, out.decode(), err.decode())
+    check_output(result, secrets)
+    return result
+
+
+def run_main(
+    capsys: pytest.CaptureFixture[str],
+    *args: str,
+    env: Mapping[str, str],
+    secrets: Sequence[str] = (),
+) -> Result:
+    """`cm_mqtt_bridge.cli.main(ARGS, env)` in-process: much faster than a subprocess."""
+    capsys.readouterr()
+    code = main(list(args), env)
+    out, err = capsys.readouterr()
+    result = Result(code, out, err)
+    check_output(result, secrets)
+    return result
+
+
+def check_output(result: Result, secrets: Sequence[str]) -> None:
+    for stream in (result.out, result.err):
+        assert "Traceback" not in stream
+        for secret in secrets:
+            assert secret not in stream

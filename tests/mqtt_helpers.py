@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,9 @@ import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cm_mqtt_bridge.config import Config, PollConfig
+from cm_mqtt_bridge.publisher import Publisher
+
+BARRIER = "test/barrier/"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,20 @@ class Recorder:
         async with self._changed:
             self.messages.append(got)
             self._changed.notify_all()
+
+
+async def barrier(rec: Recorder, publisher: Publisher) -> None:
+    """Everything `publisher` handed the broker before this call has reached `rec`.
+
+    A marker goes out on the same connection and the broker delivers one client's messages
+    in order, so once the marker is here, nothing published earlier is still on its way."""
+    topic = f"{BARRIER}{uuid.uuid4().hex}"
+    await publisher.publish_now(topic, b"")
+    await rec.wait_topic(topic)
+
+
+def is_barrier(topic: str) -> bool:
+    return topic.startswith(BARRIER)
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,6 @@ import hmac
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ import pytest
 from cm_mqtt_bridge.alerts.store import DB_NAME
 from cm_mqtt_bridge.config import Config
 from cm_mqtt_bridge.service import Bridge
+from tests.helpers import db_rows, outbox, until
 from tests.mosquitto import Mosquitto
-from tests.mqtt_helpers import Recorder, make_config, publish, recording
+from tests.mqtt_helpers import Recorder, barrier, make_config, publish, recording
 from tests.receivers import Receivers
 from tests.standin import CrossModelStandin, Reply
 
@@ -38,6 +38,9 @@ SECRET = "hook-secret-7f3a"
 HOLDS = 125_000  # the stand-in's uncollected_micro
 THRESHOLD = 5_000_000
 LOW = {"low_balance": {"below": "5.00", "margin": "0.50"}}
+# A channel that failed tries again after this long (5 s in production): long enough for a
+# test to see the failure and bring the receiver back, short enough not to wait for it.
+DISPATCH_BACKOFF = 1.0
 
 
 @pytest.fixture
@@ -80,7 +83,13 @@ def alert_config(
 
 @contextlib.asynccontextmanager
 async def running(config: Config) -> AsyncIterator[Bridge]:
-    bridge = Bridge(config, readback_seconds=0.1)
+    bridge = Bridge(
+        config,
+        readback_seconds=0.1,
+        dispatch_backoff=DISPATCH_BACKOFF,
+        restart_backoff=(0.1, 1.0),
+        retry_backoff=(0.1, 1.0),
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
     try:
@@ -94,31 +103,11 @@ def set_available(standin: CrossModelStandin, micro: int) -> None:
     standin.credits["balance_micro"] = micro + HOLDS
 
 
-def db_rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
-
-
-def outbox(data_dir: Path) -> list[tuple[str, str, int, bool]]:
-    """(id, channel, attempts, delivered) of every outbox row."""
-    return [
-        (i, c, a, d is not None)
-        for i, c, a, d in db_rows(
-            data_dir, "SELECT id, channel, attempts, delivered FROM outbox ORDER BY id, channel"
-        )
-    ]
-
-
-async def until(check: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.02)
-    return result
+def all_delivered(data_dir: Path, rows: int) -> bool:
+    """The outbox holds `rows` rows, every one delivered: nothing is left for any channel to
+    send, so no later POST or MQTT alert can come from them."""
+    box = outbox(data_dir)
+    return len(box) == rows and all(row[3] for row in box)
 
 
 async def wait_doc(
@@ -219,7 +208,7 @@ async def test_one_alert_per_crossing_on_every_channel(
         polls = acc.polls
         for n in range(20):
             set_available(standin, THRESHOLD + 1 if n % 2 == 0 else THRESHOLD - 1)
-            await bridge.poll_once(acc)
+            await acc.poll_once()
         assert acc.polls == polls + 20
         await wait_doc(rec, lambda d: d.get("available") == "4.999999")
         assert [r[:2] for r in outbox(data)] == [
@@ -227,7 +216,11 @@ async def test_one_alert_per_crossing_on_every_channel(
             ("main.low_balance.1", "ntfy"),
             ("main.low_balance.1", "webhook"),
         ]
-        await asyncio.sleep(0.3)  # room for a wrong extra delivery to show up
+        # Every row delivered and the rule fired once: no channel has anything left to send,
+        # and the MQTT alert sent before the marker has reached the recorder.
+        await until(lambda: all_delivered(data, 3), what="first alert delivered everywhere")
+        assert db_rows(data, "SELECT rule, firing, seq FROM rule_state") == [("low_balance", 1, 1)]
+        await barrier(rec, bridge.publisher)
         assert (len(ntfy.posts), len(hook.posts), alert_ids(rec)) == (
             1,
             1,
@@ -236,14 +229,15 @@ async def test_one_alert_per_crossing_on_every_channel(
 
         # ---- recovery past the margin (5.50), then a new drop ----
         set_available(standin, 5_500_000)
-        await bridge.poll_once(acc)
+        await acc.poll_once()
         await rec.wait_for(lambda r: active_rules(r)[-1] == [], what="active list cleared")
         set_available(standin, THRESHOLD - 1)
-        await bridge.poll_once(acc)
+        await acc.poll_once()
         await ntfy.wait_for(lambda r: len(r.ntfy(TOPIC)) == 2, what="second ntfy POST")
         await hook.wait_for(lambda r: len(r.webhook()) == 2, what="second webhook POST")
         await rec.wait_for(lambda r: len(r.on(ALERTS)) == 2, what="second MQTT alert")
-        await asyncio.sleep(0.2)
+        await until(lambda: all_delivered(data, 6), what="second alert delivered everywhere")
+        await barrier(rec, bridge.publisher)
 
     assert [p.header("X-Message-Id") for p in ntfy.posts] == [
         "main.low_balance.1",
@@ -284,7 +278,7 @@ async def test_ntfy_down_when_the_alert_fires_delivers_once_it_is_back(
         else:
             await ntfy.stop()
         set_available(standin, 1_000_000)
-        await bridge.poll_once(bridge.accounts["main"])
+        await bridge.accounts["main"].poll_once()
 
         # The other channels do not wait for ntfy.
         await hook.wait_for(lambda r: r.webhook(), what="webhook POST")
@@ -296,7 +290,6 @@ async def test_ntfy_down_when_the_alert_fires_delivers_once_it_is_back(
         )
         assert len(ntfy.posts) == (3 if outage == "http_503" else 0)
         assert not any(p.ok for p in ntfy.posts)
-        failed_at = time.monotonic()
         warnings = [
             r.getMessage()
             for r in caplog.records
@@ -304,7 +297,7 @@ async def test_ntfy_down_when_the_alert_fires_delivers_once_it_is_back(
         ]
         assert len(warnings) == 1
         assert warnings[0].startswith("ntfy: could not deliver alert main.low_balance.1 (")
-        assert warnings[0].endswith("); kept, next try in 5 s")
+        assert warnings[0].endswith(f"); kept, next try in {DISPATCH_BACKOFF:g} s")
         if outage == "http_503":
             assert "(HTTP 503: receiver unavailable)" in warnings[0]
 
@@ -313,11 +306,15 @@ async def test_ntfy_down_when_the_alert_fires_delivers_once_it_is_back(
             ntfy.recover()
         else:
             await ntfy.start()
+        # Sent once its backoff is over (1 s here), not after a second, longer one.
         (delivered,) = await ntfy.wait_for(
-            lambda r: r.ntfy(TOPIC, ok_only=True), timeout=10, what="delivery after the outage"
+            lambda r: r.ntfy(TOPIC, ok_only=True),
+            timeout=DISPATCH_BACKOFF + 4,
+            what="delivery after the outage",
         )
-        assert time.monotonic() - failed_at < 6
-        await asyncio.sleep(0.3)
+        # Recorded as delivered: nothing is left in the outbox to send again.
+        await until(lambda: all_delivered(data, 3), what="ntfy delivery recorded")
+        await barrier(rec, bridge.publisher)
 
     assert delivered.header("X-Message-Id") == "main.low_balance.1"
     assert delivered.text == "CrossModel Main: available balance 1.00 USD is below 5.00 USD"
@@ -344,7 +341,7 @@ async def fire_while_the_broker_is_down(
     await asyncio.to_thread(mosquitto.stop)
     await until(lambda: not bridge.publisher.connected.is_set(), what="disconnect noticed")
     set_available(standin, 1_000_000)
-    await bridge.poll_once(bridge.accounts["main"])
+    await bridge.accounts["main"].poll_once()
     await until(
         lambda: any(
             row[:2] == ("main.low_balance.1", "mqtt") and row[2] >= 1 and not row[3]
@@ -383,7 +380,8 @@ async def test_broker_down_when_the_alert_fires_publishes_it_after_reconnect(
             # It waited out no backoff: it goes as soon as the broker is back.
             msg = await rec.wait_topic(ALERTS, timeout=1.0)
             await rec.wait_for(lambda r: r.on(ACTIVE) and active_rules(r)[-1] == ["low_balance"])
-            await asyncio.sleep(0.2)
+            await until(lambda: all_delivered(data, 3), what="MQTT delivery recorded")
+            await barrier(rec, bridge.publisher)
     event = json.loads(msg.payload)
     assert (event["id"], event["event_type"], msg.qos, msg.retain) == (
         "main.low_balance.1",
@@ -436,7 +434,7 @@ async def test_threshold_from_ha_is_validated_applied_persisted_and_survives_res
             rejected = [
                 r.getMessage()
                 for r in caplog.records
-                if r.name == "cm_mqtt_bridge.service" and r.levelno == logging.WARNING
+                if r.name == "cm_mqtt_bridge.runtime" and r.levelno == logging.WARNING
             ]
             assert rejected == [
                 "main: rejected threshold from MQTT: low_balance_below: '-1' is outside 0..1000000",
@@ -475,6 +473,7 @@ async def test_threshold_from_ha_is_validated_applied_persisted_and_survives_res
             assert bridge.accounts["main"].polls == polls
             await ntfy.wait_for(lambda r: r.ntfy(TOPIC))
             await hook.wait_for(lambda r: r.webhook())
+            await until(lambda: all_delivered(data, 3), what="alert delivered everywhere")
 
         # ---- restart with the same data dir ----
         fired_state = db_rows(
@@ -482,11 +481,16 @@ async def test_threshold_from_ha_is_validated_applied_persisted_and_survives_res
         )
         assert [r[:2] + r[4:] for r in fired_state] == [("low_balance", 1, 1)]
         after = len(rec.messages)
-        async with running(config):
-            doc = await wait_doc(rec, lambda d: "low_balance_below" in d, after=after)
+        async with running(config) as bridge:
+            doc = await wait_doc(
+                rec, lambda d: "low_balance_below" in d and d["balance"] is not None, after=after
+            )
             assert (doc["low_balance_below"], doc["runway_below_days"]) == ("8", "7.5")
             assert doc["alert_low_balance"] is True  # still firing: not re-fired
-            await asyncio.sleep(0.3)
+            # That state was evaluated: a re-fire would already be in the outbox and sent
+            # on MQTT before the marker.
+            await barrier(rec, bridge.publisher)
+            assert all_delivered(data, 3)
         # The rule was not fired again (that would move `since`/`last_notified`).
         assert (
             db_rows(data, "SELECT rule, firing, since, last_notified, seq FROM rule_state")
@@ -513,17 +517,18 @@ async def test_auth_failed_alert_from_a_rejected_key(
         await wait_doc(rec, lambda d: d.get("alert_auth_failed") is False)
         standin.always["credits"] = Reply(status=401, json={"error": "invalid key"})
         acc = bridge.accounts["main"]
-        await bridge.poll_once(acc)
-        await bridge.poll_once(acc)
+        await acc.poll_once()
+        await acc.poll_once()
         msg = await rec.wait_topic(ALERTS)
         await wait_doc(rec, lambda d: d.get("alert_auth_failed") is True)
         standin.always["credits"] = None
-        await bridge.poll_once(acc)
+        await acc.poll_once()
         await wait_doc(
             rec, lambda d: d.get("alert_auth_failed") is False, after=len(rec.messages) - 1
         )
         await ntfy.wait_for(lambda r: r.ntfy(TOPIC))
-        await asyncio.sleep(0.2)
+        await until(lambda: all_delivered(data, 3), what="auth_failed delivered everywhere")
+        await barrier(rec, bridge.publisher)
     event = json.loads(msg.payload)
     assert (event["id"], event["event_type"], event["value"]) == (
         "main.auth_failed.1",
@@ -546,15 +551,19 @@ async def test_a_locked_database_does_not_stop_polling(
 ) -> None:
     data = tmp_path / "data"
     config = alert_config(standin, mosquitto, ntfy, hook, data)
-    async with recording(mosquitto.port) as rec, running(config):
+    async with recording(mosquitto.port) as rec, running(config) as bridge:
         await wait_doc(rec, lambda d: d.get("alert_low_balance") is False)
+        assert bridge.store is not None
+        store = bridge.store
         locker = sqlite3.connect(data / DB_NAME, isolation_level=None)
         try:
             locker.execute("BEGIN EXCLUSIVE")  # e.g. a backup or an sqlite3 shell
+            set_available(standin, 6_000_000)  # a new figure: the poll writes a sample
             polled = standin.count("credits")
             await publish(mosquitto.port, REFRESH, "PRESS")
             await until(lambda: standin.count("credits") > polled, what="poll while locked")
-            await asyncio.sleep(0.2)  # returns once the bridge's write gave up
+            # The bridge's write waits out SQLite's busy timeout, then gives up.
+            await until(lambda: store.problem is not None, what="the locked write given up")
         finally:
             locker.rollback()
             locker.close()

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
 import signal
-import sqlite3
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-from cm_mqtt_bridge.alerts.store import DB_NAME
+from tests.helpers import clean_env, cli_process, db_rows, outbox, until
 from tests.mosquitto import Mosquitto
 from tests.mqtt_helpers import recording
 from tests.receivers import Receivers
 from tests.standin import CrossModelStandin
 
-SCRIPT = Path(sys.executable).with_name("cm-mqtt-bridge")
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "cm_mqtt_bridge.cli"]
 KEY = "cm-kill-test-0123456789abcdef"
 TOPIC = "wallet"
 ALERTS = "cm_mqtt_bridge/default/alerts"
@@ -28,44 +23,13 @@ STATE = "cm_mqtt_bridge/default/state"
 ALERT_ID = "default.low_balance.1"
 
 
-def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
-def outbox(db: Path) -> list[tuple[Any, ...]]:
-    if not db.exists():
-        return []
-    return rows(
-        db,
-        "SELECT id, channel, attempts, delivered IS NOT NULL FROM outbox ORDER BY id, channel",
-    )
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return result
-
-
-async def start_bridge(config: Path, env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+@contextlib.asynccontextmanager
+async def bridge(
+    config: Path, env: dict[str, str], log: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
     with log.open("ab") as err:
-        return await asyncio.create_subprocess_exec(
-            *COMMAND,
-            "run",
-            "--config",
-            str(config),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=err,
-        )
+        async with cli_process("run", "--config", str(config), env=env, stderr=err) as proc:
+            yield proc
 
 
 async def test_sigkill_before_delivery_delivers_once_after_restart(
@@ -76,7 +40,6 @@ async def test_sigkill_before_delivery_delivers_once_after_restart(
     # ntfy answers 503, and slowly: the process is killed while its first POST is in flight.
     ntfy.fail(503, delay=3.0)
     data = tmp_path / "data"
-    db = data / DB_NAME
     config = tmp_path / "config.yaml"
     config.write_text(
         f"data_dir: {data}\n"
@@ -87,37 +50,32 @@ async def test_sigkill_before_delivery_delivers_once_after_restart(
     )
     home = tmp_path / "home"
     home.mkdir()
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("CROSSMODEL_", "MQTT_", "CM_MQTT_BRIDGE"))
-        and name != "XDG_CONFIG_HOME"
-    }
-    env.update(
-        HOME=str(home),
+    env = clean_env(
+        home,
         CROSSMODEL_API_KEY=KEY,
         CROSSMODEL_API_URL=standin.url,
         MQTT_HOST="127.0.0.1",
         MQTT_PORT=str(mosquitto.port),
+        # No start-up jitter (up to 5 s by default): the first poll goes at once.
+        CM_MQTT_BRIDGE__POLL__JITTER="0",
     )
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    rule_sql = "SELECT account, rule, firing, since, seq FROM rule_state"
     try:
         async with recording(mosquitto.port) as rec:
             # ---- run 1: the alert fires; MQTT gets it, ntfy does not answer in time ----
-            proc = await start_bridge(config, env, first_log)
-            try:
+            async with bridge(config, env, first_log) as proc:
                 await ntfy.wait_for(lambda r: r.posts, timeout=15, what="first ntfy POST")
                 await rec.wait_topic(ALERTS, timeout=10)
                 await until(
-                    lambda: (ALERT_ID, "mqtt", 1, 1) in outbox(db), 5, "MQTT delivery recorded"
+                    lambda: (ALERT_ID, "mqtt", 1, 1) in outbox(data), 5, "MQTT delivery recorded"
                 )
-            finally:
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
             assert proc.returncode == -signal.SIGKILL
             # Fired and in the outbox, not delivered, not even marked failed yet.
-            assert outbox(db) == [(ALERT_ID, "mqtt", 1, 1), (ALERT_ID, "ntfy", 0, 0)]
-            fired_state = rows(db, "SELECT account, rule, firing, since, seq FROM rule_state")
+            assert outbox(data) == [(ALERT_ID, "mqtt", 1, 1), (ALERT_ID, "ntfy", 0, 0)]
+            fired_state = db_rows(data, rule_sql)
             assert [r[:3] + r[4:] for r in fired_state] == [("default", "low_balance", 1, 1)]
             attempts_before = len(ntfy.posts)
             assert attempts_before == 1
@@ -126,14 +84,17 @@ async def test_sigkill_before_delivery_delivers_once_after_restart(
             ntfy.recover()
             started = time.monotonic()
             seen = len(rec.messages)
-            proc = await start_bridge(config, env, second_log)
-            try:
+            async with bridge(config, env, second_log) as proc:
+                # Due rows are sent as the bridge starts, not after a retry backoff (5 s).
                 await ntfy.wait_for(
-                    lambda r: r.ntfy(TOPIC, ok_only=True), timeout=10, what="delivery after restart"
+                    lambda r: r.ntfy(TOPIC, ok_only=True),
+                    timeout=4.5,
+                    what="delivery after restart",
                 )
                 delivered_after = time.monotonic() - started
-                await until(lambda: (ALERT_ID, "ntfy", 1, 1) in outbox(db), 5, "ntfy delivered")
-                # The restarted bridge has polled and evaluated the rule (still firing).
+                await until(lambda: (ALERT_ID, "ntfy", 1, 1) in outbox(data), 5, "ntfy delivered")
+                # The restarted bridge has polled and evaluated the rule (still firing): a
+                # re-fire would be in the outbox before this state document goes out.
                 await rec.wait_for(
                     lambda r: any(
                         m.topic == STATE and json.loads(m.payload).get("alert_low_balance")
@@ -142,8 +103,8 @@ async def test_sigkill_before_delivery_delivers_once_after_restart(
                     timeout=10,
                     what="a state document of the second run with the alert active",
                 )
-                await asyncio.sleep(0.5)  # room for a wrong second delivery
-            finally:
+                # Every row delivered and recorded: nothing is left to send a second time.
+                assert outbox(data) == [(ALERT_ID, "mqtt", 1, 1), (ALERT_ID, "ntfy", 1, 1)]
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(proc.wait(), 10)
             assert proc.returncode == 0, second_log.read_text()
@@ -155,11 +116,10 @@ async def test_sigkill_before_delivery_delivers_once_after_restart(
     assert len(ntfy.posts) == attempts_before + 1
     assert {p.header("X-Message-Id") for p in ntfy.posts} == {ALERT_ID}
     assert ok[0].text == "CrossModel Default: available balance 7.93 USD is below 10.00 USD"
-    # Due rows are sent as the bridge starts, not after a retry backoff (5 s).
     assert delivered_after < 4.5
     assert [json.loads(m.payload)["id"] for m in rec.on(ALERTS)] == [ALERT_ID]
-    assert outbox(db) == [(ALERT_ID, "mqtt", 1, 1), (ALERT_ID, "ntfy", 1, 1)]
-    assert rows(db, "SELECT account, rule, firing, since, seq FROM rule_state") == fired_state
+    assert outbox(data) == [(ALERT_ID, "mqtt", 1, 1), (ALERT_ID, "ntfy", 1, 1)]
+    assert db_rows(data, rule_sql) == fired_state
     second = second_log.read_text()
     assert f"ntfy: delivered alert {ALERT_ID}" in second
     assert "alert low_balance fired" not in second

@@ -11,7 +11,8 @@ from cm_mqtt_bridge.cli import setup_logging
 from cm_mqtt_bridge.config import load_config
 from cm_mqtt_bridge.service import Bridge
 from tests.conftest import KEY
-from tests.mqtt_helpers import make_config, publish
+from tests.helpers import outbox, until
+from tests.mqtt_helpers import make_config, publish, recording
 from tests.receivers import Receivers
 
 pytest.importorskip("apprise", reason="the optional apprise extra is not installed")
@@ -24,11 +25,12 @@ async def test_an_alert_goes_out_through_apprise(standin, mosquitto, tmp_path, c
     receiver = Receivers()
     await receiver.start()
     try:
+        data = tmp_path / "data"
         url = f"json://bridge:{APPRISE_SECRET}@127.0.0.1:{receiver.port}/apprise"
         config = make_config(
             standin.url,
             mosquitto.port,
-            data_dir=str(tmp_path / "data"),
+            data_dir=str(data),
             extra={"alerts": {"low_balance": {"below": "5.00"}}, "notify": {"apprise": [url]}},
         )
         standin.credits["balance_micro"] = 3_000_000
@@ -37,8 +39,14 @@ async def test_an_alert_goes_out_through_apprise(standin, mosquitto, tmp_path, c
         (post,) = await receiver.wait_for(
             lambda r: r.ntfy("apprise"), timeout=10, what="Apprise POST"
         )
-        await publish(mosquitto.port, "cm_mqtt_bridge/main/refresh/set", "x")
-        await asyncio.sleep(0.5)
+        # A second poll, still low (and a new figure, so its publishing shows it is over):
+        # its values go out after its rules ran, so a notice from it would be in the outbox.
+        standin.credits["balance_micro"] = 2_500_000
+        async with recording(mosquitto.port) as rec:
+            await publish(mosquitto.port, "cm_mqtt_bridge/main/refresh/set", "x")
+            await rec.wait_topic("cm_mqtt_bridge/main/available", "2.375")
+        await until(lambda: all(row[3] for row in outbox(data)), what="outbox delivered")
+        assert {row[0] for row in outbox(data)} == {"main.low_balance.1"}
         stop.set()
         await asyncio.wait_for(task, 10)
     finally:

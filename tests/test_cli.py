@@ -1,26 +1,25 @@
-"""The real console script, run as a subprocess against the stand-in server."""
+"""The real console script, run as a subprocess against the stand-in server (configuration
+errors in-process through `cli.main`: the same code, without starting Python for each)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import stat
-import sys
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cm_mqtt_bridge import __version__
+from tests.helpers import Result, clean_env, run_cli, run_main
 from tests.standin import CrossModelStandin, Reply
 
 # Distinctive, so a leak anywhere in the output cannot be a coincidence.
 CLI_KEY = "cm-cli-Xq7ZpL0-distinctive-1138"
-SCRIPT = Path(sys.executable).with_name("cm-mqtt-bridge")
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "cm_mqtt_bridge.cli"]
+# Whatever happened, the key never reaches the terminal (not even in part).
+SECRETS = (CLI_KEY, "Xq7ZpL0")
 
 EXPECTED_TEXT = """\
 CrossModel · Default (default)
@@ -33,13 +32,6 @@ CrossModel · Default (default)
 """
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     path = tmp_path / "home"
@@ -50,15 +42,7 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture
 def base_env(home: Path) -> dict[str, str]:
     """The parent's env minus anything that configures the bridge, HOME in a temp dir."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("CROSSMODEL_", "MQTT_", "CM_MQTT_BRIDGE"))
-        and name != "XDG_CONFIG_HOME"
-    }
-    env["HOME"] = str(home)
-    env["PYTHONIOENCODING"] = "utf-8"
-    return env
+    return clean_env(home)
 
 
 @pytest.fixture
@@ -67,30 +51,7 @@ def env(base_env: dict[str, str], standin: CrossModelStandin) -> dict[str, str]:
 
 
 async def cli(*args: str, env: Mapping[str, str], stdin: str | None = None) -> Result:
-    proc = await asyncio.create_subprocess_exec(
-        *COMMAND,
-        *args,
-        env=dict(env),
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(
-            proc.communicate(stdin.encode() if stdin is not None else None), 30
-        )
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    result = Result(proc.returncode, out.decode(), err.decode())
-    # Whatever happened, the key never reaches the terminal, and nothing crashed.
-    for stream in (result.out, result.err):
-        assert CLI_KEY not in stream
-        assert "Xq7ZpL0" not in stream
-        assert "Traceback" not in stream
-    return result
+    return await run_cli(*args, env=env, stdin=stdin, secrets=SECRETS)
 
 
 # ---- status -------------------------------------------------------------------------------
@@ -280,7 +241,10 @@ def config_error(*problems: str) -> str:
 
 
 async def test_bad_config_exits_2(
-    env: dict[str, str], standin: CrossModelStandin, tmp_path: Path
+    env: dict[str, str],
+    standin: CrossModelStandin,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text(f"accounts:\n  - id: main\n    api_key: {CLI_KEY}: oops\n")
@@ -356,12 +320,17 @@ async def test_bad_config_exits_2(
             config_error(f"config file {missing}: not found"),
         ),
     ]
-    results = await asyncio.gather(
-        *(cli("status", *args, env={**env, **extra}) for _, extra, args, _ in cases)
-    )
-    for (name, _, _, expected), result in zip(cases, results, strict=True):
+    for name, extra, args, expected in cases:
+        # In-process, on a thread: the stand-in keeps answering, so a request would be seen.
+        result = await asyncio.to_thread(
+            run_main, capsys, "status", *args, env={**env, **extra}, secrets=SECRETS
+        )
         assert (result.code, result.out, result.err) == (2, "", expected), name
     assert standin.seen == []
+    # One of them through the real console script too.
+    name, extra, args, expected = cases[0]
+    result = await cli("status", *args, env={**env, **extra})
+    assert (result.code, result.out, result.err) == (2, "", expected), name
 
 
 # ---- version ------------------------------------------------------------------------------

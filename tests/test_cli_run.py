@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from cm_mqtt_bridge.discovery import Topics, device_payload
+from cm_mqtt_bridge.alerts.rules import BY_NAME
+from cm_mqtt_bridge.discovery import device_payload
 from cm_mqtt_bridge.entities import entities_for
+from cm_mqtt_bridge.topics import Topics
 from tests.conftest import KEY
+from tests.helpers import cli_process, run_cli
 from tests.mosquitto import free_port
-from tests.mqtt_helpers import recording
+from tests.mqtt_helpers import publish, recording
 from tests.standin import Reply
 
-SCRIPT = Path(sys.executable).parent / "cm-mqtt-bridge"
 STATUS = "cm_mqtt_bridge/status"
 DEVICE = "homeassistant/device/cm_default/config"
+MARKER = "test/after-the-check"
 
 
 def env_for(tmp_path: Path, api_url: str, mqtt_port: int, **extra: str) -> dict[str, str]:
@@ -33,35 +32,15 @@ def env_for(tmp_path: Path, api_url: str, mqtt_port: int, **extra: str) -> dict[
         "CROSSMODEL_API_URL": api_url,
         "MQTT_HOST": "127.0.0.1",
         "MQTT_PORT": str(mqtt_port),
+        # No start-up jitter (up to 5 s by default): the first poll goes at once.
+        "CM_MQTT_BRIDGE__POLL__JITTER": "0",
         **extra,
     }
 
 
-@contextlib.asynccontextmanager
-async def bridge_process(
-    tmp_path: Path, env: dict[str, str], *args: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        str(SCRIPT),
-        *args,
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def run_check(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    async with bridge_process(tmp_path, env, "check", *args) as proc:
-        out, err = await asyncio.wait_for(proc.communicate(), 15)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    result = await run_cli("check", *args, env=env, cwd=tmp_path, timeout=15)
+    return result.code, result.out, result.err
 
 
 def printed_payload(out: str, topic: str) -> Any:
@@ -79,13 +58,13 @@ def expected(currency: str | None, rules: tuple[str, ...] = ()) -> dict[str, Any
         topics=Topics(base="cm_mqtt_bridge", prefix="homeassistant"),
         currency=currency,
         qos=1,
-        entities=entities_for(rules),
+        entities=entities_for(tuple(BY_NAME[r] for r in rules)),
     )
 
 
 async def test_sigkill_leaves_the_will_offline_retained(standin, mosquitto, tmp_path):
     env = env_for(tmp_path, standin.url, mosquitto.port)
-    async with recording(mosquitto.port) as rec, bridge_process(tmp_path, env, "run") as proc:
+    async with recording(mosquitto.port) as rec, cli_process("run", env=env, cwd=tmp_path) as proc:
         await rec.wait_topic(STATUS, "online", timeout=10)
         await rec.wait_topic("cm_mqtt_bridge/default/balance", "8.059489", timeout=5)
         proc.send_signal(signal.SIGKILL)
@@ -100,7 +79,7 @@ async def test_sigkill_leaves_the_will_offline_retained(standin, mosquitto, tmp_
 
 async def test_sigterm_exits_0_within_5s_and_says_offline(standin, mosquitto, tmp_path):
     env = env_for(tmp_path, standin.url, mosquitto.port)
-    async with recording(mosquitto.port) as rec, bridge_process(tmp_path, env, "run") as proc:
+    async with recording(mosquitto.port) as rec, cli_process("run", env=env, cwd=tmp_path) as proc:
         await rec.wait_topic(STATUS, "online", timeout=10)
         await rec.wait_topic(DEVICE, timeout=5)
         await rec.wait_topic("cm_mqtt_bridge/default/balance", "8.059489", timeout=5)
@@ -122,7 +101,10 @@ async def test_check_prints_discovery_and_never_the_key(standin, mosquitto, tmp_
     env = env_for(tmp_path, standin.url, mosquitto.port)
     async with recording(mosquitto.port) as rec:
         code, out, err = await run_check(tmp_path, env)
-        await asyncio.sleep(0.2)
+        # The check has exited; a message it published (or its Will) would be at the broker
+        # before a later one of ours, which the broker delivers after it.
+        await publish(mosquitto.port, MARKER, "after the check")
+        await rec.wait_topic(MARKER)
     assert code == 0, out + err
     assert printed_payload(out, DEVICE) == expected("USD")
     assert f"MQTT broker 127.0.0.1:{mosquitto.port}: OK" in out
@@ -133,7 +115,7 @@ async def test_check_prints_discovery_and_never_the_key(standin, mosquitto, tmp_
     assert KEY not in err
     assert KEY[3:] not in out + err  # not even without its prefix
     # A dry run: nothing published, and no Will fired by the probe connection.
-    assert [m.topic for m in rec.messages] == []
+    assert [m.topic for m in rec.messages] == [MARKER]
 
 
 async def test_check_with_broker_down_fails(standin, tmp_path):
@@ -170,7 +152,7 @@ async def test_check_prints_what_run_would_publish_with_alert_rules(standin, mos
     assert printed == expected("USD", ("low_balance",))
 
 
-def test_run_with_an_unusable_data_dir_exits_2_with_a_clear_message(tmp_path):
+async def test_run_with_an_unusable_data_dir_exits_2_with_a_clear_message(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     env = {
@@ -180,14 +162,6 @@ def test_run_with_an_unusable_data_dir_exits_2_with_a_clear_message(tmp_path):
         "CROSSMODEL_API_URL": "http://127.0.0.1:9/v1",
         "CM_MQTT_BRIDGE__DATA_DIR": str(blocker / "data"),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "cm_mqtt_bridge.cli", "run"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-    )
-    assert result.returncode == 2
-    assert "data_dir: cannot open the state database" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert "SECRET" not in result.stderr + result.stdout
+    result = await run_cli("run", env=env, secrets=["SECRET"])
+    assert result.code == 2
+    assert "data_dir: cannot open the state database" in result.err

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 import aiohttp
 
 from cm_mqtt_bridge.demo import run_demo
 from cm_mqtt_bridge.service import Bridge
+from tests.helpers import clean_env, run_cli, until
 from tests.mosquitto import free_port
 from tests.mqtt_helpers import make_config, recording
 
@@ -22,7 +21,7 @@ async def _get(url: str) -> tuple[int, str]:
         return resp.status, await resp.text()
 
 
-async def test_healthz_and_metrics_follow_the_bridge(standin, mosquitto):
+async def test_healthz_and_metrics_follow_the_bridge(standin, mosquitto, tmp_path):
     config = make_config(
         standin.url, mosquitto.port, extra={"health": {"enabled": True, "port": 0}}
     )
@@ -48,55 +47,34 @@ async def test_healthz_and_metrics_follow_the_bridge(standin, mosquitto):
     assert 'cm_bridge_spend{account="main",currency="USD",window="daily"} 0.01025' in metrics
 
     # The healthcheck command says the same, through the real console script.
-    ok = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "cm_mqtt_bridge.cli", "healthcheck", "--url", f"{base}/healthz"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert ok.returncode == 0, ok.stdout + ok.stderr
+    env = clean_env(tmp_path)
+    ok = await run_cli("healthcheck", "--url", f"{base}/healthz", env=env)
+    assert ok.code == 0, ok.out + ok.err
 
     mosquitto.stop()
-    for _ in range(50):
-        status, body = await _get(f"{base}/healthz")
-        if status == 503:
-            break
-        await asyncio.sleep(0.1)
+    await until(lambda: not bridge.publisher.connected.is_set(), what="broker loss noticed")
+    status, body = await _get(f"{base}/healthz")
     assert status == 503
     assert '"broker_connected": false' in body
-    bad = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "cm_mqtt_bridge.cli", "healthcheck", "--url", f"{base}/healthz"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert bad.returncode == 1
+    bad = await run_cli("healthcheck", "--url", f"{base}/healthz", env=env)
+    assert bad.code == 1
     stop.set()
     await asyncio.wait_for(task, 5)
 
 
-def test_healthcheck_without_a_bridge_fails_clearly():
+async def test_healthcheck_without_a_bridge_fails_clearly(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CM_MQTT_BRIDGE")}
-    env["CM_MQTT_BRIDGE__HEALTH__PORT"] = str(port)
-    result = subprocess.run(
-        [sys.executable, "-m", "cm_mqtt_bridge.cli", "healthcheck"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
+    result = await run_cli(
+        "healthcheck", env=clean_env(tmp_path, CM_MQTT_BRIDGE__HEALTH__PORT=str(port))
     )
-    assert result.returncode == 1
-    assert f"unhealthy: http://127.0.0.1:{port}/healthz" in result.stdout
-    assert "Traceback" not in result.stderr
+    assert result.code == 1
+    assert f"unhealthy: http://127.0.0.1:{port}/healthz" in result.out
 
 
 async def test_demo_shows_a_low_balance_alert_and_a_topup():
     out = io.StringIO()
-    # Ten times faster than the real demo: crossing at ~3 s, top-up at ~4.5 s.
-    code = await run_demo(6.5, {}, out, speed=10)
+    # Twenty times faster than the real demo: crossing at ~1.5 s, top-up at ~2.25 s.
+    code = await run_demo(4.0, {}, out, speed=20)
     text = out.getvalue()
     assert code == 0
     assert "Started a private Mosquitto" in text

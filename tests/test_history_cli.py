@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,9 +9,8 @@ import pytest
 
 from cm_mqtt_bridge.alerts.history import Sample
 from cm_mqtt_bridge.alerts.store import DB_NAME, Store
+from tests.helpers import clean_env, run_cli
 
-SCRIPT = Path(sys.executable).with_name("cm-mqtt-bridge")
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "cm_mqtt_bridge.cli"]
 KEY = "cm-history-0123456789abcdef"
 T0 = datetime(2026, 3, 1, 23, 0, tzinfo=UTC)
 HEADER = "account,time,balance,holds,available,spend_today,spend_week,spend_month,spent_total"
@@ -62,30 +58,12 @@ def data_dir(tmp_path: Path) -> Path:
 def env(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir()
-    clean = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("CROSSMODEL_", "MQTT_", "CM_MQTT_BRIDGE"))
-        and name != "XDG_CONFIG_HOME"
-    }
-    return {**clean, "HOME": str(home), "CROSSMODEL_API_KEY": KEY}
+    return clean_env(home, CROSSMODEL_API_KEY=KEY)
 
 
 async def history(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *COMMAND,
-        "history",
-        *args,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    assert "Traceback" not in err.decode()
-    assert KEY not in out.decode() + err.decode()
-    return proc.returncode, out.decode(), err.decode()
+    result = await run_cli("history", *args, env=env, secrets=[KEY])
+    return result.code, result.out, result.err
 
 
 async def test_all_samples_as_csv(env: dict[str, str], data_dir: Path) -> None:

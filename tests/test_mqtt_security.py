@@ -11,6 +11,7 @@ import aiomqtt
 import pytest
 
 from cm_mqtt_bridge.service import Bridge
+from tests.helpers import until
 from tests.mosquitto import Mosquitto
 from tests.mqtt_helpers import make_config
 
@@ -98,6 +99,23 @@ async def _run_until_connected(bridge: Bridge, seconds: float) -> bool:
     return connected
 
 
+async def _run_until_refused(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture, text: str, seconds: float = 5
+) -> bool:
+    """Run until the bridge logs `text` (its attempt was refused); True if it connected."""
+    seen = len(caplog.records)
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    try:
+        await until(
+            lambda: any(text in r.getMessage() for r in caplog.records[seen:]), seconds, text
+        )
+        return bridge.publisher.connected.is_set()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
 async def test_tls_with_the_ca_file_publishes_state(standin, tmp_path, certs):
     broker = _tls_broker(tmp_path, certs)
     try:
@@ -123,8 +141,9 @@ async def test_tls_refuses_an_unknown_ca_unless_told_to_be_insecure(
     try:
         caplog.set_level(logging.WARNING)
         strict = make_config(standin.url, broker.port, tls=True)
-        assert not await _run_until_connected(Bridge(strict, readback_seconds=0.2), 1.5)
-        assert any("CERTIFICATE_VERIFY_FAILED" in r.getMessage() for r in caplog.records)
+        strict_bridge = Bridge(strict, readback_seconds=0.2)
+        assert not await _run_until_refused(strict_bridge, caplog, "CERTIFICATE_VERIFY_FAILED")
+        assert strict_bridge.publisher.connections == 0
 
         insecure = make_config(standin.url, broker.port, tls=True, tls_insecure=True)
         assert await _run_until_connected(Bridge(insecure, readback_seconds=0.2), 5)
@@ -150,7 +169,9 @@ async def test_username_and_password(standin, tmp_path, caplog):
         assert await _run_until_connected(Bridge(good, readback_seconds=0.2), 5)
 
         wrong = make_config(standin.url, broker.port, username="bridge", password="nope-123")
-        assert not await _run_until_connected(Bridge(wrong, readback_seconds=0.2), 1.5)
+        wrong_bridge = Bridge(wrong, readback_seconds=0.2)
+        assert not await _run_until_refused(wrong_bridge, caplog, "reconnecting")
+        assert wrong_bridge.publisher.connections == 0
         refused = [r.getMessage() for r in caplog.records if "MQTT broker" in r.getMessage()]
         assert any("reconnecting" in m for m in refused)
         assert not any(

@@ -6,16 +6,15 @@ import asyncio
 import logging
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
-from cm_mqtt_bridge import service
+from cm_mqtt_bridge import runtime
 from cm_mqtt_bridge.cli import setup_logging
 from cm_mqtt_bridge.config import ConfigError, load_config
 from cm_mqtt_bridge.service import Bridge
 from tests.conftest import KEY
+from tests.helpers import run_cli
 from tests.mqtt_helpers import make_config, publish, recording
 from tests.standin import Reply
 
@@ -34,7 +33,7 @@ async def test_a_hostile_retained_discovery_message_does_not_stop_mqtt(standin, 
 
 
 async def test_an_absurd_retry_after_does_not_stop_polling(standin, mosquitto, monkeypatch):
-    monkeypatch.setattr(service, "MAX_RETRY_AFTER", 0.3)
+    monkeypatch.setattr(runtime, "MAX_RETRY_AFTER", 0.3)
     standin.queue("credits", Reply(status=429, headers={"Retry-After": "99999999"}))
     config = make_config(standin.url, mosquitto.port, poll={"interval": 0.1})
     stop = asyncio.Event()
@@ -49,7 +48,8 @@ async def test_an_absurd_retry_after_does_not_stop_polling(standin, mosquitto, m
 async def test_check_never_knocks_a_running_bridge_offline(standin, mosquitto, tmp_path):
     config = make_config(standin.url, mosquitto.port)
     stop = asyncio.Event()
-    async with recording(mosquitto.port, "cm_mqtt_bridge/status") as rec:
+    marker = "test/after-the-check"
+    async with recording(mosquitto.port) as rec:
         task = asyncio.create_task(Bridge(config, readback_seconds=0.1).run(stop))
         await rec.wait_topic("cm_mqtt_bridge/status", "online")
         env = {
@@ -62,23 +62,20 @@ async def test_check_never_knocks_a_running_bridge_offline(standin, mosquitto, t
             # The same client id as the running bridge: the probe must not take its session.
             "CM_MQTT_BRIDGE__MQTT__CLIENT_ID": "bridge-under-test",
         }
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "cm_mqtt_bridge.cli", "check"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-        await asyncio.sleep(0.5)
+        result = await run_cli("check", env=env, timeout=60)
+        # The check has exited: a Will fired by its probe connection would be at the broker
+        # before this later message, and delivered to the recorder before it.
+        await publish(mosquitto.port, marker, "after the check")
+        await rec.wait_topic(marker)
         stop.set()
         await asyncio.wait_for(task, 5)
-    assert result.returncode == 0, result.stdout + result.stderr
+        await rec.wait_topic("cm_mqtt_bridge/status", "offline")
+    assert result.code == 0, result.out + result.err
     statuses = [m.text for m in rec.on("cm_mqtt_bridge/status")]
     assert statuses == ["online", "offline"]  # the only offline is our own clean stop
 
 
-def test_a_busy_health_port_is_a_clear_startup_error(tmp_path):
+async def test_a_busy_health_port_is_a_clear_startup_error(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -93,16 +90,9 @@ def test_a_busy_health_port_is_a_clear_startup_error(tmp_path):
             "CM_MQTT_BRIDGE__HEALTH__ENABLED": "true",
             "CM_MQTT_BRIDGE__HEALTH__PORT": str(port),
         }
-        result = subprocess.run(
-            [sys.executable, "-m", "cm_mqtt_bridge.cli", "run"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=env,
-        )
-    assert result.returncode == 2
-    assert f"health: cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "Traceback" not in result.stderr
+        result = await run_cli("run", env=env)
+    assert result.code == 2
+    assert f"health: cannot listen on 127.0.0.1:{port}" in result.err
 
 
 def test_a_missing_tls_file_is_a_config_error(tmp_path):

@@ -19,6 +19,8 @@ async def test_first_publish_has_status_discovery_state_and_plain_values(standin
         await rec.wait_topic("cm_mqtt_bridge/main/balance")
         stop.set()
         await asyncio.wait_for(task, 5)
+        # The bridge's `offline` is on its way: the recorder must stay until it arrives.
+        await rec.wait_topic("cm_mqtt_bridge/status", "offline")
     doc = json.loads(state.payload)
     assert doc["balance"] == "8.059489"
     assert doc["available"] == "7.934489"

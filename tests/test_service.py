@@ -15,11 +15,21 @@ import pytest
 
 from cm_mqtt_bridge.clock import SystemClock
 from cm_mqtt_bridge.config import Config
-from cm_mqtt_bridge.discovery import Topics, device_payload
+from cm_mqtt_bridge.discovery import device_payload
+from cm_mqtt_bridge.model import Window
 from cm_mqtt_bridge.service import Bridge
-from cm_mqtt_bridge.snapshot import window_start
+from cm_mqtt_bridge.topics import Topics
 from tests.conftest import KEY
-from tests.mqtt_helpers import Got, Recorder, make_config, publish, recording
+from tests.helpers import until
+from tests.mqtt_helpers import (
+    Got,
+    Recorder,
+    barrier,
+    is_barrier,
+    make_config,
+    publish,
+    recording,
+)
 from tests.standin import Reply
 
 TOPICS = Topics(base="cm_mqtt_bridge", prefix="homeassistant")
@@ -82,13 +92,23 @@ def _data_dir_in_tmp(tmp_path, monkeypatch):
 
 
 class SteppedClock(SystemClock):
-    """Real sleeps and monotonic time; wall-clock time only moves when the test says so."""
+    """Real sleeps and monotonic time; wall-clock time only moves when the test says so.
+
+    It also counts `idle`: how often the poll loop went back to waiting for its next poll
+    (the only wait between 10 minutes and the one-hour interval), so a test knows a poll,
+    including handing its values to the publisher, is over."""
 
     def __init__(self, at: datetime) -> None:
         self.at = at
+        self.idle = 0
 
     def now(self) -> datetime:
         return self.at
+
+    async def sleep(self, seconds: float) -> None:
+        if 600 < seconds < 3600:
+            self.idle += 1
+        await super().sleep(seconds)
 
 
 def account(account_id: str, url: str, name: str | None = None) -> dict[str, Any]:
@@ -108,15 +128,31 @@ def expected_discovery(currency: str | None = "USD", **kw: Any) -> dict[str, Any
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, **kw: Any) -> AsyncIterator[Bridge]:
+async def running(config: Config, rec: Recorder | None = None, **kw: Any) -> AsyncIterator[Bridge]:
+    """The bridge, stopped on the way out. With `rec`, also wait for its `offline`: the last
+    thing it publishes, so everything it sent before has reached the recorder."""
     bridge = Bridge(config, readback_seconds=0.1, **kw)
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
+    index = len(rec.messages) if rec is not None else 0
     try:
         yield bridge
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+    if rec is not None:
+        await rec.wait_topic(STATUS, "offline", after=index)
+
+
+async def sent(rec: Recorder, bridge: Bridge) -> None:
+    """What the bridge wants retained is published, and has reached the recorder."""
+    await until(bridge.publisher.all_sent, what="publisher idle")
+    await barrier(rec, bridge.publisher)
+
+
+def unmarked(rec: Recorder, index: int = 0) -> list[Got]:
+    """Messages since `index`, without the test's own barrier markers."""
+    return [m for m in rec.messages[index:] if not is_barrier(m.topic)]
 
 
 async def wait_state(
@@ -178,9 +214,8 @@ async def refresh(port: int, topic: str = REFRESH, payload: str | bytes = "PRESS
 
 async def test_first_publish_order_values_and_retain_flags(standin, mosquitto):
     config = make_config(standin.url, mosquitto.port)
-    async with recording(mosquitto.port) as rec, running(config):
+    async with recording(mosquitto.port) as rec, running(config, rec):
         _, doc = await settled(rec)
-        await asyncio.sleep(0.1)
     today = datetime.now(UTC)
     assert set(doc) - FORECAST_KEYS == set(ISSUE3_DOC_KEYS)
     assert {k: doc[k] for k in ISSUE3_DOC_KEYS} == {
@@ -189,21 +224,21 @@ async def test_first_publish_order_values_and_retain_flags(standin, mosquitto):
         "available": "7.934489",
         "currency": "USD",
         "spend_today": "0.01025",
-        "reset_today": window_start("daily", today).isoformat(),
+        "reset_today": Window.DAY.start(today).isoformat(),
         "tokens_today": 12000,
         "prompt_tokens_today": 9100,
         "completion_tokens_today": 2900,
         "requests_today": 41,
         "success_rate_today": 97.6,
         "spend_week": "0.67",
-        "reset_week": window_start("weekly", today).isoformat(),
+        "reset_week": Window.WEEK.start(today).isoformat(),
         "tokens_week": 529000,
         "prompt_tokens_week": 401000,
         "completion_tokens_week": 128000,
         "requests_week": 529,
         "success_rate_week": 98.5,
         "spend_month": "5.37",
-        "reset_month": window_start("monthly", today).isoformat(),
+        "reset_month": Window.MONTH.start(today).isoformat(),
         "tokens_month": 3200000,
         "prompt_tokens_month": 2500000,
         "completion_tokens_month": 700000,
@@ -250,7 +285,7 @@ async def test_first_publish_order_values_and_retain_flags(standin, mosquitto):
     ours = [m for m in rec.messages if m.topic in account_topics | {STATUS, DEVICE}]
     assert all(m.retain for m in ours), [m.topic for m in ours if not m.retain]
     # online first, then discovery, then availability, then the values.
-    topics = [m.topic for m in rec.messages]
+    topics = [m.topic for m in unmarked(rec)]
     assert topics.index(STATUS) < topics.index(DEVICE) < topics.index(AVAILABILITY)
     assert topics.index(AVAILABILITY) < topics.index(STATE)
 
@@ -260,16 +295,15 @@ async def test_first_publish_order_values_and_retain_flags(standin, mosquitto):
 
 async def test_refresh_publishes_new_state_within_2s_and_no_discovery(standin, mosquitto):
     config = make_config(standin.url, mosquitto.port)
-    async with recording(mosquitto.port) as rec, running(config):
+    async with recording(mosquitto.port) as rec, running(config, rec):
         await settled(rec)
         index = len(rec.messages)
         standin.credits["balance_micro"] = 9_000_000
-        sent = time.monotonic()
+        pressed = time.monotonic()
         await refresh(mosquitto.port)
         got, doc = await wait_state(rec, lambda d: d["balance"] == "9", after=index, timeout=2)
         await rec.wait_topic("cm_mqtt_bridge/main/available", "8.875", timeout=2, after=index)
-        await asyncio.sleep(0.2)
-    assert got.at - sent < 2.0
+    assert got.at - pressed < 2.0
     assert (doc["available"], got.retain) == ("8.875", True)
     balance = since(rec, index, "cm_mqtt_bridge/main/balance")
     assert [(m.text, m.retain) for m in balance] == [("9", True)]
@@ -282,7 +316,7 @@ async def test_refresh_all_polls_every_account(standin, mosquitto):
     accounts = [account("main", standin.url), account("team-b", standin.url, "Team B")]
     config = make_config(standin.url, mosquitto.port, accounts=accounts)
     b_state = "cm_mqtt_bridge/team-b/state"
-    async with recording(mosquitto.port) as rec, running(config):
+    async with recording(mosquitto.port) as rec, running(config, rec):
         await wait_state(rec, has_usage)
         await wait_state(rec, has_usage, topic=b_state)
         assert standin.count("credits") == 2
@@ -291,7 +325,6 @@ async def test_refresh_all_polls_every_account(standin, mosquitto):
         await refresh(mosquitto.port, "cm_mqtt_bridge/refresh/set")
         await wait_state(rec, lambda d: d["balance"] == "9.5", after=index, timeout=2)
         await wait_state(rec, lambda d: d["balance"] == "9.5", topic=b_state, after=index)
-        await asyncio.sleep(0.2)
     assert standin.count("credits") == 4
     b_device = rec.last("homeassistant/device/cm_team-b/config")
     assert b_device is not None
@@ -310,7 +343,9 @@ async def test_refreshes_inside_the_window_collapse_into_one_deferred_poll(stand
             await refresh(mosquitto.port)
         assert time.monotonic() - started < 0.8  # all three inside the window
         got, _ = await wait_state(rec, lambda d: d["balance"] == "7", after=index, timeout=2)
-        await asyncio.sleep(1.3)  # a second window: nothing left over to run
+        # A leftover poll would run at the end of the next window: no event can stand in
+        # for it not happening, so this waits out that window (inherent to the behaviour).
+        await asyncio.sleep(1.3)
     # Deferred to the end of the 1 s window, not dropped, and only once.
     assert 1.0 <= got.at - started < 1.8
     assert standin.count("credits") == 2
@@ -328,7 +363,6 @@ async def test_broker_restart_reconnects_and_republishes_everything(standin, mos
             device_before = before.last(DEVICE)
         mosquitto.stop()
         mosquitto.start()  # same port, no persistence: every retained message is gone
-        await asyncio.sleep(0.3)
         async with recording(mosquitto.port) as after:
             await after.wait_topic(STATUS, "online", timeout=5)
             await after.wait_topic(DEVICE, timeout=3)
@@ -351,23 +385,28 @@ async def test_broker_restart_reconnects_and_republishes_everything(standin, mos
 
 async def test_home_assistant_birth_republishes_discovery_then_state(standin, mosquitto):
     config = make_config(standin.url, mosquitto.port)
-    async with recording(mosquitto.port) as rec, running(config, birth_delay=(0.0, 0.1)):
+    async with recording(mosquitto.port) as rec, running(config, rec, birth_delay=(0.0, 0.0)):
         await settled(rec)
         index = len(rec.messages)
         await publish(mosquitto.port, "homeassistant/status", "offline")
-        await asyncio.sleep(0.4)
-        assert since(rec, index, {DEVICE, STATE}) == []
+        # A refresh sent after it is handled after it: once its new balance is out, a resend
+        # the offline had (wrongly) caused, with no birth delay, would be out too.
+        standin.credits["balance_micro"] = 9_000_000
+        await refresh(mosquitto.port)
+        await wait_state(rec, lambda d: d["balance"] == "9", after=index, timeout=2)
+        polled = standin.count("credits")
+        assert since(rec, index, DEVICE) == []
+        assert {json.loads(m.payload)["balance"] for m in since(rec, index, STATE)} == {"9"}
         index = len(rec.messages)
         await publish(mosquitto.port, "homeassistant/status", "online")
         await rec.wait_topic(DEVICE, timeout=2, after=index)
         await wait_state(rec, after=index, timeout=2)
-        await asyncio.sleep(0.1)
     device = since(rec, index, DEVICE)
     assert len(device) == 1
     assert json.loads(device[0].payload) == expected_discovery()
     topics = [m.topic for m in rec.messages[index:]]
     assert topics.index(DEVICE) < topics.index(STATE)
-    assert standin.count("credits") == 1  # a birth resends, it does not poll
+    assert standin.count("credits") == polled  # a birth resends, it does not poll
 
 
 # ---- API trouble --------------------------------------------------------------------------
@@ -417,29 +456,31 @@ async def test_auth_failure_keeps_values_and_recovers(standin, mosquitto):
     assert since(rec, index, "cm_mqtt_bridge/main/balance") == []
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 2.0, what: str = "") -> None:
-    """For conditions no MQTT message announces (requests the stand-in saw)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 async def poll_ten_times(
-    port: int, standin: Any, clock: SteppedClock, step: timedelta = timedelta(0)
+    rec: Recorder,
+    bridge: Bridge,
+    standin: Any,
+    clock: SteppedClock,
+    step: timedelta = timedelta(0),
 ) -> None:
+    """Ten refreshes, each one a whole poll whose publishing has reached the recorder."""
     base = standin.count("usage")
-
-    def polled(n: int) -> Callable[[], bool]:
-        return lambda: standin.count("usage") == base + n
-
     for i in range(1, 11):
         clock.at += step
-        await refresh(port)
-        await until(polled(i), what=f"poll {i}")
-        await asyncio.sleep(0.05)  # the answer is applied and flushed
-    await asyncio.sleep(0.2)
+        await refresh_and_finish(bridge, clock, f"poll {i} over")
+        await sent(rec, bridge)
     assert standin.count("usage") == base + 10
+
+
+async def refresh_and_finish(bridge: Bridge, clock: SteppedClock, what: str) -> None:
+    idle = clock.idle
+    await refresh(bridge.config.mqtt.port)
+    await until(lambda: clock.idle > idle, what=what)
+
+
+async def first_poll_sent(rec: Recorder, bridge: Bridge, clock: SteppedClock) -> None:
+    await until(lambda: clock.idle > 0, what="first poll over")
+    await sent(rec, bridge)
 
 
 # Mid-month, mid-week, mid-day: no window starts during the test.
@@ -449,12 +490,12 @@ T0 = datetime(2026, 1, 14, 12, 0, tzinfo=UTC)
 async def test_unchanged_values_over_ten_polls_publish_nothing(standin, mosquitto):
     config = make_config(standin.url, mosquitto.port)
     clock = SteppedClock(T0)
-    async with recording(mosquitto.port) as rec, running(config, clock=clock):
+    async with recording(mosquitto.port) as rec, running(config, clock=clock) as bridge:
         await settled(rec)
-        await asyncio.sleep(0.1)
+        await first_poll_sent(rec, bridge, clock)
         index = len(rec.messages)
-        await poll_ten_times(mosquitto.port, standin, clock)
-        quiet = [m for m in rec.messages[index:] if not m.topic.endswith("/set")]
+        await poll_ten_times(rec, bridge, standin, clock)
+        quiet = [m for m in unmarked(rec, index) if not m.topic.endswith("/set")]
         # The check can fail: a real change right after is seen.
         standin.credits["balance_micro"] = 1
         await refresh(mosquitto.port)
@@ -466,12 +507,12 @@ async def test_unchanged_values_over_ten_polls_publish_nothing(standin, mosquitt
 async def test_unchanged_values_over_ten_polls_a_minute_apart_publish_nothing(standin, mosquitto):
     config = make_config(standin.url, mosquitto.port)
     clock = SteppedClock(T0)
-    async with recording(mosquitto.port) as rec, running(config, clock=clock):
+    async with recording(mosquitto.port) as rec, running(config, clock=clock) as bridge:
         _, first = await settled(rec)
-        await asyncio.sleep(0.1)
+        await first_poll_sent(rec, bridge, clock)
         index = len(rec.messages)
-        await poll_ten_times(mosquitto.port, standin, clock, step=timedelta(seconds=60))
-        quiet = [m.topic for m in rec.messages[index:] if not m.topic.endswith("/set")]
+        await poll_ten_times(rec, bridge, standin, clock, step=timedelta(seconds=60))
+        quiet = [m.topic for m in unmarked(rec, index) if not m.topic.endswith("/set")]
     changed = {
         key
         for m in since(rec, index, STATE)
@@ -518,12 +559,13 @@ async def test_removed_account_loses_its_device_on_next_start(standin, mosquitto
         await wait_state(rec, has_usage, topic="cm_mqtt_bridge/old/state")
         await wait_device(rec, lambda d: "balance" in d["cmps"], topic=old_device)
     only_main = make_config(standin.url, mosquitto.port)
-    async with recording(mosquitto.port) as rec, running(only_main):
+    async with recording(mosquitto.port) as rec, running(only_main, rec) as bridge:
         await rec.wait_topic(old_device, "", timeout=3)
         await settled(rec)
         async with recording(mosquitto.port) as fresh:
             await fresh.wait_topic(DEVICE)
-            await asyncio.sleep(0.2)
+            # Retained messages come in one go on subscribing: the marker comes after them.
+            await barrier(fresh, bridge.publisher)
     removal = [m for m in rec.on(old_device) if not m.payload]
     assert len(removal) == 1
     assert removal[0].retain
@@ -549,10 +591,9 @@ def _previous_run_payload() -> dict[str, Any]:
 async def test_dropped_component_is_sent_as_bare_platform(standin, mosquitto):
     await publish(mosquitto.port, DEVICE, json.dumps(_previous_run_payload()), retain=True)
     config = make_config(standin.url, mosquitto.port)
-    async with recording(mosquitto.port) as rec, running(config):
+    async with recording(mosquitto.port) as rec, running(config, rec):
         got = await wait_device(rec, lambda d: d["cmps"]["old_gauge"] == {"p": "sensor"})
         await settled(rec)
-        await asyncio.sleep(0.1)
     assert got.retain
     assert json.loads(got.payload) == expected_discovery(removed={"old_gauge": "sensor"})
     # The earlier run's retained message, then exactly one new one.
@@ -568,9 +609,8 @@ async def test_foreign_device_messages_are_left_alone(standin, mosquitto):
                 cfg[key] = cfg[key].replace("cm_mqtt_bridge/", "other_bridge/")
     await publish(mosquitto.port, foreign, json.dumps(theirs), retain=True)
     config = make_config(standin.url, mosquitto.port)
-    async with recording(mosquitto.port) as rec, running(config):
+    async with recording(mosquitto.port) as rec, running(config, rec):
         await settled(rec)
-        await asyncio.sleep(0.2)
     assert [m.retain for m in rec.on(foreign)] == [True]
     assert all(m.payload for m in rec.on(foreign))
 
@@ -593,14 +633,13 @@ async def test_dropped_component_is_left_out_after_its_removal_was_sent(standin,
 
 async def test_currency_change_republishes_discovery_with_new_unit(standin, mosquitto):
     config = make_config(standin.url, mosquitto.port)
-    async with recording(mosquitto.port) as rec, running(config):
+    async with recording(mosquitto.port) as rec, running(config, rec):
         await settled(rec)
         index = len(rec.messages)
         standin.credits["currency"] = standin.usage["currency"] = "EUR"
         await refresh(mosquitto.port)
         got = await rec.wait_topic(DEVICE, timeout=2, after=index)
         _, doc = await wait_state(rec, lambda d: d["currency"] == "EUR", after=index)
-        await asyncio.sleep(0.2)
     cmps = json.loads(got.payload)["cmps"]
     assert cmps["balance"]["unit_of_measurement"] == "EUR"
     assert cmps["spend_today"]["unit_of_measurement"] == "EUR"
@@ -625,6 +664,8 @@ async def test_bad_commands_do_not_disturb_the_bridge(standin, mosquitto, caplog
         for command in ("low_balance_below", "runway_below_days", "nonsense", "state"):
             for junk in (b"\xff\xfe", b"-1", b"1e999", b"NaN", b""):
                 await publish(mosquitto.port, f"cm_mqtt_bridge/main/{command}/set", junk)
+        # A poll a junk command (wrongly) asked for would collapse into any later refresh,
+        # so no later event can show it: a short settle for its request to reach the stand-in.
         await asyncio.sleep(0.4)
         assert standin.count("credits") == 1
         index = len(rec.messages)
