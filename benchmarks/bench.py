@@ -242,11 +242,14 @@ async def start_once(api: str) -> float:
                         async for message in sub.messages:
                             if message.retain and str(message.topic) == BALANCE_TOPIC:
                                 return time.perf_counter() - t0
+                except TimeoutError:
+                    pass
                 finally:
                     if proc.returncode is None:
                         proc.terminate()
                         await proc.wait()
-    raise RuntimeError("no retained balance")
+        tail = Path(f"{tmp}/bridge.log").read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"no retained balance within 30 s; the bridge's log ends:\n{tail}")
 
 
 async def stage_start(api: str, third_party: list[str], details: dict[str, Any]) -> list[Row]:
@@ -264,8 +267,8 @@ async def stage_start(api: str, third_party: list[str], details: dict[str, Any])
             f"{b * 1000:.0f} ms",
             f"{u * 1000:.0f} ms",
             b / u,
-            "≤ 2.0",
-            b / u <= 2.0,
+            "≤ 1.2",
+            b / u <= 1.2,
             f"median of {START_RUNS}; baseline: spawn, import the same dependencies, exit",
         )
     ]
@@ -298,38 +301,40 @@ async def stage_big(api: str, details: dict[str, Any]) -> tuple[list[Row], float
     if "failed" in res:
         raw_rate = res["messages"] / med(res["raw_mqtt"])
         return [
-            Row(cycle, "did not finish", f"{raw:.3f} s", None, "≤ 1.25", False, res["failed"]),
+            Row(cycle, "did not finish", f"{raw:.3f} s", None, "≤ 1.4", False, res["failed"]),
             Row(publish, "did not finish", f"{raw_rate:,.0f} msg/s", None, "≥ 0.8", False, ""),
         ], None
     wall = med(res["wall"])
     raw_mqtt_cycle = med(res["raw_mqtt_cycle"])
     unchanged = med(res["unchanged_wall"])
+    both = raw + raw_mqtt_cycle
     rows = [
         Row(
-            cycle,
+            f"{cycle}, vs raw aiohttp + raw aiomqtt",
+            f"{wall:.2f} s",
+            f"{both:.3f} s",
+            wall / both,
+            "≤ 1.4",
+            wall / both <= 1.4,
+            f"{gets}; the baseline also publishes the cycle's {res['cycle_messages']} "
+            f"messages with aiomqtt (bridge: {med(res['cycle_publishes']):.0f})",
+        ),
+        Row(
+            "↳ same, vs raw aiohttp alone",
             f"{wall:.2f} s",
             f"{raw:.3f} s",
             wall / raw,
-            "≤ 1.25",
-            wall / raw <= 1.25,
-            f"{gets}; the bridge also publishes {med(res['cycle_publishes']):.0f} messages",
-        ),
-        Row(
-            "↳ same, vs raw aiohttp + raw aiomqtt",
-            f"{wall:.2f} s",
-            f"{raw + raw_mqtt_cycle:.3f} s",
-            wall / (raw + raw_mqtt_cycle),
             "",
             None,
-            f"baseline also publishes the cycle's {res['cycle_messages']} messages with aiomqtt",
+            "the GETs without the publishes",
         ),
         Row(
-            f"↳ {BIG}-account cycle, values unchanged",
+            f"{BIG}-account cycle, values unchanged, vs raw aiohttp",
             f"{unchanged:.2f} s",
             f"{raw:.3f} s",
             unchanged / raw,
-            "",
-            None,
+            "≤ 2.0",
+            unchanged / raw <= 2.0,
             f"{med(res['unchanged_publishes']):.0f} messages; CPU per account: bridge "
             f"{med(res['unchanged_cpu']) / BIG * 1e6:.0f} µs, raw aiohttp "
             f"{med(res['raw_http_cpu']) / BIG * 1e6:.0f} µs",

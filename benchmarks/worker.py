@@ -4,9 +4,12 @@
     .venv/bin/python -m benchmarks.worker cycle --api URL --mqtt-port P --accounts N --cycles K
     .venv/bin/python -m benchmarks.worker idle  --api URL --mqtt-port P --seconds 3600
 
+`cycle --profile PATH` (without --baselines) writes a cProfile of the measured cycles.
+
 Each prints one JSON line of results on stdout. The bridge is the real `Bridge` from
-`cm_mqtt_bridge.service`; the benchmark only observes it (it wraps `poll_once` and the
-publisher's flush to know when a cycle is complete) and never changes how it works.
+`cm_mqtt_bridge.service`; the benchmark only observes it (it wraps each account runtime's
+`poll_once` and the publisher's flush to know when a cycle is complete) and never changes how
+it works.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,9 +35,11 @@ import aiomqtt
 from cm_mqtt_bridge import __version__
 from cm_mqtt_bridge.clock import Clock
 from cm_mqtt_bridge.config import Config, PollConfig
-from cm_mqtt_bridge.entities import PLAIN_VALUES
-from cm_mqtt_bridge.publisher import _MQTT_LOG, Kind
-from cm_mqtt_bridge.service import Account, Bridge
+from cm_mqtt_bridge.entities import ENTITIES
+from cm_mqtt_bridge.publisher import _MQTT_LOG
+from cm_mqtt_bridge.runtime import AccountRuntime
+from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.topics import Kind
 
 
 def third_party_modules() -> list[str]:
@@ -91,7 +96,10 @@ def make_config(
 
 
 class Observed:
-    """Watches a running Bridge from outside: poll completions and publisher flushes."""
+    """Watches a running Bridge from outside: poll completions and publisher flushes.
+
+    The account runtimes are built when the bridge starts (`Bridge._start`), before any of
+    their tasks runs: each one's `poll_once` is wrapped right then."""
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
@@ -99,16 +107,27 @@ class Observed:
         self.flushes = 0
         self._want_polls = 0
         self._done = asyncio.Event()
-        self._poll_once = bridge.poll_once
-        bridge.poll_once = self._counted_poll  # type: ignore[method-assign]
+        start = bridge._start
+
+        async def observed_start(*args: Any, **kwargs: Any) -> None:
+            await start(*args, **kwargs)
+            for runtime in bridge.accounts.values():
+                self._wrap(runtime)
+
+        bridge._start = observed_start  # type: ignore[method-assign]
         pub = bridge.publisher
         self._flush = pub._flush
         pub._flush = self._counted_flush  # type: ignore[method-assign]
 
-    async def _counted_poll(self, acc: Account) -> None:
-        await self._poll_once(acc)
-        self.polls_done += 1
-        self._check()
+    def _wrap(self, runtime: AccountRuntime) -> None:
+        poll_once = runtime.poll_once
+
+        async def counted_poll() -> None:
+            await poll_once()
+            self.polls_done += 1
+            self._check()
+
+        runtime.poll_once = counted_poll  # type: ignore[method-assign]
 
     async def _counted_flush(self, client: aiomqtt.Client) -> None:
         await self._flush(client)
@@ -227,7 +246,7 @@ async def bridge_cycle(bridge: Bridge, observed: Observed) -> tuple[float, float
     published = bridge.publisher.publish_count
     c0, t0 = time.process_time(), time.perf_counter()
     for acc in bridge.accounts.values():
-        acc.refresh.set()
+        acc.refresh()
     await observed.until(want)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return wall, cpu, bridge.publisher.publish_count - published
@@ -333,14 +352,35 @@ async def cycles(
 ) -> None:
     what = f"a refresh cycle (within {CYCLE_DEADLINE:.0f} s)"
     await step(what, bridge, observed, bridge_cycle(bridge, observed))  # warm-up
-    for _ in range(args.cycles):
-        wall, cpu, published = await step(what, bridge, observed, bridge_cycle(bridge, observed))
-        out["wall"].append(wall)
-        out["cpu"].append(cpu)
-        out["cycle_publishes"].append(published)
+    with profiled(args.profile):
+        for _ in range(args.cycles):
+            wall, cpu, published = await step(
+                what, bridge, observed, bridge_cycle(bridge, observed)
+            )
+            out["wall"].append(wall)
+            out["cpu"].append(cpu)
+            out["cycle_publishes"].append(published)
     if args.resend:
         async with raw_client(args) as client:
             out.update(await measure_publishing(bridge, observed, client, args.cycles))
+
+
+@contextlib.contextmanager
+def profiled(path: str | None) -> Iterator[None]:
+    """cProfile of the event-loop thread while the measured cycles run (`--profile PATH`,
+    pstats format; not used by bench.py: profiling slows the bridge down several-fold)."""
+    if path is None:
+        yield
+        return
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(path)
 
 
 def raw_client(args: argparse.Namespace) -> aiomqtt.Client:
@@ -460,7 +500,7 @@ async def measure_publishing(
 
 
 def state_topic_filter(base: str) -> Callable[[str], bool]:
-    plain = set(PLAIN_VALUES)
+    plain = {e.value.key for e in ENTITIES if e.plain and e.value is not None}
 
     def is_state(topic: str) -> bool:
         parts = topic.split("/")
@@ -492,11 +532,22 @@ async def mode_idle(args: argparse.Namespace) -> dict[str, Any]:
     async with aiomqtt.Client("127.0.0.1", args.mqtt_port, identifier="idle-recorder") as client:
         await client.subscribe(f"{config.mqtt.base_topic}/#", qos=1)
         recorder = asyncio.create_task(record(client))
-        # Long-lived sleepers once the bridge is idle: each poller, housekeeping, and one
-        # per alert channel in the dispatcher.
-        await observed.until(1)
+        async with asyncio.timeout(15):
+            while not bridge.accounts:  # built when the bridge starts
+                await asyncio.sleep(0.01)
+        # Long-lived sleepers once the bridge is idle: each account's poller and watcher,
+        # housekeeping, and one per alert channel in the dispatcher.
         assert bridge.dispatcher is not None
-        min_sleepers = len(bridge.accounts) + 1 + len(bridge.dispatcher.names)
+        min_sleepers = 2 * len(bridge.accounts) + 1 + len(bridge.dispatcher.names)
+        # The first poll waits a random part of the jitter (virtual time): move time on,
+        # timer by timer, until it has happened.
+        while observed.polls_done < 1:
+            await settle(clock, min_sleepers=min_sleepers, idle=observed.all_sent, quiet=0.1)
+            deadline = clock.next_deadline()
+            if observed.polls_done or deadline is None:
+                break
+            clock.advance_to(deadline)
+        await observed.until(1)
         await settle(clock, min_sleepers=min_sleepers, idle=observed.all_sent, quiet=0.1)
         polls0, count0, seen0 = observed.polls_done, bridge.publisher.publish_count, len(seen)
         wall0 = time.perf_counter()
@@ -549,6 +600,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baselines", action="store_true")
     parser.add_argument("--resend", action="store_true")
     parser.add_argument("--seconds", type=float, default=3600.0)
+    parser.add_argument("--profile", metavar="PATH", help="cycle: cProfile the measured cycles")
     args = parser.parse_args(argv)
     quiet_logs()
     result = asyncio.run(MODES[args.mode](args))
