@@ -143,6 +143,11 @@ class CrossModelClient:
         self._retries = retries
         self._max_body = max_body
         self._rng = rng
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "User-Agent": f"cm-mqtt-bridge/{__version__}",
+        }
         # The failure that made the current request of each endpoint retry, so a caller that
         # gives up on it (a deadline) can say why, not just that it took too long.
         self.retrying: dict[str, ApiError] = {}
@@ -212,7 +217,7 @@ class CrossModelClient:
         try:
             # One deadline for the whole exchange, so a server trickling bytes cannot hold us.
             async with asyncio.timeout(limit):
-                body, content_type = await self._fetch(f"{self._base}/{endpoint}")
+                body, content_type = await self._fetch(endpoint)
         except TimeoutError:
             raise TransientError(f"/{endpoint}: no complete answer within {limit:g} s") from None
         except aiohttp.ClientError as exc:
@@ -223,15 +228,10 @@ class CrossModelClient:
             raise InvalidResponse(f"/{endpoint}: refused a redirect to an unusable URL") from None
         return self._parse(endpoint, model, body, content_type)
 
-    async def _fetch(self, url: str) -> tuple[bytes, str]:
-        headers = {
-            "Authorization": f"Bearer {self._key}",
-            "Accept": "application/json",
-            "User-Agent": f"cm-mqtt-bridge/{__version__}",
-        }
-        endpoint = urlsplit(url).path.rsplit("/", 1)[-1]
+    async def _fetch(self, endpoint: str) -> tuple[bytes, str]:
+        url = f"{self._base}/{endpoint}"
         for _ in range(MAX_REDIRECTS + 1):
-            async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
+            async with self._session.get(url, headers=self._headers, allow_redirects=False) as resp:
                 if resp.status in (301, 302, 303, 307, 308):
                     # Following to another origin would hand it the key: refused.
                     url = redirect_target(url, resp.headers.get("Location", ""))
@@ -242,6 +242,8 @@ class CrossModelClient:
         raise InvalidResponse(f"/{endpoint}: too many redirects")
 
     def _check_status(self, endpoint: str, resp: aiohttp.ClientResponse) -> None:
+        if resp.status == 200:
+            return
         if resp.status in (401, 403):
             raise AuthError(f"/{endpoint}: HTTP {resp.status}: the API key was rejected")
         retry_after = parse_retry_after(
@@ -251,13 +253,16 @@ class CrossModelClient:
             raise RateLimited(f"/{endpoint}: HTTP 429 rate limited", retry_after=retry_after)
         if resp.status >= 500:
             raise TransientError(f"/{endpoint}: HTTP {resp.status}", retry_after=retry_after)
-        if resp.status != 200:
-            raise InvalidResponse(f"/{endpoint}: unexpected HTTP {resp.status}")
+        raise InvalidResponse(f"/{endpoint}: unexpected HTTP {resp.status}")
 
     async def _read_capped(self, endpoint: str, resp: aiohttp.ClientResponse) -> bytes:
         too_big = InvalidResponse(f"/{endpoint}: body larger than {self._max_body} bytes")
-        if resp.content_length is not None and resp.content_length > self._max_body:
+        length = resp.content_length
+        if length is not None and length > self._max_body:
             raise too_big
+        if length is not None and "Content-Encoding" not in resp.headers:
+            # The usual answer: small, sized and not compressed, so its size is the cap's.
+            return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):

@@ -80,6 +80,9 @@ class Publisher:
         self._rng = rng or random.Random()
         self._desired: dict[str, _Entry] = {}
         self._sent: dict[str, bytes] = {}
+        # Topics that may differ from what this connection sent (an ordered set): a flush
+        # looks at these only, not at every retained topic.
+        self._unsent: dict[str, None] = {}
         self._dirty = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._readback_done = False
@@ -99,6 +102,7 @@ class Publisher:
         entry = self._desired.get(topic)
         if entry is None or entry.payload != data or entry.kind != kind:
             self._desired[topic] = _Entry(kind, data, once)
+            self._unsent[topic] = None
             self._dirty.set()
 
     def resend(self, *kinds: Kind) -> None:
@@ -106,6 +110,7 @@ class Publisher:
         for topic, entry in self._desired.items():
             if entry.kind in kinds:
                 self._sent.pop(topic, None)
+                self._unsent[topic] = None
         self._dirty.set()
 
     # ---- connection --------------------------------------------------------------------
@@ -180,6 +185,7 @@ class Publisher:
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._client = client
         self._sent.clear()
+        self._unsent = dict.fromkeys(self._desired)
         self.connections += 1
         log.info("connected to MQTT broker %s:%d", self._cfg.host, self._cfg.port)
         async with asyncio.TaskGroup() as tg:
@@ -234,13 +240,16 @@ class Publisher:
 
     async def _flush(self, client: aiomqtt.Client) -> None:
         self._flushing = True
+        todo, self._unsent = self._unsent, {}
+        pending = [
+            (topic, entry)
+            for topic in todo
+            if (entry := self._desired.get(topic)) is not None
+            and self._sent.get(topic) != entry.payload
+        ]
         try:
             for kind in Kind:
-                batch = [
-                    (topic, entry)
-                    for topic, entry in self._desired.items()
-                    if entry.kind == kind and self._sent.get(topic) != entry.payload
-                ]
+                batch = [(topic, entry) for topic, entry in pending if entry.kind == kind]
                 if batch:
                     # A few workers share one iterator: about as many publishes in flight as
                     # paho allows. Starting thousands at once only queues them, and aiomqtt's

@@ -51,6 +51,7 @@ class AccountRuntime:
         concurrency: asyncio.Semaphore,
         on_notices: Callable[[], None] = lambda: None,
         alert_retry: tuple[float, float] = ALERT_RETRY,
+        spread: bool = False,
     ) -> None:
         self.cfg = cfg
         self.id = cfg.id
@@ -66,6 +67,7 @@ class AccountRuntime:
         self._sem = concurrency
         self._on_notices = on_notices
         self._alert_retry = alert_retry
+        self._spread = spread
         self.rules = cfg.alerts.rules()
         self.entities = entities_for(self.rules)
         self.view = AccountView(alerts=engine.status(cfg.id) if engine else None)
@@ -92,8 +94,8 @@ class AccountRuntime:
         """Poll every interval, or sooner on a refresh, never faster than the refresh spacing
         and never inside a Retry-After window."""
         p = self._poll
-        if p.jitter and self.last_poll_start is None:
-            # Spread accounts so they do not poll in lockstep.
+        if self._spread and p.jitter and self.last_poll_start is None:
+            # Several accounts: spread them so they do not poll in lockstep.
             await self._clock.sleep(self._rng.uniform(0, p.jitter))
         while True:
             await self._wait_until_allowed()
@@ -209,8 +211,12 @@ class AccountRuntime:
         await self._evaluate_and_publish(record=False)
 
     def _apply(self, event: Event) -> None:
+        was_fresh = self.view.fresh
         self.view = reduce(self.view, event)
-        self._changed.set()
+        if self.view.fresh and not was_fresh:
+            # `watch` has no staleness deadline while values are not fresh: give it one.
+            # (A later good poll only moves the deadline on; an early wake-up re-reads it.)
+            self._changed.set()
 
     # ---- alerts ----------------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ class Bridge:
         self.health: HealthServer | None = None
         self.store: AsyncStore | None = None
         self.dispatcher: Dispatcher | None = None
+        self.engine: AlertEngine | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         # Each poll runs /credits and /usage at once; a few spare connections keep alert
@@ -140,6 +141,7 @@ class Bridge:
             self.clock,
             dispatcher.names,
         )
+        self.engine = engine
         try:
             await engine.load()
         except StoreError as exc:
@@ -160,6 +162,7 @@ class Bridge:
                 concurrency=sem,
                 on_notices=dispatcher.wake,
                 alert_retry=self.retry_backoff,
+                spread=len(cfg.accounts) > 1,
             )
         self.publisher.set(self.topics.bridge_status, "online", Kind.STATUS)
         for runtime in self.accounts.values():
@@ -184,6 +187,8 @@ class Bridge:
                 await self.store.call(Store.compact, now)
             except StoreError:
                 continue  # logged by the store; the next hour tries again
+            if self.engine is not None:
+                self.engine.history_changed()
 
     # ---- callbacks from the publisher -------------------------------------------------------
 

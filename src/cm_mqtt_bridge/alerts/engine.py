@@ -63,6 +63,9 @@ class AlertEngine:
         self._states: dict[str, dict[str, RuleState]] = {a.id: {} for a in accounts}
         self._last: dict[str, Sample | None] = {a.id: None for a in accounts}
         self._thresholds: dict[str, dict[str, Decimal]] = {a.id: {} for a in accounts}
+        # The burn rate's 7-day anchor changes only when `now - 7 d` passes the next sample:
+        # cached with that time, it costs no database call on most polls.
+        self._anchors: dict[str, tuple[Sample | None, datetime | None]] = {}
 
     async def load(self) -> None:
         """Rule states, the last sample and thresholds set from HA, from the database."""
@@ -129,6 +132,22 @@ class AlertEngine:
 
     # ---- evaluation ----------------------------------------------------------------------
 
+    async def _anchor(self, account_id: str, at: datetime) -> Sample | None:
+        cached = self._anchors.get(account_id)
+        if (
+            cached is not None
+            and (cached[1] is None or at < cached[1])
+            and (cached[0] is None or cached[0].at <= at)
+        ):
+            return cached[0]
+        found = await self.store.call(Store.anchor, account_id, at)
+        self._anchors[account_id] = found
+        return found[0]
+
+    def history_changed(self) -> None:
+        """History was thinned: anchors are read again."""
+        self._anchors.clear()
+
     def status(self, account_id: str) -> AlertStatus:
         """What is known without evaluating (at start, from the database)."""
         acc = self._accounts[account_id]
@@ -152,7 +171,7 @@ class AlertEngine:
         if record and snap is not None and seen.usage is not None and seen.usage_current:
             sample = next_sample(prev, snap, seen.usage)
         latest = sample or prev
-        anchor = await self.store.call(Store.latest_sample, account_id, now - WINDOW)
+        anchor = await self._anchor(account_id, now - WINDOW)
         burn = burn_rate(latest, anchor, now)
         available = snap.available_micro if snap else None
         runway = runway_days(available, burn) if available is not None else None
@@ -186,6 +205,9 @@ class AlertEngine:
         states.update(changed)
         if sample is not None:
             self._last[account_id] = sample
+            cached = self._anchors.get(account_id)
+            if cached is not None and cached[1] is None:
+                self._anchors[account_id] = (cached[0], sample.at)
         for n in notices:
             log.info("%s: alert %s %s: %s", account_id, n.rule, n.kind, n.message)
         status = AlertStatus(

@@ -293,6 +293,16 @@ class Store:
         row = self._db.execute(sql + " ORDER BY at DESC LIMIT 1", args).fetchone()
         return _sample(row) if row else None
 
+    def anchor(self, account: str, at_or_before: datetime) -> tuple[Sample | None, datetime | None]:
+        """The last sample at or before a time, and when the next one was taken (until then
+        the answer stays the same)."""
+        found = self.latest_sample(account, at_or_before)
+        row = self._db.execute(
+            "SELECT MIN(at) FROM samples WHERE account = ? AND at > ?",
+            (account, at_or_before.timestamp()),
+        ).fetchone()
+        return found, _dt(row[0]) if row else None
+
     def samples(
         self, account: str | None = None, since: datetime | None = None
     ) -> Iterator[tuple[str, Sample]]:
