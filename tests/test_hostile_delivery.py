@@ -126,7 +126,7 @@ async def dispatching(
 ) -> AsyncIterator[tuple[Dispatcher, AsyncStore]]:
     store = AsyncStore(Store(data / DB_NAME))
     dispatcher = Dispatcher(
-        store, channels, SystemClock(), retry_wait_max=0.05, store_retry=(0.05, 0.1), **kwargs
+        store, channels, SystemClock(), retry_wait=(0.05, 0.05), store_retry=(0.05, 0.1), **kwargs
     )
     tasks = [asyncio.create_task(dispatcher.run_channel(c)) for c in channels]
     try:

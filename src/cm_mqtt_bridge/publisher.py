@@ -68,6 +68,7 @@ class Publisher:
         on_connection: Callable[[bool], None] | None = None,
         readback_seconds: float = 3.0,
         rng: random.Random | None = None,
+        reconnect_backoff: tuple[float, float] = (1.0, MAX_BACKOFF),
     ) -> None:
         self._cfg = cfg
         self._topics = topics
@@ -77,6 +78,7 @@ class Publisher:
         self._on_readback = on_readback
         self._on_connection = on_connection
         self._readback_seconds = readback_seconds
+        self._reconnect = reconnect_backoff
         self._rng = rng or random.Random()
         self._desired: dict[str, _Entry] = {}
         self._sent: dict[str, bytes] = {}
@@ -148,11 +150,12 @@ class Publisher:
 
     async def run(self) -> None:
         """Connect, and reconnect with capped exponential backoff, until cancelled."""
-        backoff = 1.0
+        first, cap = self._reconnect
+        backoff = first
         while not self._stopping:
             try:
                 async with self.make_client() as client:
-                    backoff = 1.0
+                    backoff = first
                     await self._serve(client)
             except* aiomqtt.MqttError as group:
                 exc = group.exceptions[0]
@@ -180,7 +183,7 @@ class Publisher:
             if self._stopping:
                 return
             await self._clock.sleep(backoff * (0.8 + 0.4 * self._rng.random()))
-            backoff = min(MAX_BACKOFF, backoff * 2)
+            backoff = min(cap, backoff * 2)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._client = client

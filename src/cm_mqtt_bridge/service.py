@@ -51,13 +51,20 @@ class Bridge:
         dispatch_backoff: float = 5.0,
         restart_backoff: tuple[float, float] = (1.0, 60.0),
         retry_backoff: tuple[float, float] = (1.0, 60.0),
+        reconnect_backoff: tuple[float, float] = (1.0, 30.0),
+        delivery_retry_wait: tuple[float, float] = (0.5, 4.0),
     ) -> None:
+        """The keyword arguments are timings tests make short: read-back of retained
+        discovery, the delay before answering an HA birth, and backoffs (first, cap) for the
+        outbox, task restarts, alert-store retries, broker reconnects and one delivery's
+        attempts."""
         self.config = config
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.topics = Topics(base=config.mqtt.base_topic, prefix=config.mqtt.discovery_prefix)
         self.dispatch_backoff = dispatch_backoff
         self.retry_backoff = retry_backoff
+        self.delivery_retry_wait = delivery_retry_wait
         self.metrics = Metrics()
         self.accounts: dict[str, AccountRuntime] = {}
         self.births = Births(self.clock, self.rng, self._resend, delay=birth_delay)
@@ -72,6 +79,7 @@ class Bridge:
             on_connection=self._on_connection,
             readback_seconds=readback_seconds,
             rng=self.rng,
+            reconnect_backoff=reconnect_backoff,
         )
         self.supervisor = Supervisor(
             self.clock,
@@ -131,6 +139,7 @@ class Bridge:
             self.clock,
             backoff_base=self.dispatch_backoff,
             store_retry=self.retry_backoff,
+            retry_wait=self.delivery_retry_wait,
             on_refused=lambda channel: self.metrics.alert_failed.labels(channel).inc(),
         )
         self.dispatcher = dispatcher

@@ -32,7 +32,7 @@ class Dispatcher:
         *,
         attempts: int = 3,
         backoff_base: float = 5.0,
-        retry_wait_max: float = 4.0,
+        retry_wait: tuple[float, float] = (0.5, 4.0),
         store_retry: tuple[float, float] = STORE_RETRY,
         on_refused: Callable[[str], None] = lambda channel: None,
     ) -> None:
@@ -41,7 +41,7 @@ class Dispatcher:
         self._clock = clock
         self._attempts = attempts
         self._backoff_base = backoff_base
-        self._retry_wait_max = retry_wait_max
+        self._retry_wait = retry_wait  # between attempts of one delivery: first, cap
         self._store_retry = store_retry
         self._on_refused = on_refused
         self._wake = {c.name: asyncio.Event() for c in self.channels}
@@ -121,7 +121,7 @@ class Dispatcher:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception(_retryable),
                     stop=stop_after_attempt(self._attempts),
-                    wait=wait_exponential(multiplier=0.5, max=self._retry_wait_max),
+                    wait=wait_exponential(multiplier=self._retry_wait[0], max=self._retry_wait[1]),
                     sleep=self._clock.sleep,
                     reraise=True,
                 ):
