@@ -51,7 +51,7 @@ class Recorder:
         self.started = time.monotonic()
         self.calls: list[tuple[float, Snapshot]] = []
 
-    async def __call__(self, snap: Snapshot) -> None:
+    def __call__(self, snap: Snapshot) -> None:
         self.calls.append((time.monotonic() - self.started, snap))
 
 

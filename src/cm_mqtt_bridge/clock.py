@@ -35,6 +35,14 @@ async def wait_event(clock: Clock, event: asyncio.Event, timeout: float) -> bool
     """Wait for `event` or `timeout` seconds on the injected clock; True if the event fired."""
     if event.is_set():
         return True
+    if type(clock) is SystemClock:
+        # The real clock (every poll waits here): a deadline on the loop, no extra tasks.
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                await event.wait()
+        except TimeoutError:
+            pass
+        return event.is_set()
     waiter = asyncio.ensure_future(event.wait())
     sleeper = asyncio.ensure_future(clock.sleep(timeout))
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 
 import aiohttp
@@ -59,11 +59,16 @@ async def fetch_snapshot(
     clock: Clock,
     *,
     usage_deadline: float,
-    on_balance: Callable[[Snapshot], Awaitable[None]] | None = None,
+    on_balance: Callable[[Snapshot], None] | None = None,
 ) -> Snapshot:
     """`on_balance` is called with a PENDING snapshot as soon as the balance is known while
     /usage is still running, so a slow /usage never delays the balance."""
-    usage_task = asyncio.create_task(asyncio.wait_for(client.get_usage(), usage_deadline))
+
+    async def usage_within_deadline() -> UsageWire:
+        async with asyncio.timeout(usage_deadline):
+            return await client.get_usage()
+
+    usage_task = asyncio.create_task(usage_within_deadline())
     try:
         credits = await client.get_credits()
     except BaseException:
@@ -79,14 +84,17 @@ async def fetch_snapshot(
         usage=None,
         usage_state=UsageState.PENDING,
     )
+    early: asyncio.TimerHandle | None = None
     if on_balance is not None and not usage_task.done():
         # Usually /usage answers at about the same time: wait a moment before publishing
         # the balance alone, so a normal poll publishes one state, not two.
-        await asyncio.wait({usage_task}, timeout=PARTIAL_GRACE)
-        if not usage_task.done():
-            await on_balance(snap)
+        def balance_first() -> None:
+            if not usage_task.done():
+                on_balance(snap)
+
+        early = asyncio.get_running_loop().call_later(PARTIAL_GRACE, balance_first)
     try:
-        usage_wire = await usage_task
+        usage_wire = await _settled(usage_task, early)
     except TimeoutError:
         failure = client.retrying.get("usage")
         if failure is not None:
@@ -108,3 +116,11 @@ async def fetch_snapshot(
         log.warning("%s: %s; usage dropped for this poll", account_id, msg)
         return replace(snap, usage_state=UsageState.CURRENCY_MISMATCH, usage_error=msg)
     return replace(snap, usage=usage_from_wire(usage_wire), usage_state=UsageState.OK)
+
+
+async def _settled(task: asyncio.Task[UsageWire], early: asyncio.TimerHandle | None) -> UsageWire:
+    try:
+        return await task
+    finally:
+        if early is not None:
+            early.cancel()

@@ -49,23 +49,30 @@ class Metrics:
             registry=r,
         )
 
+        self._gauges: dict[tuple[str, str], tuple[Gauge, Gauge, tuple[Gauge, ...]]] = {}
+
     def poll(self, account: str, result: str, seconds: float) -> None:
         self.polls.labels(account, result).inc()
         if result == "ok":
             self.latency.labels(account).observe(seconds)
 
     def snapshot(self, snap: Snapshot) -> None:
-        cur = snap.currency
-        self.balance.labels(snap.account_id, cur).set(float(micro_to_decimal(snap.balance_micro)))
-        self.available.labels(snap.account_id, cur).set(
-            float(micro_to_decimal(snap.available_micro))
-        )
+        key = (snap.account_id, snap.currency)
+        gauges = self._gauges.get(key)
+        if gauges is None:
+            # Looking a labelled child up costs more than setting it: once per account.
+            account, cur = key
+            gauges = self._gauges[key] = (
+                self.balance.labels(account, cur),
+                self.available.labels(account, cur),
+                tuple(self.spend.labels(account, cur, w.api) for w in Window),
+            )
+        balance, available, spend = gauges
+        balance.set(float(micro_to_decimal(snap.balance_micro)))
+        available.set(float(micro_to_decimal(snap.available_micro)))
         if snap.usage is not None:
-            for window in Window:
-                cost = snap.usage.get(window).cost_micro
-                self.spend.labels(snap.account_id, cur, window.api).set(
-                    float(micro_to_decimal(cost))
-                )
+            for window, gauge in zip(Window, spend, strict=True):
+                gauge.set(float(micro_to_decimal(snap.usage.get(window).cost_micro)))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

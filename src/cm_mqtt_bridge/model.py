@@ -67,9 +67,8 @@ class Usage:
     monthly: WindowUsage
 
     def get(self, window: Window) -> WindowUsage:
-        return {Window.DAY: self.daily, Window.WEEK: self.weekly, Window.MONTH: self.monthly}[
-            window
-        ]
+        usage: WindowUsage = getattr(self, window.api)
+        return usage
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from .discovery import Announced, device_payload
 from .entities import entities_for
 from .fetch import fetch_snapshot
 from .metrics import Metrics
-from .model import Snapshot
+from .model import Snapshot, Window
 from .publisher import Publisher
 from .render import dumps, render
 from .topics import Kind, Topics
@@ -72,6 +72,7 @@ class AccountRuntime:
         self.entities = entities_for(self.rules)
         self.view = AccountView(alerts=engine.status(cfg.id) if engine else None)
         self.doc: dict[str, Any] | None = None  # the state document published last
+        self._rendered_key: tuple[object, ...] | None = None
         self.currency: str | None = None
         self.removed: dict[str, str] = {}  # components to remove in the next discovery
         self.polls = 0
@@ -181,7 +182,7 @@ class AccountRuntime:
         self._succeeded(snap, partial=False)
         await self._evaluate_and_publish(record=True)
 
-    async def _on_balance(self, snap: Snapshot) -> None:
+    def _on_balance(self, snap: Snapshot) -> None:
         # The balance is known while /usage is still running: publish it now.
         self._succeeded(snap, partial=True)
         self.publish()
@@ -223,11 +224,11 @@ class AccountRuntime:
     async def _evaluate_and_publish(self, *, record: bool) -> None:
         # Values and alerts go out together; but a slow or locked alert store must not hold
         # the values back: after a moment they go first.
-        evaluation = asyncio.ensure_future(self._evaluate(record=record))
-        done, _ = await asyncio.wait({evaluation}, timeout=EVALUATION_GRACE)
-        if not done:
-            self.publish()
-        await evaluation
+        early = asyncio.get_running_loop().call_later(EVALUATION_GRACE, self.publish)
+        try:
+            await self._evaluate(record=record)
+        finally:
+            early.cancel()
         self.publish()
 
     async def _evaluate(self, *, record: bool) -> bool:
@@ -288,6 +289,10 @@ class AccountRuntime:
     # ---- publishing ------------------------------------------------------------------------
 
     def publish(self) -> None:
+        key = _render_key(self.view)
+        if key == self._rendered_key:
+            return  # nothing shown changed (only the poll time): render would publish nothing
+        self._rendered_key = key
         rendered = render(
             self.id,
             self.view,
@@ -323,3 +328,19 @@ class AccountRuntime:
         current = set(self.discovery()["cmps"])
         self.removed = {k: p for k, p in found.components.items() if k not in current}
         self.set_discovery()
+
+
+def _render_key(view: AccountView) -> tuple[object, ...]:
+    """Everything `render` reads, but the poll time: equal keys render equal documents."""
+    snap = view.snapshot
+    return (
+        None if snap is None else (snap.currency, snap.balance_micro, snap.holds_micro),
+        view.usage,
+        None if view.usage_at is None else tuple(w.start(view.usage_at) for w in Window),
+        view.usage_state,
+        view.api_status,
+        view.connected,
+        view.error,
+        view.alerts,
+        view.fresh,
+    )
