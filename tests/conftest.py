@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, discard
 from tests.standin import CrossModelStandin
 
 KEY = "cm-test-0123456789abcdefSECRET"
@@ -25,7 +25,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker = Mosquitto(tmp_path)
     broker.start()
     yield broker
-    broker.stop()
+    discard(broker)
 
 
 @pytest.fixture(autouse=True)

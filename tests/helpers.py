@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import sqlite3
 import sys
@@ -123,11 +124,23 @@ def run_main(
     capsys: pytest.CaptureFixture[str],
     *args: str,
     env: Mapping[str, str],
+    stdin: str | None = None,
     secrets: Sequence[str] = (),
 ) -> Result:
-    """`cm_mqtt_bridge.cli.main(ARGS, env)` in-process: much faster than a subprocess."""
+    """`cm_mqtt_bridge.cli.main(ARGS, env)` in-process: much faster than a subprocess. `stdin`
+    is what it reads from standard input; an argparse exit (`--version`, a usage error) is
+    its exit code. Commands that call `asyncio.run` (status, check, …) need a thread of their
+    own from an async test: `await asyncio.to_thread(run_main, capsys, ...)`."""
     capsys.readouterr()
-    code = main(list(args), env)
+    real_stdin = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.StringIO(stdin)
+    try:
+        code = main(list(args), env)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    finally:
+        sys.stdin = real_stdin
     out, err = capsys.readouterr()
     result = Result(code, out, err)
     check_output(result, secrets)

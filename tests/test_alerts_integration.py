@@ -39,8 +39,9 @@ HOLDS = 125_000  # the stand-in's uncollected_micro
 THRESHOLD = 5_000_000
 LOW = {"low_balance": {"below": "5.00", "margin": "0.50"}}
 # A channel that failed tries again after this long (5 s in production): long enough for a
-# test to see the failure and bring the receiver back, short enough not to wait for it.
-DISPATCH_BACKOFF = 1.0
+# test to see the failure and bring the receiver back (tens of ms), short enough not to wait
+# for it.
+DISPATCH_BACKOFF = 0.5
 
 
 @pytest.fixture
@@ -82,13 +83,17 @@ def alert_config(
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Bridge]:
+async def running(
+    config: Config, dispatch_backoff: float = DISPATCH_BACKOFF
+) -> AsyncIterator[Bridge]:
     bridge = Bridge(
         config,
         readback_seconds=0.1,
-        dispatch_backoff=DISPATCH_BACKOFF,
+        dispatch_backoff=dispatch_backoff,
         restart_backoff=(0.1, 1.0),
         retry_backoff=(0.1, 1.0),
+        reconnect_backoff=(0.05, 0.2),
+        delivery_retry_wait=(0.02, 0.05),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
@@ -306,7 +311,7 @@ async def test_ntfy_down_when_the_alert_fires_delivers_once_it_is_back(
             ntfy.recover()
         else:
             await ntfy.start()
-        # Sent once its backoff is over (1 s here), not after a second, longer one.
+        # Sent once its backoff is over (0.5 s here), not after a second, longer one.
         (delivered,) = await ntfy.wait_for(
             lambda r: r.ntfy(TOPIC, ok_only=True),
             timeout=DISPATCH_BACKOFF + 4,
@@ -351,24 +356,66 @@ async def fire_while_the_broker_is_down(
     )
 
 
+class ConnectGate:
+    """Holds the bridge's MQTT connection attempts while closed. The bridge reconnects within
+    ~0.1 s here, so a test closes the gate to subscribe to a restarted broker first."""
+
+    def __init__(self, bridge: Bridge, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.opened = asyncio.Event()
+        self.opened.set()
+        self.connecting = 0
+        make_client = bridge.publisher.make_client
+        gate = self
+
+        class Gated:
+            def __init__(self, client: Any) -> None:
+                self.client = client
+
+            async def __aenter__(self) -> Any:
+                await gate.opened.wait()
+                gate.connecting += 1
+                try:
+                    return await self.client.__aenter__()
+                finally:
+                    gate.connecting -= 1
+
+            async def __aexit__(self, *exc: Any) -> Any:
+                return await self.client.__aexit__(*exc)
+
+        monkeypatch.setattr(
+            bridge.publisher, "make_client", lambda *, probe=False: Gated(make_client(probe=probe))
+        )
+
+    async def close(self) -> None:
+        """Closed, and no attempt that passed before is still under way."""
+        self.opened.clear()
+        await until(lambda: self.connecting == 0, what="no connection attempt under way")
+
+
 async def test_broker_down_when_the_alert_fires_publishes_it_after_reconnect(
     standin: CrossModelStandin,
     mosquitto: Mosquitto,
     ntfy: Receivers,
     hook: Receivers,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = tmp_path / "data"
     config = alert_config(standin, mosquitto, ntfy, hook, data)
-    async with running(config) as bridge:
+    # A backoff far longer than the test: what goes out on reconnect did not wait for it.
+    async with running(config, dispatch_backoff=60.0) as bridge:
+        gate = ConnectGate(bridge, monkeypatch)
         await fire_while_the_broker_is_down(bridge, standin, mosquitto, data)
         # The push channels did not wait for the broker.
         assert [p.header("X-Message-Id") for p in ntfy.posts] == ["main.low_balance.1"]
         assert [p.header("X-CM-Bridge-Id") for p in hook.posts] == ["main.low_balance.1"]
 
         connections = bridge.publisher.connections
+        # The recorder subscribes to the restarted broker before the bridge is let back on.
+        await gate.close()
         await asyncio.to_thread(mosquitto.start)
         async with recording(mosquitto.port) as rec:
+            gate.opened.set()
             await until(
                 lambda: (
                     bridge.publisher.connections > connections

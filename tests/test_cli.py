@@ -1,5 +1,6 @@
-"""The real console script, run as a subprocess against the stand-in server (configuration
-errors in-process through `cli.main`: the same code, without starting Python for each)."""
+"""The command line against the stand-in server: in-process through `cli.main(argv, env)` (the
+same code, without starting Python for each run), plus smoke tests through the real console
+script as a subprocess (status, a configuration error, set-api-key)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import json
 import socket
 import stat
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,24 @@ def env(base_env: dict[str, str], standin: CrossModelStandin) -> dict[str, str]:
 
 
 async def cli(*args: str, env: Mapping[str, str], stdin: str | None = None) -> Result:
+    """The real console script, as a subprocess."""
     return await run_cli(*args, env=env, stdin=stdin, secrets=SECRETS)
+
+
+Main = Callable[..., Awaitable[Result]]
+
+
+@pytest.fixture
+def main(capsys: pytest.CaptureFixture[str]) -> Main:
+    """`cli.main(ARGS, env)` in-process, on a thread of its own: `status` calls `asyncio.run`,
+    and the stand-in keeps answering on the test's loop meanwhile."""
+
+    async def run(*args: str, env: Mapping[str, str], stdin: str | None = None) -> Result:
+        return await asyncio.to_thread(
+            run_main, capsys, *args, env=env, stdin=stdin, secrets=SECRETS
+        )
+
+    return run
 
 
 # ---- status -------------------------------------------------------------------------------
@@ -68,9 +86,9 @@ async def test_status_text(env: dict[str, str], standin: CrossModelStandin) -> N
 
 
 async def test_status_json_has_exact_micro_values(
-    env: dict[str, str], standin: CrossModelStandin
+    env: dict[str, str], standin: CrossModelStandin, main: Main
 ) -> None:
-    result = await cli("status", "--json", env=env)
+    result = await main("status", "--json", env=env)
     assert result.code == 0, result.err
     doc = json.loads(result.out)
     [acc] = doc["accounts"]
@@ -122,11 +140,11 @@ async def test_status_json_has_exact_micro_values(
 
 
 async def test_status_shows_the_currency_code_never_a_dollar(
-    env: dict[str, str], standin: CrossModelStandin
+    env: dict[str, str], standin: CrossModelStandin, main: Main
 ) -> None:
     standin.credits["currency"] = "eur"
     standin.usage["currency"] = "EUR"
-    result = await cli("status", env=env)
+    result = await main("status", env=env)
     assert result.code == 0, result.err
     assert result.out == EXPECTED_TEXT.replace("USD", "EUR")
     assert "$" not in result.out
@@ -134,10 +152,10 @@ async def test_status_shows_the_currency_code_never_a_dollar(
 
 
 async def test_status_usage_unavailable_keeps_the_balance(
-    env: dict[str, str], standin: CrossModelStandin
+    env: dict[str, str], standin: CrossModelStandin, main: Main
 ) -> None:
     standin.always["usage"] = Reply(status=500, json={})
-    result = await cli("status", env={**env, "CM_MQTT_BRIDGE__POLL__RETRIES": "0"})
+    result = await main("status", env={**env, "CM_MQTT_BRIDGE__POLL__RETRIES": "0"})
     assert result.code == 0, result.err
     assert result.out.splitlines() == [
         "CrossModel · Default (default)",
@@ -149,9 +167,12 @@ async def test_status_usage_unavailable_keeps_the_balance(
     assert "usage figures were not available for every account (balance is current)" in (result.err)
 
 
-async def test_status_auth_failure_exits_1(env: dict[str, str], standin: CrossModelStandin) -> None:
+async def test_status_auth_failure_exits_1(
+    env: dict[str, str], standin: CrossModelStandin, main: Main
+) -> None:
     standin.always["credits"] = Reply(status=401, json={"error": f"bad key {CLI_KEY}"})
-    text, as_json = await asyncio.gather(cli("status", env=env), cli("status", "--json", env=env))
+    text = await main("status", env=env)
+    as_json = await main("status", "--json", env=env)
     assert (text.code, as_json.code) == (1, 1)
     assert text.out == (
         "CrossModel · Default (default)\n"
@@ -172,7 +193,7 @@ async def test_status_auth_failure_exits_1(env: dict[str, str], standin: CrossMo
 
 
 async def test_status_upstream_unreachable_exits_1(
-    env: dict[str, str], standin: CrossModelStandin
+    env: dict[str, str], standin: CrossModelStandin, main: Main
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -180,7 +201,8 @@ async def test_status_upstream_unreachable_exits_1(
     standin.always["credits"] = Reply(status=500, body=f"<html>{CLI_KEY}</html>".encode())
     no_retry = {**env, "CM_MQTT_BRIDGE__POLL__RETRIES": "0"}
     refused = {**no_retry, "CROSSMODEL_API_URL": f"http://127.0.0.1:{closed_port}/v1"}
-    http_500, conn = await asyncio.gather(cli("status", env=no_retry), cli("status", env=refused))
+    http_500 = await main("status", env=no_retry)
+    conn = await main("status", env=refused)
     assert http_500.code == 1
     assert http_500.out == (
         "CrossModel · Default (default)\n  Error      unreachable: /credits: HTTP 500\n"
@@ -193,11 +215,10 @@ async def test_status_upstream_unreachable_exits_1(
 
 
 async def test_verbose_flag_before_or_after_the_command(
-    env: dict[str, str], standin: CrossModelStandin
+    env: dict[str, str], standin: CrossModelStandin, main: Main
 ) -> None:
-    before, after = await asyncio.gather(
-        cli("-v", "status", env=env), cli("status", "--verbose", env=env)
-    )
+    before = await main("-v", "status", env=env)
+    after = await main("status", "--verbose", env=env)
     for result in (before, after):
         assert result.code == 0, result.err
         assert result.out == EXPECTED_TEXT
@@ -205,7 +226,7 @@ async def test_verbose_flag_before_or_after_the_command(
 
 
 async def test_config_and_api_url_flags(
-    base_env: dict[str, str], standin: CrossModelStandin, tmp_path: Path
+    base_env: dict[str, str], standin: CrossModelStandin, tmp_path: Path, main: Main
 ) -> None:
     key_file = tmp_path / "secret"
     key_file.write_text(f"'{CLI_KEY}'\n")
@@ -222,10 +243,8 @@ async def test_config_and_api_url_flags(
         "CROSSMODEL_API_KEY": CLI_KEY,
         "CROSSMODEL_API_URL": "https://api.crossmodel.invalid/v1",
     }
-    from_file, from_flag = await asyncio.gather(
-        cli("status", "--config", str(config), env=base_env),
-        cli("status", "--api-url", standin.url, env=env_url),
-    )
+    from_file = await main("status", "--config", str(config), env=base_env)
+    from_flag = await main("status", "--api-url", standin.url, env=env_url)
     assert from_file.code == 0, from_file.err
     assert from_file.out == EXPECTED_TEXT.replace("Default (default)", "Main wallet (main)")
     assert from_flag.code == 0, from_flag.err
@@ -241,10 +260,7 @@ def config_error(*problems: str) -> str:
 
 
 async def test_bad_config_exits_2(
-    env: dict[str, str],
-    standin: CrossModelStandin,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str], standin: CrossModelStandin, tmp_path: Path, main: Main
 ) -> None:
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text(f"accounts:\n  - id: main\n    api_key: {CLI_KEY}: oops\n")
@@ -321,10 +337,8 @@ async def test_bad_config_exits_2(
         ),
     ]
     for name, extra, args, expected in cases:
-        # In-process, on a thread: the stand-in keeps answering, so a request would be seen.
-        result = await asyncio.to_thread(
-            run_main, capsys, "status", *args, env={**env, **extra}, secrets=SECRETS
-        )
+        # The stand-in keeps answering, so a request would be seen.
+        result = await main("status", *args, env={**env, **extra})
         assert (result.code, result.out, result.err) == (2, "", expected), name
     assert standin.seen == []
     # One of them through the real console script too.
@@ -336,8 +350,8 @@ async def test_bad_config_exits_2(
 # ---- version ------------------------------------------------------------------------------
 
 
-async def test_version(base_env: dict[str, str]) -> None:
-    result = await cli("--version", env=base_env)
+async def test_version(base_env: dict[str, str], main: Main) -> None:
+    result = await main("--version", env=base_env)
     assert result.code == 0
     assert result.out == f"cm-mqtt-bridge {__version__}\n"
 
@@ -345,12 +359,12 @@ async def test_version(base_env: dict[str, str]) -> None:
 # ---- config set-api-key -------------------------------------------------------------------
 
 
-def set_key(path: Path, typed: str, env: Mapping[str, str]) -> Awaitable[Result]:
-    return cli("config", "set-api-key", "--stdin", "--file", str(path), env=env, stdin=typed)
+def set_key(main: Main, path: Path, typed: str, env: Mapping[str, str]) -> Awaitable[Result]:
+    return main("config", "set-api-key", "--stdin", "--file", str(path), env=env, stdin=typed)
 
 
 async def test_set_api_key_writes_a_normalized_0600_file(
-    base_env: dict[str, str], tmp_path: Path
+    base_env: dict[str, str], tmp_path: Path, main: Main
 ) -> None:
     typed = [f"  {CLI_KEY}\n", f'"{CLI_KEY}"\n', f" '{CLI_KEY}' \n"]
     paths = [tmp_path / f"secrets{i}" / "crossmodel_key" for i in range(len(typed))]
@@ -358,9 +372,7 @@ async def test_set_api_key_writes_a_normalized_0600_file(
     existing.parent.mkdir()
     existing.write_text("cm-old\n")
     existing.chmod(0o644)
-    results = await asyncio.gather(
-        *(set_key(p, t, base_env) for p, t in zip(paths, typed, strict=True))
-    )
+    results = [await set_key(main, p, t, base_env) for p, t in zip(paths, typed, strict=True)]
     for path, result in zip(paths, results, strict=True):
         assert result.code == 0, result.err
         assert result.out == (
@@ -371,16 +383,18 @@ async def test_set_api_key_writes_a_normalized_0600_file(
         assert [p.name for p in path.parent.iterdir()] == ["crossmodel_key"]  # no temp file
 
 
-async def test_set_api_key_refuses_a_bad_key(base_env: dict[str, str], tmp_path: Path) -> None:
+async def test_set_api_key_refuses_a_bad_key(
+    base_env: dict[str, str], tmp_path: Path, main: Main
+) -> None:
     cases = [
         ("sk-Xq7ZpL0-not-crossmodel\n", "API key must start with 'cm-' (CrossModel keys do)"),
         ("\n", "API key is empty"),
         ("cm-Xq7ZpL0 two words\n", "API key contains whitespace or control characters"),
     ]
     paths = [tmp_path / f"key{i}" for i in range(len(cases))]
-    results = await asyncio.gather(
-        *(set_key(p, typed, base_env) for p, (typed, _) in zip(paths, cases, strict=True))
-    )
+    results = [
+        await set_key(main, p, typed, base_env) for p, (typed, _) in zip(paths, cases, strict=True)
+    ]
     for path, (_, message), result in zip(paths, cases, results, strict=True):
         assert (result.code, result.out, result.err) == (2, "", f"error: {message}\n")
         assert not path.exists()
@@ -388,14 +402,15 @@ async def test_set_api_key_refuses_a_bad_key(base_env: dict[str, str], tmp_path:
 
 
 async def test_stored_key_is_used_by_status(
-    base_env: dict[str, str], home: Path, standin: CrossModelStandin
+    base_env: dict[str, str], home: Path, standin: CrossModelStandin, main: Main
 ) -> None:
+    # set-api-key through the real console script; status in-process.
     result = await cli("config", "set-api-key", "--stdin", env=base_env, stdin=CLI_KEY)
     assert result.code == 0, result.err
     stored = home / ".config" / "cm-mqtt-bridge" / "api_key"
     assert stored.read_text() == f"{CLI_KEY}\n"
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
-    result = await cli("status", env={**base_env, "CROSSMODEL_API_URL": standin.url})
+    result = await main("status", env={**base_env, "CROSSMODEL_API_URL": standin.url})
     assert result.code == 0, result.err
     assert result.out == EXPECTED_TEXT
     assert standin.seen[0].headers["Authorization"] == f"Bearer {CLI_KEY}"

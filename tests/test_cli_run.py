@@ -1,4 +1,5 @@
-"""The console script as users run it: `run` (Will, SIGTERM) and `check`, in a subprocess."""
+"""The console script as users run it: `run` (Will, SIGTERM) and `check`, in a subprocess;
+the other `check` outcomes in-process through `cli.main` (the same code, started faster)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cm_mqtt_bridge.alerts.rules import BY_NAME
 from cm_mqtt_bridge.discovery import device_payload
 from cm_mqtt_bridge.entities import entities_for
 from cm_mqtt_bridge.topics import Topics
 from tests.conftest import KEY
-from tests.helpers import cli_process, run_cli
+from tests.helpers import cli_process, run_cli, run_main
 from tests.mosquitto import free_port
 from tests.mqtt_helpers import publish, recording
 from tests.standin import Reply
@@ -39,7 +42,17 @@ def env_for(tmp_path: Path, api_url: str, mqtt_port: int, **extra: str) -> dict[
 
 
 async def run_check(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """`check` through the real console script."""
     result = await run_cli("check", *args, env=env, cwd=tmp_path, timeout=15)
+    return result.code, result.out, result.err
+
+
+async def check_in_process(
+    capsys: pytest.CaptureFixture[str], env: dict[str, str], *args: str
+) -> tuple[int, str, str]:
+    """`check` through `cli.main`, on a thread (it calls `asyncio.run`) while the stand-in
+    answers on the test's loop. The caller chdirs to its tmp_path, as `run_check` runs there."""
+    result = await asyncio.to_thread(run_main, capsys, "check", *args, env=env)
     return result.code, result.out, result.err
 
 
@@ -118,10 +131,11 @@ async def test_check_prints_discovery_and_never_the_key(standin, mosquitto, tmp_
     assert [m.topic for m in rec.messages] == [MARKER]
 
 
-async def test_check_with_broker_down_fails(standin, tmp_path):
+async def test_check_with_broker_down_fails(standin, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     port = free_port()  # nothing listens here
     env = env_for(tmp_path, standin.url, port)
-    code, out, err = await run_check(tmp_path, env)
+    code, out, err = await check_in_process(capsys, env)
     assert code != 0
     assert f"MQTT broker 127.0.0.1:{port}: FAILED" in out
     assert out.rstrip().endswith("Some checks FAILED.")
@@ -130,22 +144,26 @@ async def test_check_with_broker_down_fails(standin, tmp_path):
 
 
 async def test_check_with_api_key_rejected_fails_and_prints_no_monetary_entities(
-    standin, mosquitto, tmp_path
+    standin, mosquitto, tmp_path, capsys, monkeypatch
 ):
+    monkeypatch.chdir(tmp_path)
     standin.always["credits"] = Reply(status=401)
     env = env_for(tmp_path, standin.url, mosquitto.port)
-    code, out, err = await run_check(tmp_path, env)
+    code, out, err = await check_in_process(capsys, env)
     assert code != 0
     assert "Account default: FAILED auth_failed" in out
     assert printed_payload(out, DEVICE) == expected(None)
     assert KEY not in out + err
 
 
-async def test_check_prints_what_run_would_publish_with_alert_rules(standin, mosquitto, tmp_path):
+async def test_check_prints_what_run_would_publish_with_alert_rules(
+    standin, mosquitto, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "config.yaml"
     cfg.write_text("alerts:\n  low_balance:\n    below: 5\n")
     env = env_for(tmp_path, standin.url, mosquitto.port)
-    code, out, err = await run_check(tmp_path, env, "--config", str(cfg))
+    code, out, err = await check_in_process(capsys, env, "--config", str(cfg))
     assert code == 0, out + err
     printed = printed_payload(out, DEVICE)
     assert {"alert_low_balance", "alert", "low_balance_below"} <= set(printed["cmps"])

@@ -34,7 +34,13 @@ REFRESH = f"{BASE}/refresh/set"
 DEVICE = "homeassistant/device/cm_main/config"
 TOPIC = "wallet"
 HOLDS = 125_000  # the stand-in's uncollected_micro
-FAST = {"restart_backoff": (0.1, 0.5), "retry_backoff": (0.1, 0.5), "dispatch_backoff": 0.1}
+FAST = {
+    "restart_backoff": (0.1, 0.5),
+    "retry_backoff": (0.1, 0.5),
+    "dispatch_backoff": 0.1,
+    "reconnect_backoff": (0.05, 0.2),
+    "delivery_retry_wait": (0.02, 0.05),
+}
 
 
 @pytest.fixture
@@ -199,14 +205,14 @@ async def test_values_turn_stale_while_a_poll_hangs(
     standin: CrossModelStandin, mosquitto: Mosquitto
 ) -> None:
     config = make_config(
-        standin.url, mosquitto.port, poll={"stale_after": 1.0, "credits_timeout": 30.0}
+        standin.url, mosquitto.port, poll={"stale_after": 0.5, "credits_timeout": 30.0}
     )
     availability = f"{BASE}/availability"
     async with recording(mosquitto.port) as rec, running(config):
         await rec.wait_topic(availability, "online")
         standin.queue("credits", Reply(json=standin.credits, delay=20))
         await publish(mosquitto.port, REFRESH, "PRESS")
-        # The poll hangs for 20 s; the values are stale after 1 s of it, not after the poll.
+        # The poll hangs for 20 s; the values are stale after 0.5 s of it, not after the poll.
         await rec.wait_topic(availability, "offline", timeout=5)
 
 

@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from cm_mqtt_bridge.demo import run_demo
 from cm_mqtt_bridge.service import Bridge
-from tests.helpers import clean_env, run_cli, until
+from tests.helpers import clean_env, run_cli, run_main, until
 from tests.mosquitto import free_port
 from tests.mqtt_helpers import make_config, recording
 
@@ -21,7 +22,7 @@ async def _get(url: str) -> tuple[int, str]:
         return resp.status, await resp.text()
 
 
-async def test_healthz_and_metrics_follow_the_bridge(standin, mosquitto, tmp_path):
+async def test_healthz_and_metrics_follow_the_bridge(standin, mosquitto, tmp_path, capsys):
     config = make_config(
         standin.url, mosquitto.port, extra={"health": {"enabled": True, "port": 0}}
     )
@@ -56,16 +57,21 @@ async def test_healthz_and_metrics_follow_the_bridge(standin, mosquitto, tmp_pat
     status, body = await _get(f"{base}/healthz")
     assert status == 503
     assert '"broker_connected": false' in body
-    bad = await run_cli("healthcheck", "--url", f"{base}/healthz", env=env)
+    # In-process (on a thread: it calls asyncio.run) while the bridge runs on this loop.
+    bad = await asyncio.to_thread(
+        run_main, capsys, "healthcheck", "--url", f"{base}/healthz", env=env
+    )
     assert bad.code == 1
     stop.set()
     await asyncio.wait_for(task, 5)
 
 
-async def test_healthcheck_without_a_bridge_fails_clearly(tmp_path: Path) -> None:
+def test_healthcheck_without_a_bridge_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     port = free_port()
-    result = await run_cli(
-        "healthcheck", env=clean_env(tmp_path, CM_MQTT_BRIDGE__HEALTH__PORT=str(port))
+    result = run_main(
+        capsys, "healthcheck", env=clean_env(tmp_path, CM_MQTT_BRIDGE__HEALTH__PORT=str(port))
     )
     assert result.code == 1
     assert f"unhealthy: http://127.0.0.1:{port}/healthz" in result.out
@@ -73,8 +79,9 @@ async def test_healthcheck_without_a_bridge_fails_clearly(tmp_path: Path) -> Non
 
 async def test_demo_shows_a_low_balance_alert_and_a_topup():
     out = io.StringIO()
-    # Twenty times faster than the real demo: crossing at ~1.5 s, top-up at ~2.25 s.
-    code = await run_demo(4.0, {}, out, speed=20)
+    # Thirty times faster than the real demo: crossing at ~1 s, top-up at ~1.5 s, both seen
+    # by ~1.7 s even with another process keeping a core busy; it runs for 2.75 s.
+    code = await run_demo(2.75, {}, out, speed=30)
     text = out.getvalue()
     assert code == 0
     assert "Started a private Mosquitto" in text

@@ -1,7 +1,8 @@
-"""`cm-mqtt-bridge history --csv`: the real console script on a prepared data dir."""
+"""`cm-mqtt-bridge history --csv` on a prepared data dir, in-process through `cli.main`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from cm_mqtt_bridge.alerts.history import Sample
 from cm_mqtt_bridge.alerts.store import DB_NAME, Store
-from tests.helpers import clean_env, run_cli
+from tests.helpers import clean_env, run_main
 
 KEY = "cm-history-0123456789abcdef"
 T0 = datetime(2026, 3, 1, 23, 0, tzinfo=UTC)
@@ -61,74 +62,73 @@ def env(tmp_path: Path) -> dict[str, str]:
     return clean_env(home, CROSSMODEL_API_KEY=KEY)
 
 
-async def history(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    result = await run_cli("history", *args, env=env, secrets=[KEY])
-    return result.code, result.out, result.err
+History = Callable[..., tuple[int, str, str]]
 
 
-async def test_all_samples_as_csv(env: dict[str, str], data_dir: Path) -> None:
-    code, out, err = await history(env, "--csv", "--data-dir", str(data_dir))
+@pytest.fixture
+def history(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> History:
+    def run(*args: str) -> tuple[int, str, str]:
+        result = run_main(capsys, "history", *args, env=env, secrets=[KEY])
+        return result.code, result.out, result.err
+
+    return run
+
+
+def test_all_samples_as_csv(history: History, data_dir: Path) -> None:
+    code, out, err = history("--csv", "--data-dir", str(data_dir))
     assert code == 0, err
     assert out == "\n".join([HEADER, *ROWS]) + "\n"
 
 
-async def test_one_account_since_a_date(env: dict[str, str], data_dir: Path) -> None:
-    code, out, err = await history(
-        env, "--csv", "--account", "default", "--since", "2026-03-02", "--data-dir", str(data_dir)
+def test_one_account_since_a_date(history: History, data_dir: Path) -> None:
+    code, out, err = history(
+        "--csv", "--account", "default", "--since", "2026-03-02", "--data-dir", str(data_dir)
     )
     assert code == 0, err
     assert out == "\n".join([HEADER, ROWS[1], ROWS[2]]) + "\n"
 
 
-async def test_since_with_a_time_zone(env: dict[str, str], data_dir: Path) -> None:
+def test_since_with_a_time_zone(history: History, data_dir: Path) -> None:
     # 13:00 at +01:00 is 12:00 UTC: only the 12:30 sample is at or after it.
-    code, out, err = await history(
-        env, "--csv", "--since", "2026-03-02T13:00:00+01:00", "--data-dir", str(data_dir)
+    code, out, err = history(
+        "--csv", "--since", "2026-03-02T13:00:00+01:00", "--data-dir", str(data_dir)
     )
     assert code == 0, err
     assert out == "\n".join([HEADER, ROWS[2]]) + "\n"
 
 
-async def test_since_the_exact_time_of_a_sample_includes_it(
-    env: dict[str, str], data_dir: Path
-) -> None:
-    code, out, err = await history(
-        env, "--csv", "--since", "2026-03-01T22:00:00", "--data-dir", str(data_dir)
-    )
+def test_since_the_exact_time_of_a_sample_includes_it(history: History, data_dir: Path) -> None:
+    code, out, err = history("--csv", "--since", "2026-03-01T22:00:00", "--data-dir", str(data_dir))
     assert code == 0, err
     assert out == "\n".join([HEADER, *ROWS]) + "\n"
-    code, out, err = await history(
-        env, "--csv", "--since", "2026-03-01T22:00:01", "--data-dir", str(data_dir)
-    )
+    code, out, err = history("--csv", "--since", "2026-03-01T22:00:01", "--data-dir", str(data_dir))
     assert code == 0, err
     assert out == "\n".join([HEADER, *ROWS[:3]]) + "\n"
 
 
-async def test_an_account_no_longer_configured_cannot_be_asked_for(
-    env: dict[str, str], data_dir: Path
+def test_an_account_no_longer_configured_cannot_be_asked_for(
+    history: History, data_dir: Path
 ) -> None:
-    code, out, err = await history(env, "--csv", "--account", "old", "--data-dir", str(data_dir))
+    code, out, err = history("--csv", "--account", "old", "--data-dir", str(data_dir))
     assert (code, out) == (2, "")
     assert "unknown account 'old'" in err
 
 
-async def test_unknown_account_exits_2(env: dict[str, str], data_dir: Path) -> None:
-    code, out, err = await history(env, "--csv", "--account", "nope", "--data-dir", str(data_dir))
+def test_unknown_account_exits_2(history: History, data_dir: Path) -> None:
+    code, out, err = history("--csv", "--account", "nope", "--data-dir", str(data_dir))
     assert (code, out) == (2, "")
     assert "unknown account 'nope'" in err
 
 
-async def test_no_database_exits_1(env: dict[str, str], tmp_path: Path) -> None:
+def test_no_database_exits_1(history: History, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
-    code, out, err = await history(env, "--csv", "--data-dir", str(empty))
+    code, out, err = history("--csv", "--data-dir", str(empty))
     assert (code, out) == (1, "")
     assert f"no history yet: {empty / DB_NAME} does not exist" in err
     assert not (empty / DB_NAME).exists()  # looking did not create it
 
 
-async def test_bad_since_is_a_usage_error(env: dict[str, str], data_dir: Path) -> None:
-    code, out, err = await history(
-        env, "--csv", "--since", "yesterday", "--data-dir", str(data_dir)
-    )
+def test_bad_since_is_a_usage_error(history: History, data_dir: Path) -> None:
+    code, out, err = history("--csv", "--since", "yesterday", "--data-dir", str(data_dir))
     assert (code, out) == (2, "")
     assert "'yesterday' is not a date like 2026-11-01" in err

@@ -12,7 +12,7 @@ import pytest
 
 from cm_mqtt_bridge.service import Bridge
 from tests.helpers import until
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, discard
 from tests.mqtt_helpers import make_config
 
 PASSWORD = "broker-pass-7f3k"
@@ -131,7 +131,7 @@ async def test_tls_with_the_ca_file_publishes_state(standin, tmp_path, certs):
         await asyncio.wait_for(task, 10)
         assert message.payload == b"8.059489"
     finally:
-        broker.stop()
+        discard(broker)
 
 
 async def test_tls_refuses_an_unknown_ca_unless_told_to_be_insecure(
@@ -148,7 +148,7 @@ async def test_tls_refuses_an_unknown_ca_unless_told_to_be_insecure(
         insecure = make_config(standin.url, broker.port, tls=True, tls_insecure=True)
         assert await _run_until_connected(Bridge(insecure, readback_seconds=0.2), 5)
     finally:
-        broker.stop()
+        discard(broker)
 
 
 async def test_username_and_password(standin, tmp_path, caplog):
@@ -178,4 +178,4 @@ async def test_username_and_password(standin, tmp_path, caplog):
             PASSWORD in r.getMessage() or "nope-123" in r.getMessage() for r in caplog.records
         )
     finally:
-        broker.stop()
+        discard(broker)

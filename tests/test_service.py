@@ -30,7 +30,7 @@ from tests.mqtt_helpers import (
     publish,
     recording,
 )
-from tests.standin import Reply
+from tests.standin import CrossModelStandin, Reply, Seen
 
 TOPICS = Topics(base="cm_mqtt_bridge", prefix="homeassistant")
 STATE = "cm_mqtt_bridge/main/state"
@@ -332,7 +332,8 @@ async def test_refresh_all_polls_every_account(standin, mosquitto):
 
 
 async def test_refreshes_inside_the_window_collapse_into_one_deferred_poll(standin, mosquitto):
-    config = make_config(standin.url, mosquitto.port, poll={"min_refresh_interval": 1.0})
+    window = 0.4
+    config = make_config(standin.url, mosquitto.port, poll={"min_refresh_interval": window})
     started = time.monotonic()
     async with recording(mosquitto.port) as rec, running(config):
         await settled(rec)
@@ -341,15 +342,24 @@ async def test_refreshes_inside_the_window_collapse_into_one_deferred_poll(stand
         standin.credits["balance_micro"] = 7_000_000
         for _ in range(3):
             await refresh(mosquitto.port)
-        assert time.monotonic() - started < 0.8  # all three inside the window
-        got, _ = await wait_state(rec, lambda d: d["balance"] == "7", after=index, timeout=2)
+        first, *_ = credits_requests(standin)
+        # All three inside the window (the first poll's request came just after it opened).
+        assert time.monotonic() - first.at < window * 0.75
+        await wait_state(rec, lambda d: d["balance"] == "7", after=index, timeout=2)
+        _, second = credits_requests(standin)
         # A leftover poll would run at the end of the next window: no event can stand in
         # for it not happening, so this waits out that window (inherent to the behaviour).
-        await asyncio.sleep(1.3)
-    # Deferred to the end of the 1 s window, not dropped, and only once.
-    assert 1.0 <= got.at - started < 1.8
+        await asyncio.sleep(max(0.0, second.at + window + 0.25 - time.monotonic()))
+    # Deferred to the end of the window (which opened after `started`), not dropped, and
+    # only once.
+    assert window <= second.at - started
+    assert second.at - first.at < window + 0.8
     assert standin.count("credits") == 2
     assert [m.text for m in since(rec, index, "cm_mqtt_bridge/main/balance")] == ["7"]
+
+
+def credits_requests(standin: CrossModelStandin) -> list[Seen]:
+    return [s for s in standin.seen if s.path.endswith("/credits")]
 
 
 # ---- broker and Home Assistant restarts ---------------------------------------------------
@@ -357,7 +367,7 @@ async def test_refreshes_inside_the_window_collapse_into_one_deferred_poll(stand
 
 async def test_broker_restart_reconnects_and_republishes_everything(standin, mosquitto):
     config = make_config(standin.url, mosquitto.port)
-    async with running(config) as bridge:
+    async with running(config, reconnect_backoff=(0.05, 0.2)) as bridge:
         async with recording(mosquitto.port) as before:
             _, doc = await settled(before)
             device_before = before.last(DEVICE)
@@ -524,7 +534,7 @@ async def test_unchanged_values_over_ten_polls_a_minute_apart_publish_nothing(st
 
 
 async def test_stale_data_turns_availability_offline_and_back(standin, mosquitto):
-    config = make_config(standin.url, mosquitto.port, poll={"stale_after": 1})
+    config = make_config(standin.url, mosquitto.port, poll={"stale_after": 0.5})
     async with recording(mosquitto.port) as rec, running(config):
         good_msg, good = await settled(rec)
         await rec.wait_topic(AVAILABILITY, "online")
@@ -538,8 +548,8 @@ async def test_stale_data_turns_availability_offline_and_back(standin, mosquitto
         await refresh(mosquitto.port)
         online = await rec.wait_topic(AVAILABILITY, "online", timeout=2, after=back)
         _, recovered = await wait_state(rec, lambda d: d["api_status"] == "ok", after=back)
-    # Offline only once the 1 s is up (counted from the last good poll, before its publish).
-    assert offline.at - good_msg.at > 0.7
+    # Offline only once the 0.5 s is up (counted from the last good poll, before its publish).
+    assert offline.at - good_msg.at > 0.35
     assert (offline.retain, online.retain) == (True, True)
     assert failed["balance"] == good["balance"] == recovered["balance"] == "8.059489"
     assert [m.text for m in rec.on(AVAILABILITY)] == ["online", "offline", "online"]
