@@ -12,7 +12,7 @@ from .clock import Clock
 from .config import Config
 from .fetch import fetch_snapshot, make_client
 from .model import Snapshot, Window, WindowUsage
-from .money import format_money, format_plain
+from .money import format_money, format_plain, round_display
 
 
 def _window_text(w: WindowUsage, currency: str) -> str:
@@ -24,10 +24,13 @@ def _window_text(w: WindowUsage, currency: str) -> str:
 
 def render_status(account_name: str, account_id: str, snap: Snapshot) -> str:
     c = snap.currency
+    # Balance and Available are rounded; Holds is shown as their difference, so the three
+    # lines always add up (it differs from the exact holds by less than a cent).
+    balance, available = round_display(snap.balance_micro), round_display(snap.available_micro)
     rows = [
-        ("Balance", format_money(snap.balance_micro, c)),
-        ("Holds", format_money(snap.holds_micro, c)),
-        ("Available", format_money(snap.available_micro, c)),
+        ("Balance", format_money(balance, c)),
+        ("Holds", format_money(balance - available, c)),
+        ("Available", format_money(available, c)),
     ]
     if snap.usage is not None:
         rows += [
