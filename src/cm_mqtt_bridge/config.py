@@ -299,6 +299,22 @@ class Config(StrictModel):
             seen[slug] = acc.id
         return v
 
+    def summary(self) -> str:
+        """What the service runs with, in one line for the start-up log (no secret)."""
+        m = self.mqtt
+        rules = {a.id: ", ".join(a.alerts.rule_names()) or "none" for a in self.accounts}
+        if len(set(rules.values())) == 1:
+            rule_text = next(iter(rules.values()))
+        else:
+            rule_text = "; ".join(f"{acc}: {names}" for acc, names in rules.items())
+        return (
+            f"accounts {', '.join(a.id for a in self.accounts)}; "
+            f"interval {self.poll.interval:g} s; "
+            f"broker {m.host}:{m.port}{' (TLS)' if m.tls else ''}; "
+            f"base topic {m.base_topic}; discovery prefix {m.discovery_prefix}; "
+            f"rules {rule_text}; channels {', '.join(self.notify.channel_names())}"
+        )
+
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction."""
         out = [a.api_key.get_secret_value() for a in self.accounts]

@@ -92,6 +92,7 @@ class Bridge:
         self.engine: AlertEngine | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        log.info("starting version %s: %s", __version__, self.config.summary())
         # Each poll runs /credits and /usage at once; a few spare connections keep alert
         # deliveries (ntfy, webhook) from queueing behind a busy polling cycle.
         connector = aiohttp.TCPConnector(limit=2 * self.config.poll.max_concurrency + 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import aiohttp
@@ -80,7 +81,7 @@ async def poll_all(config: Config, clock: Clock) -> list[tuple[str, str, Snapsho
 
         async def one(acc_index: int) -> Snapshot | ApiError:
             acc = config.accounts[acc_index]
-            client = make_client(session, acc, config.poll, clock)
+            client = make_client(session, acc, config.poll, clock, retry_log_level=logging.DEBUG)
             try:
                 return await fetch_snapshot(
                     acc.id, client, clock, usage_deadline=config.poll.usage_timeout
