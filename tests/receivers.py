@@ -47,7 +47,7 @@ class Receivers:
     def __init__(self) -> None:
         self.posts: list[Post] = []
         self.gets: list[Post] = []
-        # An ntfy access token: when set, a request without "Bearer <token>" is answered 401.
+        # An ntfy access token: when set, an ntfy request without it is answered 401.
         self.token: str | None = None
         self.status = 200  # what the next POST is answered with
         self.delay = 0.0  # seconds to hold each answer (a slow receiver)
@@ -107,8 +107,10 @@ class Receivers:
         self.delay = 0.0
 
     def _unauthorized(self, request: web.Request) -> bool:
-        return self.token is not None and (
-            request.headers.get("Authorization") != f"Bearer {self.token}"
+        return (
+            self.token is not None
+            and request.path != WEBHOOK_PATH
+            and request.headers.get("Authorization") != f"Bearer {self.token}"
         )
 
     async def _handle_get(self, request: web.Request) -> web.Response:
