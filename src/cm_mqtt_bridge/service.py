@@ -92,7 +92,6 @@ class Bridge:
         self.engine: AlertEngine | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("starting version %s: %s", __version__, self.config.summary())
         # Each poll runs /credits and /usage at once; a few spare connections keep alert
         # deliveries (ntfy, webhook) from queueing behind a busy polling cycle.
         connector = aiohttp.TCPConnector(limit=2 * self.config.poll.max_concurrency + 4)
@@ -102,6 +101,7 @@ class Bridge:
             except StoreError as exc:
                 raise StartupError(f"data_dir: {exc}") from None
             self.store = AsyncStore(store)
+            log.info("starting version %s: %s", __version__, self.config.summary())
             try:
                 await self._start_health()
                 await self._start(session, self.store)
