@@ -83,8 +83,10 @@ async def cli_process(
     cwd: Path | None = None,
     stdin: bool = False,
     stderr: int | IO[Any] = asyncio.subprocess.PIPE,
+    new_session: bool = False,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`cm-mqtt-bridge ARGS` as a subprocess, killed on the way out if it still runs."""
+    """`cm-mqtt-bridge ARGS` as a subprocess, killed on the way out if it still runs.
+    `new_session`: its own process group, as a terminal's foreground job (for a Ctrl-C)."""
     proc = await asyncio.create_subprocess_exec(
         *COMMAND,
         *args,
@@ -93,6 +95,7 @@ async def cli_process(
         stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=stderr,
+        start_new_session=new_session,
     )
     try:
         yield proc

@@ -1,6 +1,7 @@
 """A real aiohttp server on loopback standing in for ntfy and a webhook receiver.
 
-Records every POST (path, headers, body, the status it answered). It can answer an error
+Records every POST (path, headers, body, the status it answered), and every GET/HEAD apart
+(`gets`: what `check` asks without sending a notice). It can answer an error
 status instead of 200 (`fail()` / `recover()`), or be stopped and started again on the SAME
 port, so a test can play "the receiver is down, then back".
 """
@@ -45,6 +46,9 @@ class Receivers:
 
     def __init__(self) -> None:
         self.posts: list[Post] = []
+        self.gets: list[Post] = []
+        # An ntfy access token: when set, an ntfy request without it is answered 401.
+        self.token: str | None = None
         self.status = 200  # what the next POST is answered with
         self.delay = 0.0  # seconds to hold each answer (a slow receiver)
         self.port = 0
@@ -102,9 +106,29 @@ class Receivers:
         self.status = 200
         self.delay = 0.0
 
+    def _unauthorized(self, request: web.Request) -> bool:
+        return (
+            self.token is not None
+            and request.path != WEBHOOK_PATH
+            and request.headers.get("Authorization") != f"Bearer {self.token}"
+        )
+
+    async def _handle_get(self, request: web.Request) -> web.Response:
+        status = 401 if self._unauthorized(request) else self.status
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.gets.append(Post(request.path, headers, b"", status))
+        if status >= 300:
+            return web.Response(status=status, text="receiver unavailable")
+        # ntfy's health and account endpoints answer JSON; anything else a plain "ok".
+        if request.path == "/v1/health":
+            return web.json_response({"healthy": True})
+        return web.Response(text="ok")
+
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         status, delay = self.status, self.delay
+        if self._unauthorized(request):
+            status = 401
         post = Post(request.path, {k.lower(): v for k, v in request.headers.items()}, body, status)
         assert self._changed is not None
         async with self._changed:
@@ -122,6 +146,7 @@ class Receivers:
             self._changed = asyncio.Condition()
         app = web.Application()
         app.router.add_post("/{path}", self._handle)
+        app.router.add_get("/{path:.*}", self._handle_get)  # HEAD too
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)

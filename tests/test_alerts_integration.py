@@ -156,7 +156,7 @@ async def test_one_alert_per_crossing_on_every_channel(
         await rec.wait_for(lambda r: active_rules(r) == [[]], what="empty alerts/active")
         disc = json.loads(rec.last(DEVICE).payload)  # type: ignore[union-attr]
         assert disc["cmps"]["alert"]["state_topic"] == ALERTS
-        assert disc["cmps"]["alert"]["event_types"] == ["low_balance"]
+        assert disc["cmps"]["alert"]["event_types"] == ["low_balance", "test"]
 
         # ---- the balance drops below 5.00 ----
         set_available(standin, 4_000_000)

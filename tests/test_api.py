@@ -384,7 +384,13 @@ async def test_other_client_errors_are_not_retried(
     standin.always["credits"] = Reply(status=status, json={})
     err = await credits_error(make_client())
     assert type(err) is InvalidResponse
-    assert str(err) == f"/credits: unexpected HTTP {status}"
+    if status == 404:
+        assert str(err) == (
+            f"/credits: HTTP 404 not found at {standin.url}/credits; "
+            "check that the API URL ends with /v1"
+        )
+    else:
+        assert str(err) == f"/credits: unexpected HTTP {status}"
     assert standin.count("credits") == 1
     assert clock.slept == []
 

@@ -42,17 +42,18 @@ def env_for(tmp_path: Path, api_url: str, mqtt_port: int, **extra: str) -> dict[
 
 
 async def run_check(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    """`check` through the real console script."""
-    result = await run_cli("check", *args, env=env, cwd=tmp_path, timeout=15)
+    """`check --show-discovery` through the real console script."""
+    result = await run_cli("check", "--show-discovery", *args, env=env, cwd=tmp_path, timeout=15)
     return result.code, result.out, result.err
 
 
 async def check_in_process(
     capsys: pytest.CaptureFixture[str], env: dict[str, str], *args: str
 ) -> tuple[int, str, str]:
-    """`check` through `cli.main`, on a thread (it calls `asyncio.run`) while the stand-in
-    answers on the test's loop. The caller chdirs to its tmp_path, as `run_check` runs there."""
-    result = await asyncio.to_thread(run_main, capsys, "check", *args, env=env)
+    """`check --show-discovery` through `cli.main`, on a thread (it calls `asyncio.run`)
+    while the stand-in answers on the test's loop. The caller chdirs to its tmp_path, as
+    `run_check` runs there."""
+    result = await asyncio.to_thread(run_main, capsys, "check", "--show-discovery", *args, env=env)
     return result.code, result.out, result.err
 
 
@@ -120,9 +121,9 @@ async def test_check_prints_discovery_and_never_the_key(standin, mosquitto, tmp_
         await rec.wait_topic(MARKER)
     assert code == 0, out + err
     assert printed_payload(out, DEVICE) == expected("USD")
-    assert f"MQTT broker 127.0.0.1:{mosquitto.port}: OK" in out
-    assert "Account default: OK" in out
-    assert out.rstrip().endswith("All checks passed.")
+    assert f"ok      broker 127.0.0.1:{mosquitto.port}: connected" in out
+    assert "ok      account default:" in out
+    assert out.rstrip().endswith("All 3 checks passed.")
     assert "FAILED" not in out
     assert KEY not in out
     assert KEY not in err
@@ -137,9 +138,9 @@ async def test_check_with_broker_down_fails(standin, tmp_path, capsys, monkeypat
     env = env_for(tmp_path, standin.url, port)
     code, out, err = await check_in_process(capsys, env)
     assert code != 0
-    assert f"MQTT broker 127.0.0.1:{port}: FAILED" in out
-    assert out.rstrip().endswith("Some checks FAILED.")
-    assert "Account default: OK" in out
+    assert f"FAILED  broker 127.0.0.1:{port}: " in out
+    assert "1 of 3 checks FAILED: broker" in out
+    assert "ok      account default:" in out
     assert KEY not in out + err
 
 
@@ -151,7 +152,7 @@ async def test_check_with_api_key_rejected_fails_and_prints_no_monetary_entities
     env = env_for(tmp_path, standin.url, mosquitto.port)
     code, out, err = await check_in_process(capsys, env)
     assert code != 0
-    assert "Account default: FAILED auth_failed" in out
+    assert "FAILED  account default: auth_failed" in out
     assert printed_payload(out, DEVICE) == expected(None)
     assert KEY not in out + err
 

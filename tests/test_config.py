@@ -258,8 +258,8 @@ def test_crossmodel_env_with_several_file_accounts_is_refused(
     base_config["accounts"].append({"id": "work", "api_key": KEY2})
     problems = problems_of(write_config(base_config), {"CROSSMODEL_API_KEY": KEY})
     assert problems == [
-        "CROSSMODEL_API_KEY/CROSSMODEL_API_URL/--api-url apply to a single account; "
-        "the config lists 2: set api_key_file and api_url per account"
+        "CROSSMODEL_API_KEY is set, but the config file lists 2 accounts and it applies to a "
+        "single account: unset it and give each account its own api_key_file (and api_url)"
     ]
 
 

@@ -1,4 +1,4 @@
-"""Micro-unit money: exact plain strings, half-even display rounding, strict parsing."""
+"""Micro-unit money: exact plain strings, half-up display rounding, strict parsing."""
 
 from __future__ import annotations
 
@@ -21,16 +21,16 @@ micros = st.integers(min_value=-(10**20), max_value=10**20)
 currencies = st.sampled_from(["USD", "EUR", "GBP", "JPY", "CHF", "XAU"])
 
 
-def half_even_cents(micro: int) -> int:
-    """Independent oracle: micro -> cents, rounding half to even, in pure integer arithmetic."""
-    q, r = divmod(micro, 10_000)  # floor division: 0 <= r < 10_000 even for negatives
-    if r > 5_000 or (r == 5_000 and q % 2 == 1):
+def half_up_cents(micro: int) -> int:
+    """Independent oracle: micro -> cents, rounding half away from zero, in integers."""
+    q, r = divmod(abs(micro), 10_000)
+    if r >= 5_000:
         q += 1
-    return q
+    return q if micro >= 0 else -q
 
 
 def expected_money(micro: int, currency: str) -> str:
-    cents = half_even_cents(micro)
+    cents = half_up_cents(micro)
     sign = "-" if cents < 0 else ""
     whole, frac = divmod(abs(cents), 100)
     return f"{sign}{whole:,}.{frac:02d} {currency}"
@@ -100,7 +100,7 @@ def test_micro_to_decimal_is_exact(micro: int) -> None:
 @example(-15_000, "EUR")
 @example(-5_000, "EUR")
 @example(-1, "USD")
-def test_format_money_rounds_half_even_to_cents(micro: int, currency: str) -> None:
+def test_format_money_rounds_half_up_to_cents(micro: int, currency: str) -> None:
     assert format_money(micro, currency) == expected_money(micro, currency)
 
 
@@ -116,15 +116,15 @@ def test_format_money_shows_the_code_never_a_symbol(micro: int, currency: str) -
     [
         (8059489, "USD", "8.06 USD"),
         (8059489, "EUR", "8.06 EUR"),
-        (125_000, "USD", "0.12 USD"),  # 0.125: half to even -> 0.12
-        (135_000, "USD", "0.14 USD"),  # 0.135: half to even -> 0.14
-        (2_505_000, "USD", "2.50 USD"),
+        (125_000, "USD", "0.13 USD"),  # 0.125: half up -> 0.13
+        (135_000, "USD", "0.14 USD"),
+        (2_505_000, "USD", "2.51 USD"),
         (2_515_000, "USD", "2.52 USD"),
         (2_505_001, "USD", "2.51 USD"),  # just above half rounds up
         (10_250, "USD", "0.01 USD"),
         (0, "USD", "0.00 USD"),
         (-4_999, "USD", "0.00 USD"),  # rounds to zero: no "-0.00"
-        (-5_000, "USD", "0.00 USD"),
+        (-5_000, "USD", "-0.01 USD"),
         (-15_000, "USD", "-0.02 USD"),
         (-8059489, "USD", "-8.06 USD"),
         (1_234_567_890_000, "USD", "1,234,567.89 USD"),

@@ -27,6 +27,7 @@ from tenacity import (
 from . import __version__
 from .clock import Clock
 from .model import ApiStatus
+from .neterror import describe
 from .redact import redact, shorten
 from .wire import CreditsWire, UsageWire
 
@@ -133,7 +134,10 @@ class CrossModelClient:
         retries: int = 3,
         max_body: int = MAX_BODY,
         rng: Callable[[], float] = random.random,
+        retry_log_level: int = logging.INFO,
     ) -> None:
+        """`retry_log_level`: one-shot commands log retries at DEBUG and only the final
+        error in one line."""
         self._session = session
         self._account = account  # names the account in log lines
         self._base = base_url.rstrip("/")
@@ -143,6 +147,7 @@ class CrossModelClient:
         self._retries = retries
         self._max_body = max_body
         self._rng = rng
+        self._retry_log_level = retry_log_level
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Accept": "application/json",
@@ -202,7 +207,8 @@ class CrossModelClient:
             stop=self._stop,
             sleep=self._clock.sleep,
             reraise=True,
-            before_sleep=lambda s: log.info(
+            before_sleep=lambda s: log.log(
+                self._retry_log_level,
                 "%s: attempt %d failed (%s), retrying in %.1f s",
                 self._account,
                 s.attempt_number,
@@ -222,7 +228,7 @@ class CrossModelClient:
             raise TransientError(f"/{endpoint}: no complete answer within {limit:g} s") from None
         except aiohttp.ClientError as exc:
             raise TransientError(
-                f"/{endpoint}: connection failed: {self._redact(str(exc) or type(exc).__name__)}"
+                f"/{endpoint}: connection failed: {self._redact(describe(exc))}"
             ) from None
         except ValueError:  # a URL the HTTP client cannot use, after a redirect
             raise InvalidResponse(f"/{endpoint}: refused a redirect to an unusable URL") from None
@@ -253,6 +259,11 @@ class CrossModelClient:
             raise RateLimited(f"/{endpoint}: HTTP 429 rate limited", retry_after=retry_after)
         if resp.status >= 500:
             raise TransientError(f"/{endpoint}: HTTP {resp.status}", retry_after=retry_after)
+        if resp.status == 404:
+            raise InvalidResponse(
+                f"/{endpoint}: HTTP 404 not found at {self._base}/{endpoint}; "
+                "check that the API URL ends with /v1"
+            )
         raise InvalidResponse(f"/{endpoint}: unexpected HTTP {resp.status}")
 
     async def _read_capped(self, endpoint: str, resp: aiohttp.ClientResponse) -> bytes:

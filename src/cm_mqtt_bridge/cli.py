@@ -1,10 +1,12 @@
-"""Command line: `status`, `run`, `check`, `config set-api-key`. Exit 0 ok, 1 upstream, 2 config."""
+"""Command line: the parser and the dispatch to each command (bodies of the larger ones live
+in their own modules). Exit 0 ok, 1 upstream, 2 config, 130 interrupted."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import csv
+import getpass
 import json
 import logging
 import os
@@ -16,24 +18,35 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+from pydantic import ValidationError
 
 from . import __version__, dashboard
 from .alerts.store import DB_NAME, Store, StoreError
 from .api import ApiError
+from .check import run_check
 from .clock import SystemClock
-from .config import Config, ConfigError, load_config, normalize_api_key
-from .demo import run_demo
-from .discovery import device_payload
-from .entities import entities_for
+from .config import (
+    CONFIG_ENV,
+    Config,
+    ConfigError,
+    HealthConfig,
+    env_layer,
+    file_layer,
+    format_validation_error,
+    load_config,
+    merge,
+    normalize_api_key,
+)
+from .demo import demo_options, run_demo
 from .model import Snapshot, UsageState
-from .money import format_money, format_plain
-from .publisher import Publisher
-from .redact import REDACTED, RedactingFilter
+from .money import format_plain
+from .neterror import describe
+from .redact import RedactingFilter
 from .service import StartupError, run_service
 from .status import poll_all, render_status, snapshot_json
-from .topics import Topics
+from .testalert import send_test_alert
 
-EXIT_OK, EXIT_UPSTREAM, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_UPSTREAM, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("cm_mqtt_bridge")
 
 
@@ -50,62 +63,154 @@ def parse_since(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+EPILOG = """\
+environment variables:
+  CROSSMODEL_API_KEY        the API key (cm-...); without accounts in the file it defines
+                            one account "default"
+  CROSSMODEL_API_KEY_FILE   a file holding the key (Docker secrets), when the key is unset
+  CROSSMODEL_API_URL        API base URL (default https://api.crossmodel.ai/v1)
+  MQTT_HOST, MQTT_PORT, MQTT_USERNAME, MQTT_PASSWORD
+                            the broker
+  CM_MQTT_BRIDGE_CONFIG     path of the YAML config file (same as --config)
+  CM_MQTT_BRIDGE__<SECTION>__<KEY>
+                            any other option, e.g. CM_MQTT_BRIDGE__POLL__INTERVAL=120
+  Precedence: flags > environment > config file > defaults (see config.example.yaml).
+
+exit codes:
+  0    ok
+  1    something upstream failed: the API, the broker, a notification channel
+  2    invalid configuration (each problem is named) or a wrong argument
+  130  interrupted (Ctrl-C)
+"""
+
+
+def _command(
+    sub: Any, name: str, summary: str, more: str = "", parents: Sequence[Any] = ()
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with the sentence that says what it does."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        parents=list(parents),
+        help=summary[0].lower() + summary[1:].rstrip("."),
+        description=f"{summary} {more}".strip(),
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS lets the same flags stand before or after the command without clobbering.
     s = argparse.SUPPRESS
-    common.add_argument("--config", "-c", type=Path, default=s, help="YAML config file")
-    common.add_argument("-v", "--verbose", action="count", default=s, help="more logging")
-    common.add_argument("--api-url", default=s, help="CrossModel API base URL (one account)")
-    common.add_argument("--mqtt-host", default=s)
-    common.add_argument("--mqtt-port", type=int, default=s)
-    common.add_argument("--mqtt-username", default=s)
-    common.add_argument("--interval", type=int, default=s, help="poll interval in seconds")
-    common.add_argument("--data-dir", default=s)
+    g = common.add_argument_group("global options (before or after the command)")
+    g.add_argument(
+        "--config", "-c", type=Path, default=s, help="YAML config file (CM_MQTT_BRIDGE_CONFIG)"
+    )
+    g.add_argument(
+        "-v", "--verbose", action="count", default=s, help="debug logging: one line per poll"
+    )
+    g.add_argument(
+        "--api-url", default=s, help="CrossModel API base URL, one account (CROSSMODEL_API_URL)"
+    )
+    g.add_argument("--mqtt-host", default=s, help="MQTT broker host (MQTT_HOST)")
+    g.add_argument("--mqtt-port", type=int, default=s, help="MQTT broker port (MQTT_PORT)")
+    g.add_argument("--mqtt-username", default=s, help="MQTT user name (MQTT_USERNAME)")
+    g.add_argument("--interval", type=int, default=s, help="poll interval in seconds (>= 30)")
+    g.add_argument("--data-dir", default=s, help="where the state database lives (./data)")
 
     parser = argparse.ArgumentParser(
         prog="cm-mqtt-bridge",
-        description="CrossModel wallet balance and spend on MQTT / Home Assistant.",
+        description="Your CrossModel wallet's balance and spend on MQTT / Home Assistant, "
+        "with alerts to your phone.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"cm-mqtt-bridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    status = sub.add_parser("status", parents=[common], help="poll once and print the wallet")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser("run", parents=[common], help="run the bridge (MQTT / Home Assistant)")
-    sub.add_parser(
-        "check",
-        parents=[common],
-        help="validate config, poll once, connect to the broker, print discovery (dry run)",
+    status = _command(
+        sub, "status", "Poll every account once and print its wallet.", parents=[common]
     )
-    health = sub.add_parser(
-        "healthcheck", help="ask a running bridge's /healthz (exit 0 healthy, 1 not)"
+    status.add_argument("--json", action="store_true", help="machine-readable, exact values")
+    _command(
+        sub,
+        "run",
+        "Run the bridge: poll, publish to MQTT / Home Assistant, send alerts.",
+        "Stops cleanly on SIGTERM or Ctrl-C (publishes offline).",
+        parents=[common],
+    )
+    check = _command(
+        sub,
+        "check",
+        "Check that everything works, without publishing or notifying anything.",
+        "One line per check (the config, each account's API, the broker, each notification "
+        "channel); exit 0 only if all pass.",
+        parents=[common],
+    )
+    check.add_argument(
+        "--show-discovery",
+        action="store_true",
+        help="also print the discovery payloads Home Assistant would get",
+    )
+    test_alert = _command(
+        sub,
+        "test-alert",
+        "Send one test notice through every configured channel.",
+        "ntfy, the webhook, Apprise, and MQTT (the alerts topic and Home Assistant's Alert "
+        "event, type 'test'); exit 0 only if all delivered. No alert state or history changes.",
+        parents=[common],
+    )
+    test_alert.add_argument("--account", help="the account it names (default: the first)")
+    health = _command(
+        sub,
+        "healthcheck",
+        "Ask a running bridge whether it is healthy (its /healthz); exit 0 healthy, 1 not.",
+        parents=[common],
     )
     health.add_argument(
         "--url",
-        help="default: http://127.0.0.1:$CM_MQTT_BRIDGE__HEALTH__PORT/healthz (port 8099)",
+        help="default: http://127.0.0.1:<health.port>/healthz, the port from the config "
+        "(or CM_MQTT_BRIDGE__HEALTH__PORT; 8099)",
     )
-    demo = sub.add_parser(
-        "demo", help="see the whole thing work in a minute: simulator, broker, bridge, alerts"
+    demo = _command(
+        sub,
+        "demo",
+        "See the whole thing work in a minute: simulator, broker, bridge and alerts.",
+        "Uses a private Mosquitto when one is installed (else the broker of MQTT_HOST/"
+        "--mqtt-host) and its own topics, so it never shows up in Home Assistant.",
+        parents=[common],
     )
     demo.add_argument("--seconds", type=float, default=70.0, help="how long to run (70)")
-    history = sub.add_parser("history", parents=[common], help="export recorded history")
-    history.add_argument("--csv", action="store_true", required=True, help="CSV on stdout")
+    history = _command(
+        sub, "history", "Export the recorded balance and spend samples as CSV.", parents=[common]
+    )
+    history.add_argument("--csv", action="store_true", help="CSV on stdout (the default)")
     history.add_argument("--account", help="only this account id")
     history.add_argument(
         "--since", type=parse_since, help="only samples at or after DATE (YYYY-MM-DD, UTC)"
     )
-    dash = sub.add_parser("dashboard", parents=[common], help="print a Home Assistant dashboard")
+    dash = _command(
+        sub,
+        "dashboard",
+        "Print a ready Home Assistant dashboard (YAML) for the configured accounts.",
+        parents=[common],
+    )
     which = dash.add_mutually_exclusive_group()
     which.add_argument("--account", help="only this account id")
     which.add_argument("--all", action="store_true", help="also an overview of every account")
-    cfg = sub.add_parser("config", help="manage configuration")
+    cfg = _command(sub, "config", "Manage the configuration.")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    setkey = cfg_sub.add_parser("set-api-key", help="store an API key in a secret file (mode 0600)")
-    setkey.add_argument(
-        "--stdin", action="store_true", required=True, help="read the key from stdin"
+    setkey = _command(
+        cfg_sub,
+        "set-api-key",
+        "Store an API key in a file only you can read (mode 0600).",
+        "Reads the key from stdin when it is not a terminal, else asks for it without echo.",
     )
-    setkey.add_argument("--file", type=Path, help="where to store it (default: ~/.config/...)")
+    setkey.add_argument(
+        "--stdin", action="store_true", help="read the key from stdin even from a terminal"
+    )
+    setkey.add_argument(
+        "--file", type=Path, help="where to store it (default: ~/.config/cm-mqtt-bridge/api_key)"
+    )
     return parser
 
 
@@ -192,59 +297,6 @@ def cmd_status(config: Config, as_json: bool, out: TextIO) -> int:
     return EXIT_UPSTREAM if failed else EXIT_OK
 
 
-# ---- check -------------------------------------------------------------------------------
-
-
-async def broker_reachable(config: Config) -> str | None:
-    """None when a connection to the broker works, else the reason."""
-    topics = Topics(base=config.mqtt.base_topic, prefix=config.mqtt.discovery_prefix)
-
-    async def ignore(topic: str, payload: bytes) -> None:
-        return None
-
-    publisher = Publisher(config.mqtt, topics, SystemClock(), subscriptions=(), on_message=ignore)
-    return await publisher.probe()
-
-
-async def cmd_check(config: Config, out: TextIO) -> int:
-    ok = True
-    topics = Topics(base=config.mqtt.base_topic, prefix=config.mqtt.discovery_prefix)
-    out.write("Configuration: valid\n")
-    results = await poll_all(config, SystemClock())
-    currencies: dict[str, str | None] = {}
-    for (acc_id, _name, result), acc in zip(results, config.accounts, strict=True):
-        if isinstance(result, Snapshot):
-            currencies[acc_id] = result.currency
-            out.write(
-                f"Account {acc_id}: OK ({acc.api_url}, key {REDACTED}) "
-                f"balance {format_money(result.balance_micro, result.currency)}\n"
-            )
-        else:
-            ok = False
-            currencies[acc_id] = None
-            out.write(f"Account {acc_id}: FAILED {result.status}: {result}\n")
-    problem = await broker_reachable(config)
-    where = f"{config.mqtt.host}:{config.mqtt.port}"
-    if problem is None:
-        out.write(f"MQTT broker {where}: OK\n")
-    else:
-        ok = False
-        out.write(f"MQTT broker {where}: FAILED: {problem}\n")
-    out.write("\nDiscovery (dry run, nothing published):\n")
-    for acc in config.accounts:
-        payload = device_payload(
-            account_id=acc.id,
-            account_name=acc.name,
-            topics=topics,
-            currency=currencies[acc.id],
-            qos=config.mqtt.qos,
-            entities=entities_for(acc.alerts.rules()),
-        )
-        out.write(f"\n{topics.device(acc.id)} (retained)\n{json.dumps(payload, indent=2)}\n")
-    out.write("\n" + ("All checks passed.\n" if ok else "Some checks FAILED.\n"))
-    return EXIT_OK if ok else EXIT_UPSTREAM
-
-
 # ---- healthcheck ---------------------------------------------------------------------------
 
 
@@ -256,10 +308,31 @@ async def cmd_healthcheck(url: str) -> int:
         ):
             body = await resp.text()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        print(f"unhealthy: {url}: {exc or type(exc).__name__}")
+        print(f"unhealthy: {url}: {describe(exc)}")
         return EXIT_UPSTREAM
     print(body)
     return EXIT_OK if resp.status == 200 else EXIT_UPSTREAM
+
+
+def health_url(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """--url, else /healthz on the port the config (file, then environment) gives; no key is
+    needed, so a container's HEALTHCHECK never depends on secrets."""
+    if args.url:
+        return str(args.url)
+    path = getattr(args, "config", None)
+    if path is None and env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+    layer = merge(file_layer(path), env_layer(env)).get("health")
+    try:
+        health = HealthConfig.model_validate(layer if isinstance(layer, dict) else {})
+    except ValidationError as exc:
+        raise ConfigError([f"health.{p}" for p in format_validation_error(exc)]) from None
+    host = health.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a listening address, not a bind
+        host = "127.0.0.1"  # listening everywhere: ask over loopback
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{health.port}/healthz"
 
 
 # ---- history -----------------------------------------------------------------------------
@@ -351,8 +424,12 @@ def write_secret_file(path: Path, secret: str) -> None:
 
 
 def cmd_set_api_key(args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO) -> int:
+    if args.stdin or not stdin.isatty():
+        raw = stdin.read()
+    else:
+        raw = getpass.getpass("CrossModel API key (input hidden): ")
     try:
-        key = normalize_api_key(stdin.read())
+        key = normalize_api_key(raw)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -369,25 +446,39 @@ def cmd_set_api_key(args: argparse.Namespace, env: Mapping[str, str], stdin: Tex
 # ---- entry point --------------------------------------------------------------------------
 
 
+def print_config_error(exc: ConfigError) -> int:
+    print("cm-mqtt-bridge: invalid configuration:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    try:
+        return _main(argv, env)
+    except KeyboardInterrupt:  # Ctrl-C before a command could handle it: no traceback
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
     env = os.environ if env is None else env
     args = build_parser().parse_args(argv)
     setup_logging("DEBUG" if getattr(args, "verbose", 0) else "INFO")
     if args.command == "config":
         return cmd_set_api_key(args, env, sys.stdin)
     if args.command == "demo":
-        return asyncio.run(run_demo(args.seconds, env, sys.stdout))
+        return asyncio.run(run_demo(args.seconds, env, sys.stdout, options=demo_options(args)))
     if args.command == "healthcheck":
-        # No config needed: a container's HEALTHCHECK must not depend on secrets.
-        port = env.get("CM_MQTT_BRIDGE__HEALTH__PORT") or "8099"
-        return asyncio.run(cmd_healthcheck(args.url or f"http://127.0.0.1:{port}/healthz"))
+        try:
+            url = health_url(args, env)
+        except ConfigError as exc:
+            return print_config_error(exc)
+        return asyncio.run(cmd_healthcheck(url))
     try:
         config = load(args, env)
     except ConfigError as exc:
-        print("cm-mqtt-bridge: invalid configuration:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        return print_config_error(exc)
     setup_logging(config.log_level, config.secrets())
     if args.command == "status":
         return cmd_status(config, args.json, sys.stdout)
@@ -401,7 +492,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if args.command == "history":
         return cmd_history(config, args.account, args.since, sys.stdout)
     if args.command == "check":
-        return asyncio.run(cmd_check(config, sys.stdout))
+        source = str(getattr(args, "config", None) or env.get(CONFIG_ENV) or "environment")
+        return asyncio.run(
+            run_check(config, sys.stdout, show_discovery=args.show_discovery, source=source)
+        )
+    if args.command == "test-alert":
+        accounts = {a.id: a for a in config.accounts}
+        if args.account is not None and args.account not in accounts:
+            print(f"unknown account {args.account!r}", file=sys.stderr)
+            return EXIT_CONFIG
+        acc = accounts[args.account] if args.account else config.accounts[0]
+        return asyncio.run(send_test_alert(config, acc, sys.stdout))
     if args.command == "dashboard":
         return dashboard.command(config.accounts, args.account, args.all, sys.stdout, sys.stderr)
     raise AssertionError(f"unhandled command {args.command}")

@@ -7,6 +7,7 @@ no pydantic traceback and no secret ever reaches the user.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import socket
@@ -244,6 +245,9 @@ class HealthConfig(StrictModel):
     port: Annotated[int, Field(ge=0, le=65535)] = 8099
 
 
+SECTIONS = frozenset({"poll", "mqtt", "alerts", "notify", "health"})
+
+
 class Config(StrictModel):
     accounts: tuple[AccountConfig, ...]
     poll: PollConfig = PollConfig()
@@ -257,6 +261,9 @@ class Config(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _account_alerts(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            # A section whose options are all commented out (`notify:` alone) is empty.
+            data = {k: v for k, v in data.items() if not (v is None and k in SECTIONS)}
         # Top-level `alerts` are defaults; an account's own `alerts` override them rule by rule.
         if not isinstance(data, dict) or not isinstance(data.get("accounts"), list | tuple):
             return data
@@ -291,6 +298,22 @@ class Config(StrictModel):
                 )
             seen[slug] = acc.id
         return v
+
+    def summary(self) -> str:
+        """What the service runs with, in one line for the start-up log (no secret)."""
+        m = self.mqtt
+        rules = {a.id: ", ".join(a.alerts.rule_names()) or "none" for a in self.accounts}
+        if len(set(rules.values())) == 1:
+            rule_text = next(iter(rules.values()))
+        else:
+            rule_text = "; ".join(f"{acc}: {names}" for acc, names in rules.items())
+        return (
+            f"accounts {', '.join(a.id for a in self.accounts)}; "
+            f"interval {self.poll.interval:g} s; "
+            f"broker {m.host}:{m.port}{' (TLS)' if m.tls else ''}; "
+            f"base topic {m.base_topic}; discovery prefix {m.discovery_prefix}; "
+            f"rules {rule_text}; channels {', '.join(self.notify.channel_names())}"
+        )
 
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction."""
@@ -364,43 +387,68 @@ def _read_key_file(path_value: Any, where: str, problems: list[str]) -> str | No
         return None
 
 
+ACCOUNT_ENV = ("CROSSMODEL_API_KEY", "CROSSMODEL_API_KEY_FILE", "CROSSMODEL_API_URL")
+
+
+def _single_account_settings(env: Mapping[str, str], cli_url: str | None) -> list[str]:
+    """The variables (and flag) that define the one account, as the user set them."""
+    names = [name for name in ACCOUNT_ENV if env.get(name)]
+    return names + (["--api-url"] if cli_url else [])
+
+
+def _ambiguous(names: list[str], count: int) -> str:
+    them = names[0] if len(names) == 1 else " and ".join((", ".join(names[:-1]), names[-1]))
+    verb = "is" if len(names) == 1 else "are"
+    return (
+        f"{them} {verb} set, but the config file lists {count} accounts and "
+        f"{'it applies' if len(names) == 1 else 'they apply'} to a single account: unset "
+        f"{'it' if len(names) == 1 else 'them'} and give each account its own api_key_file "
+        "(and api_url)"
+    )
+
+
 def _resolve_accounts(
     merged: dict[str, Any],
     env: Mapping[str, str],
     cli_url: str | None,
     key_file: Path | None,
     problems: list[str],
-) -> None:
-    """Apply CROSSMODEL_API_KEY/URL and read api_key_file; mutates `merged`."""
+) -> set[int]:
+    """Apply CROSSMODEL_API_KEY/URL and read api_key_file; mutates `merged`. Returns the
+    indexes of the accounts whose key could not be read (their "key missing" is no news)."""
+    failed: set[int] = set()
+    accounts = merged.get("accounts")
+    settings = _single_account_settings(env, cli_url)
+    if isinstance(accounts, list) and len(accounts) > 1 and settings:
+        # One mistake, one message: the accounts' own key files are still read below.
+        problems.append(_ambiguous(settings, len(accounts)))
+        env, cli_url = {}, None
     env_key = env.get("CROSSMODEL_API_KEY") or None
     if env_key is None and env.get("CROSSMODEL_API_KEY_FILE"):
         # The Docker-secrets convention: the variable names a file holding the key.
         env_key = _read_key_file(
             env["CROSSMODEL_API_KEY_FILE"], "CROSSMODEL_API_KEY_FILE", problems
         )
+        if env_key is None:
+            failed.add(0)
     env_url = cli_url or env.get("CROSSMODEL_API_URL") or None
-    accounts = merged.get("accounts")
     if accounts is None or accounts == []:
         acc: dict[str, Any] = {"id": "default", "name": "Default"}
         if env_key is not None:
             acc["api_key"] = env_key
         elif key_file is not None and key_file.is_file():
             acc["api_key_file"] = str(key_file)
+        elif failed:
+            acc["api_key"] = None  # reported above; keeps "no account configured" away
         else:
-            return
+            return failed
         if env_url:
             acc["api_url"] = env_url
         accounts = merged["accounts"] = [acc]
     if not isinstance(accounts, list) or not all(isinstance(a, dict) for a in accounts):
         problems.append("accounts: must be a list of mappings (id, name, api_key_file, api_url)")
         merged.pop("accounts")
-        return
-    if (env_key or env_url) and len(accounts) > 1:
-        problems.append(
-            "CROSSMODEL_API_KEY/CROSSMODEL_API_URL/--api-url apply to a single account; "
-            f"the config lists {len(accounts)}: set api_key_file and api_url per account"
-        )
-        return
+        return failed
     for i, acc in enumerate(accounts):
         where = f"accounts[{i}]"
         if env_key is not None:
@@ -408,32 +456,99 @@ def _resolve_accounts(
             acc["api_key"] = env_key
         if env_url:
             acc["api_url"] = env_url
-        key_file = acc.pop("api_key_file", None)
-        if key_file is not None:
+        key_path = acc.pop("api_key_file", None)
+        if key_path is not None:
             if "api_key" in acc:
                 problems.append(f"{where}: give api_key or api_key_file, not both")
+                failed.add(i)
                 continue
-            content = _read_key_file(key_file, f"{where}.api_key_file", problems)
-            if content is not None:
+            content = _read_key_file(key_path, f"{where}.api_key_file", problems)
+            if content is None:
+                failed.add(i)
+            else:
                 acc["api_key"] = content
+    return failed
+
+
+def _loc(parts: tuple[int | str, ...]) -> str:
+    loc = ""
+    for part in parts:
+        if isinstance(part, int):
+            loc += f"[{part}]"
+        else:
+            loc += ("." if loc else "") + str(part)
+    return loc
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "missing":
+        return "required option is missing"
+    if err["type"] == "extra_forbidden":
+        return "unknown option (check the spelling against config.example.yaml)"
+    if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be a mapping of options (indented under it, `key: value`)"
+    msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    # Never an internal class name ("... or instance of NotifyConfig").
+    return re.sub(r" or (an )?instance of \w+", "", msg)
 
 
 def format_validation_error(exc: ValidationError) -> list[str]:
+    return [
+        redact(f"{_loc(err['loc']) or 'config'}: {_message(err)}")
+        for err in exc.errors(include_input=False, include_url=False)
+    ]
+
+
+def _written(node: Any, path: tuple[int | str, ...]) -> bool:
+    """Whether the user's own mapping `node` holds `path`."""
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _user_errors(exc: ValidationError, raw: dict[str, Any], key_failed: set[int]) -> list[str]:
+    """One line per mistake the user made, at the path they wrote it: the top-level `alerts`
+    are merged into every account, so their mistakes are reported once, at `alerts…`; an
+    account whose key file could not be read is not also "missing its key"."""
+    errors = _pair_typos(exc.errors(include_input=False, include_url=False))
+    top = {(tuple(e["loc"][1:]), e["msg"]) for e in errors if e["loc"][:1] == ("alerts",)}
+    accounts = raw.get("accounts")
     lines: list[str] = []
-    for err in exc.errors(include_input=False, include_url=False):
-        loc = ""
-        for part in err["loc"]:
-            if isinstance(part, int):
-                loc += f"[{part}]"
-            else:
-                loc += ("." if loc else "") + str(part)
-        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if err["type"] == "missing":
-            msg = "required option is missing"
-        elif err["type"] == "extra_forbidden":
-            msg = "unknown option (check the spelling against config.example.yaml)"
-        lines.append(redact(f"{loc or 'config'}: {msg}"))
+    for err in errors:
+        loc = tuple(err["loc"])
+        if len(loc) >= 3 and loc[0] == "accounts" and isinstance(loc[1], int):
+            if loc[2:] == ("api_key",) and loc[1] in key_failed:
+                continue
+            if loc[2] == "alerts" and (loc[3:], err["msg"]) in top:
+                own = accounts[loc[1]].get("alerts") if isinstance(accounts, list) else None
+                if not _written(own, loc[3:]):
+                    continue
+        lines.append(redact(f"{_loc(loc) or 'config'}: {_message(err)}"))
     return lines
+
+
+def _pair_typos(errors: list[Any]) -> list[Any]:
+    """A misspelt option is one mistake, not two ("belo: unknown" and "below: missing"):
+    the pair becomes one error that names the option meant."""
+    missing = {
+        (tuple(e["loc"][:-1]), str(e["loc"][-1])): e
+        for e in errors
+        if e["type"] == "missing" and e["loc"]
+    }
+    out: list[Any] = []
+    meant: set[int] = set()
+    for err in errors:
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden" and loc:
+            names = [name for parent, name in missing if parent == loc[:-1]]
+            close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
+            if close:
+                meant.add(id(missing[(loc[:-1], close[0])]))
+                err = {**err, "type": "typo", "msg": f"unknown option; did you mean {close[0]}?"}
+        out.append(err)
+    return [e for e in out if id(e) not in meant]
 
 
 def load_config(
@@ -454,13 +569,13 @@ def load_config(
         config_path = Path(env[CONFIG_ENV])
     merged = merge(file_layer(config_path), env_layer(env), cli)
     problems: list[str] = []
-    _resolve_accounts(merged, env, cli_url, default_key_file, problems)
+    key_failed = _resolve_accounts(merged, env, cli_url, default_key_file, problems)
     if "accounts" not in merged:
         merged["accounts"] = []
     try:
         config = Config.model_validate(merged)
     except ValidationError as exc:
-        problems.extend(format_validation_error(exc))
+        problems.extend(_user_errors(exc, merged, key_failed))
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)

@@ -292,6 +292,10 @@ DOCUMENT_ONLY: tuple[Value, ...] = (
 )
 
 
+# The event type of `cm-mqtt-bridge test-alert`'s notice, next to the rules' own.
+TEST_EVENT = "test"
+
+
 def alert_entities(rules: tuple[RuleSpec, ...]) -> tuple[Entity, ...]:
     """A problem binary_sensor per enabled rule, one event entity, and the number entities
     for the thresholds HA may change."""
@@ -316,7 +320,7 @@ def alert_entities(rules: tuple[RuleSpec, ...]) -> tuple[Entity, ...]:
             name="Alert",
             platform="event",
             icon="mdi:bell-alert",
-            event_types=tuple(r.name for r in rules),
+            event_types=(*(r.name for r in rules), TEST_EVENT),
             gate="bridge",
             plain=False,
         )

@@ -24,7 +24,12 @@ PARTIAL_GRACE = 0.25  # seconds
 
 
 def make_client(
-    session: aiohttp.ClientSession, acc: AccountConfig, poll: PollConfig, clock: Clock
+    session: aiohttp.ClientSession,
+    acc: AccountConfig,
+    poll: PollConfig,
+    clock: Clock,
+    *,
+    retry_log_level: int = logging.INFO,
 ) -> CrossModelClient:
     return CrossModelClient(
         session,
@@ -35,6 +40,7 @@ def make_client(
         credits_timeout=poll.credits_timeout,
         usage_timeout=poll.usage_timeout,
         retries=poll.retries,
+        retry_log_level=retry_log_level,
     )
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -22,6 +28,19 @@ def find_mosquitto() -> str | None:
         return found
     # Debian installs it in /usr/sbin, which is not on every user's PATH.
     return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """A `preexec_fn` asking Linux to SIGTERM the child when its parent dies, whatever kills
+    the parent (SIGKILL included)."""
+
+    def setup() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return setup
 
 
 class Mosquitto:
@@ -46,11 +65,18 @@ class Mosquitto:
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *, die_with_parent: bool = False) -> None:
+        """`die_with_parent` (the demo): the broker stops when this process dies, even by
+        SIGKILL (Linux), and a Ctrl-C at the terminal does not reach it (its own session), so
+        the process can still say offline through it. Call it on the main thread: Linux ties
+        the death signal to the thread that started the child."""
+        linux = sys.platform.startswith("linux")
         self.proc = subprocess.Popen(  # noqa: S603 - our binary, our config file
             [self.binary, "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=die_with_parent,
+            preexec_fn=_dies_with(os.getpid()) if die_with_parent and linux else None,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

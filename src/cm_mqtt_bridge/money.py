@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 MICRO_PER_UNIT = 1_000_000
 _MICRO = Decimal(MICRO_PER_UNIT)
@@ -26,13 +26,21 @@ def format_plain(micro: int) -> str:
     return f"{sign}{whole}.{frac:06d}".rstrip("0")
 
 
+def round_display(micro: int, places: int = 2) -> int:
+    """`micro` rounded for display to `places`, half away from zero, as a wallet shows money
+    (0.125 -> 0.13): the exact value stays in JSON and on MQTT."""
+    quantum = Decimal(1).scaleb(-places)
+    value = micro_to_decimal(micro).quantize(quantum, rounding=ROUND_HALF_UP)
+    return int(value.scaleb(6))
+
+
 def format_money(micro: int, currency: str, places: int = 2, *, trim: bool = False) -> str:
-    """Human text, rounded half-even to `places`: 8059489, 'USD' -> '8.06 USD'.
+    """Human text, rounded half-up (away from zero) to `places`: 8059489, 'USD' -> '8.06 USD'.
 
     `trim` drops trailing zeros beyond the second place (4999999, 6 places -> '4.999999',
     5000000 -> '5.00')."""
     quantum = Decimal(1).scaleb(-places)
-    value = micro_to_decimal(micro).quantize(quantum, rounding=ROUND_HALF_EVEN)
+    value = micro_to_decimal(micro).quantize(quantum, rounding=ROUND_HALF_UP)
     if value.is_zero():
         value = abs(value)  # -0.004 rounds to 0.00, never "-0.00"
     text = f"{value:,.{places}f}"

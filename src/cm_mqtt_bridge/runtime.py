@@ -23,6 +23,7 @@ from .entities import entities_for
 from .fetch import fetch_snapshot
 from .metrics import Metrics
 from .model import Snapshot, Window
+from .money import format_money
 from .publisher import Publisher
 from .render import dumps, render
 from .topics import Kind, Topics
@@ -177,8 +178,17 @@ class AccountRuntime:
             self._metrics.poll(self.id, "internal_error", self._clock.monotonic() - started)
             await self._failed(ApiError(f"internal error: {type(exc).__name__}"))
             return
-        self._metrics.poll(self.id, "ok", self._clock.monotonic() - started)
+        took = self._clock.monotonic() - started
+        self._metrics.poll(self.id, "ok", took)
         self._metrics.snapshot(snap)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s: poll ok in %.0f ms: balance %s, available %s",
+                self.id,
+                took * 1000,
+                format_money(snap.balance_micro, snap.currency),
+                format_money(snap.available_micro, snap.currency),
+            )
         self._succeeded(snap, partial=False)
         await self._evaluate_and_publish(record=True)
 

@@ -101,6 +101,7 @@ class Bridge:
             except StoreError as exc:
                 raise StartupError(f"data_dir: {exc}") from None
             self.store = AsyncStore(store)
+            log.info("starting version %s: %s", __version__, self.config.summary())
             try:
                 await self._start_health()
                 await self._start(session, self.store)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import aiohttp
@@ -12,7 +13,7 @@ from .clock import Clock
 from .config import Config
 from .fetch import fetch_snapshot, make_client
 from .model import Snapshot, Window, WindowUsage
-from .money import format_money, format_plain
+from .money import format_money, format_plain, round_display
 
 
 def _window_text(w: WindowUsage, currency: str) -> str:
@@ -24,10 +25,13 @@ def _window_text(w: WindowUsage, currency: str) -> str:
 
 def render_status(account_name: str, account_id: str, snap: Snapshot) -> str:
     c = snap.currency
+    # Balance and Available are rounded; Holds is shown as their difference, so the three
+    # lines always add up (it differs from the exact holds by less than a cent).
+    balance, available = round_display(snap.balance_micro), round_display(snap.available_micro)
     rows = [
-        ("Balance", format_money(snap.balance_micro, c)),
-        ("Holds", format_money(snap.holds_micro, c)),
-        ("Available", format_money(snap.available_micro, c)),
+        ("Balance", format_money(balance, c)),
+        ("Holds", format_money(balance - available, c)),
+        ("Available", format_money(available, c)),
     ]
     if snap.usage is not None:
         rows += [
@@ -77,7 +81,7 @@ async def poll_all(config: Config, clock: Clock) -> list[tuple[str, str, Snapsho
 
         async def one(acc_index: int) -> Snapshot | ApiError:
             acc = config.accounts[acc_index]
-            client = make_client(session, acc, config.poll, clock)
+            client = make_client(session, acc, config.poll, clock, retry_log_level=logging.DEBUG)
             try:
                 return await fetch_snapshot(
                     acc.id, client, clock, usage_deadline=config.poll.usage_timeout

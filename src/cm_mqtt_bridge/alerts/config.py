@@ -94,6 +94,12 @@ class NotifyConfig(StrictModel):
             )
         return v
 
+    def channel_names(self) -> list[str]:
+        """Every channel a notice goes to: MQTT (Home Assistant) always, then these."""
+        names = ["mqtt"]
+        names += [n for n in ("ntfy", "webhook") if getattr(self, n) is not None]
+        return names + (["apprise"] if self.apprise else [])
+
     def secrets(self) -> list[str]:
         out = [s.get_secret_value() for s in self.apprise]
         if self.ntfy and self.ntfy.token:

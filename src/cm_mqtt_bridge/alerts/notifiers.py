@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from .. import __version__
+from ..neterror import describe
 from ..redact import redact, shorten
 from .config import NotifyConfig, NtfyConfig, WebhookConfig
 
@@ -69,7 +70,7 @@ async def _post(
     except TimeoutError:
         raise DeliveryError(f"no answer within {timeout:g} s") from None
     except aiohttp.ClientError as exc:
-        raise DeliveryError(redact(str(exc) or type(exc).__name__, secrets)) from None
+        raise DeliveryError(redact(describe(exc), secrets)) from None
 
 
 class NtfyChannel:
