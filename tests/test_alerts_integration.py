@@ -481,7 +481,7 @@ async def test_threshold_from_ha_is_validated_applied_persisted_and_survives_res
             rejected = [
                 r.getMessage()
                 for r in caplog.records
-                if r.name == "cm_mqtt_bridge.runtime" and r.levelno == logging.WARNING
+                if r.name == "cm_mqtt_bridge.commands" and r.levelno == logging.WARNING
             ]
             assert rejected == [
                 "main: rejected threshold from MQTT: low_balance_below: '-1' is outside 0..1000000",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import sqlite3
 import subprocess
@@ -235,6 +236,10 @@ async def test_a_storm_of_home_assistant_births_is_one_republish(
         assert len(rec.on(DEVICE)) == before + 1
 
 
+def threshold_in(message: Any) -> str | None:
+    return None if message is None else json.loads(message.payload).get("low_balance_below")
+
+
 def aiomqtt_client(port: int) -> Any:
     import aiomqtt
 
@@ -287,3 +292,92 @@ def test_a_read_only_database_is_a_clear_startup_error(tmp_path: Path) -> None:
     assert "readonly" in result.stderr
     assert "writable" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_locked_database_holds_no_account_back_from_polling(
+    standin: CrossModelStandin, mosquitto: Mosquitto, ntfy: Receivers, tmp_path: Path
+) -> None:
+    # One request at a time: a poll that kept its slot while its alert commit waits for the
+    # lock would hold every other account back by the lock's timeout, one after the other.
+    ids = ["a0", "a1", "a2", "a3"]
+    accounts = [
+        {"id": i, "api_key": "cm-test-0123456789abcdefSECRET", "api_url": standin.url} for i in ids
+    ]
+    data = tmp_path / "data"
+    config = make_config(
+        standin.url,
+        mosquitto.port,
+        accounts=accounts,
+        poll={"max_concurrency": 1},
+        data_dir=str(data),
+        extra={"alerts": {"low_balance": {"below": "5.00"}}},
+    )
+    async with recording(mosquitto.port) as rec, running(config) as bridge:
+        for i in ids:
+            await rec.wait_topic(f"cm_mqtt_bridge/{i}/balance", "8.059489")
+        with exclusive_lock(data):
+            standin.credits["balance_micro"] = 4_000_000 + HOLDS
+            sent = time.monotonic()
+            await publish(mosquitto.port, "cm_mqtt_bridge/refresh/set", "PRESS")
+            for i in ids:
+                await rec.wait_topic(f"cm_mqtt_bridge/{i}/balance", "4.125", timeout=5)
+            # All four within 2 s, though each commit waits the lock's 1 s before it fails.
+            assert time.monotonic() - sent < 2.0
+            await until(lambda: bridge.store and bridge.store.problem, 10, "a failed commit")
+
+
+async def test_retry_after_on_usage_leaves_usage_alone_but_keeps_the_balance(
+    standin: CrossModelStandin, mosquitto: Mosquitto
+) -> None:
+    standin.always["usage"] = Reply(status=429, headers={"Retry-After": "600"})
+    config = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(config):
+        await rec.wait_topic(f"{BASE}/balance", "8.059489")
+        assert standin.count("usage") == 1
+        standin.credits["balance_micro"] = 7_000_000 + HOLDS
+        await publish(mosquitto.port, REFRESH, "PRESS")
+        await rec.wait_topic(f"{BASE}/balance", "7.125")
+        standin.credits["balance_micro"] = 6_000_000 + HOLDS
+        await publish(mosquitto.port, REFRESH, "PRESS")
+        doc = await rec.wait_for(
+            lambda r: (m := r.last(STATE)) and json.loads(m.payload)["balance"] == "6.125" and m,
+            what="third balance",
+        )
+        assert json.loads(doc.payload)["usage_state"] == "failed"
+        # The balance was polled three times, /usage only once in its Retry-After window.
+        assert standin.count("credits") == 3
+        assert standin.count("usage") == 1
+
+
+async def test_a_flood_of_thresholds_is_saved_once_and_logged_in_bounds(
+    standin: CrossModelStandin,
+    mosquitto: Mosquitto,
+    ntfy: Receivers,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    data = tmp_path / "data"
+    config = alert_config(standin, mosquitto, ntfy, data)
+    topic = f"{BASE}/low_balance_below/set"
+    async with recording(mosquitto.port) as rec, running(config) as bridge:
+        await rec.wait_for(lambda r: balance_doc(r, "8.059489"), what="first balance")
+        async with aiomqtt_client(mosquitto.port) as client:
+            for _ in range(300):
+                await client.publish(topic, "abc", qos=1)
+            for n in range(1, 301):
+                await client.publish(topic, f"{n}.5", qos=1)
+        await rec.wait_for(
+            lambda r: (
+                (m := r.last(STATE)) and json.loads(m.payload)["low_balance_below"] == "300.5"
+            ),
+            what="the last value",
+        )
+        assert bridge.store is not None
+    saved = [r for r in caplog.records if "set to" in r.getMessage()]
+    rejected = [r for r in caplog.records if "rejected threshold" in r.getMessage()]
+    # Values that arrived while one was being saved replaced each other.
+    assert 1 <= len(saved) < 300
+    assert saved[-1].getMessage().endswith("low_balance_below set to 300.5 from Home Assistant")
+    # Ten lines, then the rest counted in one line a minute (none yet).
+    assert len(rejected) == 10

@@ -14,7 +14,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +273,42 @@ async def test_a_recovered_never_overtakes_its_fired_waiting_out_a_backoff(
             await receivers.wait_for(lambda r: len(r.ntfy("wallet", ok_only=True)) == 2)
     ok = [p.header("X-Message-Id") for p in receivers.ntfy("wallet", ok_only=True)]
     assert ok == ["n1-fired", "n1-recovered"]
+
+
+class Odd:
+    """A channel that fails in a way no channel foresaw, once, on the first notice."""
+
+    name = "odd"
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+        self.failed = False
+
+    async def deliver(self, notice: dict[str, Any]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("surprise")
+        self.got.append(str(notice["id"]))
+
+
+async def test_an_unforeseen_failure_is_retried_and_stalls_nothing(tmp_path: Path) -> None:
+    odd = Odd()
+    async with dispatching(tmp_path, [odd], backoff_base=0.05) as (dispatcher, store):
+        await commit(store, dispatcher, notice(1), notice(2))
+        await until(lambda: odd.got == ["n1-fired", "n2-fired"], 5, "both, in order")
+    assert odd.failed
+
+
+def test_the_outbox_keeps_the_order_notices_were_written_whatever_the_clock(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / DB_NAME)
+    try:
+        later = datetime.now(UTC)
+        earlier = later - timedelta(hours=1)  # the wall clock stepped back (NTP) in between
+        store.commit("main", {}, [notice(1)], ["ntfy"], later)
+        store.commit("main", {}, [notice(1, "recovered")], ["ntfy"], earlier)
+        due = store.due("ntfy", later + timedelta(seconds=1))
+        assert [item.id for item in due] == ["n1-fired", "n1-recovered"]
+    finally:
+        store.close()

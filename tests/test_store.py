@@ -318,11 +318,18 @@ async def open_engine(path: Path, cfg: Config) -> tuple[AlertEngine, AsyncStore]
     return engine, store
 
 
+async def set_from_ha(engine: AlertEngine, account: str, key: str, raw: bytes) -> Decimal:
+    """What a number entity's command does: parse the payload, then save it."""
+    value = engine.parse_threshold(account, key, raw)
+    await engine.set_threshold(account, key, value)
+    return value
+
+
 async def test_overrides_persist_across_a_reopen(tmp_path: Path, path: Path) -> None:
     engine, store = await open_engine(path, config(tmp_path))
     assert engine.thresholds("main")["low_balance_below"] == Decimal(5)
-    assert await engine.set_threshold("main", "low_balance_below", b" 3.5\n") == Decimal("3.5")
-    assert await engine.set_threshold("main", "runway_below_days", b"7.5") == Decimal("7.5")
+    assert await set_from_ha(engine, "main", "low_balance_below", b" 3.5\n") == Decimal("3.5")
+    assert await set_from_ha(engine, "main", "runway_below_days", b"7.5") == Decimal("7.5")
     store.close()
     assert raw(path, "SELECT account, key, value, config_value FROM overrides ORDER BY key") == [
         ("main", "low_balance_below", "3.5", "5"),
@@ -339,8 +346,8 @@ async def test_an_override_is_dropped_when_the_config_value_changed(
     tmp_path: Path, path: Path
 ) -> None:
     engine, store = await open_engine(path, config(tmp_path))
-    await engine.set_threshold("main", "low_balance_below", b"3.5")
-    await engine.set_threshold("main", "runway_below_days", b"10")
+    await set_from_ha(engine, "main", "low_balance_below", b"3.5")
+    await set_from_ha(engine, "main", "runway_below_days", b"10")
     store.close()
 
     engine, store = await open_engine(path, config(tmp_path, below="6"))
@@ -355,9 +362,9 @@ async def test_an_override_is_dropped_when_the_config_value_changed(
 )
 async def test_bad_threshold_changes_nothing(tmp_path: Path, path: Path, payload: bytes) -> None:
     engine, store = await open_engine(path, config(tmp_path))
-    await engine.set_threshold("main", "low_balance_below", b"4")
+    await set_from_ha(engine, "main", "low_balance_below", b"4")
     with pytest.raises(ThresholdError):
-        await engine.set_threshold("main", "low_balance_below", payload)
+        await set_from_ha(engine, "main", "low_balance_below", payload)
     assert engine.thresholds("main")["low_balance_below"] == Decimal(4)
     assert await store.call(Store.overrides, "main") == {"low_balance_below": ("4", "5")}
     store.close()
@@ -365,13 +372,13 @@ async def test_bad_threshold_changes_nothing(tmp_path: Path, path: Path, payload
 
 async def test_threshold_limits_are_inclusive(tmp_path: Path, path: Path) -> None:
     engine, store = await open_engine(path, config(tmp_path))
-    assert await engine.set_threshold("main", "low_balance_below", b"1000000") == Decimal(1_000_000)
-    assert await engine.set_threshold("main", "low_balance_below", b"0") == Decimal(0)
-    assert await engine.set_threshold("main", "runway_below_days", b"365") == Decimal(365)
+    assert await set_from_ha(engine, "main", "low_balance_below", b"1000000") == Decimal(1_000_000)
+    assert await set_from_ha(engine, "main", "low_balance_below", b"0") == Decimal(0)
+    assert await set_from_ha(engine, "main", "runway_below_days", b"365") == Decimal(365)
     with pytest.raises(ThresholdError):
-        await engine.set_threshold("main", "runway_below_days", b"365.5")
+        await set_from_ha(engine, "main", "runway_below_days", b"365.5")
     with pytest.raises(ThresholdError):
-        await engine.set_threshold("main", "budget_daily", b"1")
+        await set_from_ha(engine, "main", "budget_daily", b"1")
     store.close()
 
 
@@ -409,7 +416,7 @@ async def test_a_long_payload_is_judged_whole(tmp_path: Path, path: Path, payloa
     engine, store = await open_engine(path, config(tmp_path))
     try:
         with pytest.raises(ThresholdError):
-            await engine.set_threshold("main", "low_balance_below", payload)
+            await set_from_ha(engine, "main", "low_balance_below", payload)
         assert await store.call(Store.overrides, "main") == {}
     finally:
         store.close()

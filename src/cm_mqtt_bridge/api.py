@@ -26,6 +26,7 @@ from tenacity import (
 
 from . import __version__
 from .clock import Clock
+from .clock import backoff as exponential
 from .model import ApiStatus
 from .neterror import describe
 from .redact import redact, shorten
@@ -43,7 +44,7 @@ W = TypeVar("W", bound=BaseModel)
 
 def backoff(attempt: int) -> float:
     """Longest wait before retry `attempt` + 1 (1, 2, 4 … s, capped); jitter scales it down."""
-    return min(MAX_RETRY_WAIT, 2.0 ** (attempt - 1))
+    return exponential(1.0, MAX_RETRY_WAIT, attempt - 1)
 
 
 def retry_budget(retries: int, timeout: float) -> float:

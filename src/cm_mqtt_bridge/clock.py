@@ -52,3 +52,8 @@ async def wait_event(clock: Clock, event: asyncio.Event, timeout: float) -> bool
             task.cancel()
         await asyncio.gather(waiter, sleeper, return_exceptions=True)
     return event.is_set()
+
+
+def backoff(first: float, cap: float, failures: int) -> float:
+    """Exponential backoff: `first`, doubled per failure so far, at most `cap`."""
+    return min(cap, first * 2.0 ** min(failures, 30))

@@ -6,11 +6,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 
+from .alerts.engine import ThresholdError
 from .alerts.rules import THRESHOLDS
 from .clock import Clock
 from .runtime import AccountRuntime
-from .topics import Topics
+from .topics import REFRESH, Topics
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +67,30 @@ class Births:
 
 
 class LimitedWarning:
-    """A warning anyone on the broker can trigger at will: the first is logged, then at most
-    one line a minute with the count of those suppressed meanwhile, so a flood of commands
+    """A warning anyone on the broker can trigger at will: at most `burst` lines a minute,
+    then one line with the count of those suppressed meanwhile, so a flood of commands
     cannot flood the log."""
 
-    def __init__(self, clock: Clock, what: str, every: float = 60.0) -> None:
+    def __init__(self, clock: Clock, what: str, every: float = 60.0, burst: int = 1) -> None:
         self._clock = clock
         self._what = what
         self._every = every
-        self._last: float | None = None
+        self._burst = burst
+        self._window: float | None = None
+        self._logged = 0
         self._suppressed = 0
 
     def warn(self, message: str, *args: object) -> None:
         now = self._clock.monotonic()
-        if self._last is not None and now - self._last < self._every:
+        if self._window is None or now - self._window >= self._every:
+            if self._suppressed:
+                message += f" ({self._suppressed} more {self._what} ignored in the last minute)"
+            self._window, self._logged, self._suppressed = now, 0, 0
+        if self._logged >= self._burst:
             self._suppressed += 1
             return
-        if self._suppressed:
-            message += f" ({self._suppressed} more {self._what} ignored in the last minute)"
+        self._logged += 1
         log.warning(message, *args)
-        self._last, self._suppressed = now, 0
 
 
 class Commands:
@@ -99,6 +105,8 @@ class Commands:
         self._accounts = accounts
         self._births = births
         self._running: set[asyncio.Task[None]] = set()
+        self._latest: dict[tuple[str, str], Decimal] = {}
+        self._rejected = LimitedWarning(clock, "rejected thresholds", burst=10)
         self._unknown_account = LimitedWarning(clock, "commands for unknown accounts")
         self._unknown_command = LimitedWarning(clock, "unknown commands")
 
@@ -119,19 +127,43 @@ class Commands:
             self._unknown_account.warn(
                 "command for unknown account %r ignored", command.account[:40]
             )
-        elif command.name == "refresh":
+        elif command.name == REFRESH:
             log.info("%s: refresh requested", acc.id)
             acc.refresh()
         elif command.name in THRESHOLDS:
-            # Saving it waits for the alert store: off the receive loop, in arrival order
-            # (the account's evaluation lock is fair).
-            task = asyncio.create_task(acc.set_threshold(command.name, payload))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            try:
+                value = acc.parse_threshold(command.name, payload)
+            except ThresholdError as exc:
+                self._rejected.warn("%s: rejected threshold from MQTT: %s", acc.id, exc)
+                return
+            self._save(acc, command.name, value)
         else:
             self._unknown_command.warn("%s: unknown command %r ignored", acc.id, command.name[:40])
 
-    async def drain(self) -> None:
-        """Let threshold changes in progress finish (tests, shutdown)."""
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+    def _save(self, acc: AccountRuntime, key: str, value: Decimal) -> None:
+        """Saving waits for the alert store, so it runs off the receive loop; values that
+        arrive meanwhile replace each other (only the latest one counts), so a flood of
+        commands is one save at a time, not one task each."""
+        slot = (acc.id, key)
+        first = slot not in self._latest
+        self._latest[slot] = value
+        if first:
+            task = asyncio.create_task(self._save_latest(acc, key, slot))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _save_latest(self, acc: AccountRuntime, key: str, slot: tuple[str, str]) -> None:
+        try:
+            while True:
+                value = self._latest[slot]
+                await acc.set_threshold(key, value)
+                if self._latest[slot] is value:
+                    return
+        finally:
+            del self._latest[slot]
+
+    async def close(self) -> None:
+        """Stop saving (shutdown): what was not saved yet is dropped, as if never sent."""
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
-from .entities import Entity, Value, entities_for
+from .entities import CURRENCY_PROBE, Entity, Value, entities_for
 from .topics import Topics, default_entity_id, device_id, unique_id
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def announced_currency(payload: Mapping[str, Any]) -> str | None:
     """The currency a retained device message used, so units survive a restart."""
     cmps = payload.get("cmps")
     if isinstance(cmps, Mapping):
-        balance = cmps.get("balance")
+        balance = cmps.get(CURRENCY_PROBE)
         if isinstance(balance, Mapping) and isinstance(balance.get("unit_of_measurement"), str):
             return str(balance["unit_of_measurement"])
     return None

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from .alerts.rules import RuleSpec
 from .model import API_STATUSES, Window, WindowUsage
 from .money import CURRENCY, format_plain, parse_amount
+from .topics import REFRESH
 from .view import AccountView
 
 Platform = Literal["sensor", "binary_sensor", "button", "number", "event"]
@@ -55,6 +56,8 @@ class Entity:
     plain: bool = True  # also published as a plain retained topic
     # Publish hysteresis: keep the published value while a new one is within this fraction.
     band: Decimal | None = None
+    # The poll time: it changes with every poll, so alone it never makes a publish.
+    poll_time: bool = False
 
     def unit_for(self, currency: str | None) -> str | None:
         if self.unit is None or CURRENCY not in self.unit:
@@ -221,6 +224,7 @@ def _build() -> tuple[Entity, ...]:
             ),
             device_class="timestamp",
             category="diagnostic",
+            poll_time=True,
         ),
         Entity(
             key="api_status",
@@ -246,11 +250,11 @@ def _build() -> tuple[Entity, ...]:
             gate="bridge",
         ),
         Entity(
-            key="refresh",
+            key=REFRESH,
             name="Refresh",
             platform="button",
             icon="mdi:refresh",
-            command="refresh",
+            command=REFRESH,
             gate="bridge",
         ),
         # The forecast is useful without any rule: always published.
@@ -286,6 +290,9 @@ def _burn_source(v: AccountView) -> str | None:
 
 
 ENTITIES: tuple[Entity, ...] = _build()
+# The entity whose unit tells, in a retained discovery payload, which currency it announced.
+CURRENCY_PROBE = next(e.key for e in ENTITIES if e.needs_currency)
+POLL_TIME_KEYS = frozenset(e.value.key for e in ENTITIES if e.poll_time and e.value is not None)
 # Not an entity: the currency code rides in the state document for other subscribers.
 DOCUMENT_ONLY: tuple[Value, ...] = (
     Value("currency", lambda v: v.snapshot.currency if v.snapshot else None),

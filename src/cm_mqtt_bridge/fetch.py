@@ -66,9 +66,24 @@ async def fetch_snapshot(
     *,
     usage_deadline: float,
     on_balance: Callable[[Snapshot], None] | None = None,
+    usage_wait: float | None = None,
 ) -> Snapshot:
     """`on_balance` is called with a PENDING snapshot as soon as the balance is known while
-    /usage is still running, so a slow /usage never delays the balance."""
+    /usage is still running, so a slow /usage never delays the balance. `usage_wait`: /usage
+    asked (Retry-After) not to be called for this many more seconds; only the balance is
+    fetched."""
+    if usage_wait is not None and usage_wait > 0:
+        credits = await client.get_credits()
+        return Snapshot(
+            account_id=account_id,
+            fetched_at=clock.now(),
+            currency=credits.currency,
+            balance_micro=credits.balance_micro,
+            holds_micro=credits.uncollected_micro,
+            usage=None,
+            usage_state=UsageState.FAILED,
+            usage_error=f"/usage: rate limited; next try in {usage_wait:.0f} s",
+        )
 
     async def usage_within_deadline() -> UsageWire:
         async with asyncio.timeout(usage_deadline):
@@ -113,7 +128,12 @@ async def fetch_snapshot(
         return replace(snap, usage_state=UsageState.TIMED_OUT, usage_error=msg)
     except ApiError as exc:
         log.warning("%s: %s; balance kept", account_id, exc)
-        return replace(snap, usage_state=UsageState.FAILED, usage_error=str(exc))
+        return replace(
+            snap,
+            usage_state=UsageState.FAILED,
+            usage_error=str(exc),
+            usage_retry_after=exc.retry_after,
+        )
     if usage_wire.currency != credits.currency:
         msg = (
             f"/usage currency {usage_wire.currency} differs from "

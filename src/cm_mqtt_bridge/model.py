@@ -81,6 +81,7 @@ class Snapshot:
     usage: Usage | None
     usage_state: UsageState
     usage_error: str | None = None
+    usage_retry_after: float | None = None  # /usage asked to be left alone this long (s)
 
     @property
     def available_micro(self) -> int:

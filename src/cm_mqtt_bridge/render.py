@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .entities import DOCUMENT_ONLY, Entity
+from .entities import DOCUMENT_ONLY, POLL_TIME_KEYS, Entity
 from .topics import Kind, Topics
 from .view import AccountView
 
@@ -61,8 +61,8 @@ def same_values(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
     """Equal but for the poll time: an unchanged poll publishes nothing."""
     if a is None:
         return False
-    return {k: v for k, v in a.items() if k != "last_update"} == {
-        k: v for k, v in b.items() if k != "last_update"
+    return {k: v for k, v in a.items() if k not in POLL_TIME_KEYS} == {
+        k: v for k, v in b.items() if k not in POLL_TIME_KEYS
     }
 
 

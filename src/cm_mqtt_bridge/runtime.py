@@ -11,12 +11,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from .alerts.engine import AlertEngine, Observation, ThresholdError
-from .alerts.store import StoreError
+from .alerts.store import STORE_RETRY, StoreError
 from .api import ApiError, CrossModelClient
-from .clock import Clock, wait_event
+from .clock import Clock, backoff, wait_event
 from .config import AccountConfig, PollConfig
 from .discovery import Announced, device_payload
 from .entities import entities_for
@@ -32,7 +33,6 @@ from .view import AccountView, AlertsEvaluated, Event, Polled, PollFailed, WentS
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 3600.0
 EVALUATION_GRACE = 0.25  # seconds
-ALERT_RETRY = (1.0, 60.0)  # backoff while the alert store fails: first, cap
 
 
 class AccountRuntime:
@@ -51,7 +51,7 @@ class AccountRuntime:
         qos: int,
         concurrency: asyncio.Semaphore,
         on_notices: Callable[[], None] = lambda: None,
-        alert_retry: tuple[float, float] = ALERT_RETRY,
+        alert_retry: tuple[float, float] = STORE_RETRY,
         spread: bool = False,
     ) -> None:
         self.cfg = cfg
@@ -80,12 +80,14 @@ class AccountRuntime:
         self.last_success: float | None = None  # monotonic time of the last good /credits
         self.last_poll_start: float | None = None
         self.not_before: float | None = None  # Retry-After: no request before this
+        self.usage_not_before: float | None = None  # Retry-After of /usage alone
         self.refresh_requested = asyncio.Event()
         self._changed = asyncio.Event()  # wakes `watch`
         self._eval_lock = asyncio.Lock()
         self._alerts_owed: bool | None = None  # an evaluation to retry (its `record` flag)
         self._alerts_retry_at: float | None = None
         self._alerts_failures = 0
+        self._retrying: asyncio.Task[None] | None = None
 
     # ---- scheduling ------------------------------------------------------------------------
 
@@ -103,8 +105,7 @@ class AccountRuntime:
             await self._wait_until_allowed()
             self.refresh_requested.clear()
             self.last_poll_start = self._clock.monotonic()
-            async with self._sem:
-                await self.poll_once()
+            await self.poll_once()
             next_at = self.last_poll_start + p.interval + self._rng.uniform(0, p.jitter)
             timeout = max(0.0, next_at - self._clock.monotonic())
             await wait_event(self._clock, self.refresh_requested, timeout)
@@ -123,6 +124,13 @@ class AccountRuntime:
 
     async def watch(self) -> None:
         """Staleness and owed alert bookkeeping, on a timer of their own."""
+        try:
+            await self._watch()
+        finally:
+            if self._retrying is not None:
+                self._retrying.cancel()
+
+    async def _watch(self) -> None:
         while True:
             self._changed.clear()
             now = self._clock.monotonic()
@@ -135,7 +143,10 @@ class AccountRuntime:
                 deadlines.append(stale_at)
             if self._alerts_owed is not None and self._alerts_retry_at is not None:
                 if now >= self._alerts_retry_at:
-                    await self._retry_alerts()
+                    # In a task of its own: a database that makes the retry wait must not
+                    # hold back the staleness deadline.
+                    self._alerts_retry_at = None
+                    self._retrying = asyncio.create_task(self._retry_alerts())
                     continue
                 deadlines.append(self._alerts_retry_at)
             timeout = min(deadlines) - now if deadlines else 3600.0
@@ -160,14 +171,21 @@ class AccountRuntime:
     async def poll_once(self) -> None:
         self.polls += 1
         started = self._clock.monotonic()
+        usage_wait = None
+        if self.usage_not_before is not None:
+            usage_wait = self.usage_not_before - started
         try:
-            snap = await fetch_snapshot(
-                self.id,
-                self.client,
-                self._clock,
-                usage_deadline=self._poll.usage_timeout,
-                on_balance=self._on_balance,
-            )
+            # Only the requests count against the concurrency limit: the alert bookkeeping
+            # after them (which may wait for the database) must not hold other accounts back.
+            async with self._sem:
+                snap = await fetch_snapshot(
+                    self.id,
+                    self.client,
+                    self._clock,
+                    usage_deadline=self._poll.usage_timeout,
+                    on_balance=self._on_balance,
+                    usage_wait=usage_wait,
+                )
         except ApiError as exc:
             self._metrics.poll(self.id, exc.status, self._clock.monotonic() - started)
             await self._failed(exc)
@@ -179,6 +197,11 @@ class AccountRuntime:
             await self._failed(ApiError(f"internal error: {type(exc).__name__}"))
             return
         took = self._clock.monotonic() - started
+        if snap.usage_retry_after is not None:
+            wait = min(snap.usage_retry_after, MAX_RETRY_AFTER)
+            self.usage_not_before = self._clock.monotonic() + wait
+        elif usage_wait is None or usage_wait <= 0:
+            self.usage_not_before = None
         self._metrics.poll(self.id, "ok", took)
         self._metrics.snapshot(snap)
         if log.isEnabledFor(logging.DEBUG):
@@ -270,8 +293,7 @@ class AccountRuntime:
         return True
 
     def _owe_alerts(self, record: bool) -> None:
-        first, cap = self._alert_retry
-        delay = min(cap, first * 2**self._alerts_failures)
+        delay = backoff(*self._alert_retry, self._alerts_failures)
         self._alerts_failures += 1
         self._alerts_owed = record
         self._alerts_retry_at = self._clock.monotonic() + delay
@@ -279,16 +301,23 @@ class AccountRuntime:
         self._changed.set()
 
     async def _retry_alerts(self) -> None:
-        if await self._evaluate(record=bool(self._alerts_owed)):
-            self.publish()
+        try:
+            if await self._evaluate(record=bool(self._alerts_owed)):
+                self.publish()
+        except Exception:
+            log.exception("%s: retrying the alert bookkeeping failed", self.id)
+            self._owe_alerts(bool(self._alerts_owed))
 
-    async def set_threshold(self, key: str, payload: bytes) -> None:
+    def parse_threshold(self, key: str, payload: bytes) -> Decimal:
+        """Raises ThresholdError for a payload that is not an acceptable value."""
+        if self._engine is None:
+            raise ThresholdError(f"{key}: alerts are not running")
+        return self._engine.parse_threshold(self.id, key, payload)
+
+    async def set_threshold(self, key: str, value: Decimal) -> None:
         assert self._engine is not None
         try:
-            value = await self._engine.set_threshold(self.id, key, payload)
-        except ThresholdError as exc:
-            log.warning("%s: rejected threshold from MQTT: %s", self.id, exc)
-            return
+            await self._engine.set_threshold(self.id, key, value)
         except StoreError:
             log.error("%s: %s not saved (alert store unavailable); send it again", self.id, key)
             return

@@ -110,6 +110,7 @@ class Bridge:
                 await self.publisher.close()
             finally:
                 self.births.cancel()
+                await self.commands.close()
                 await self.supervisor.stop()
                 if self.health is not None:
                     await self.health.stop()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from .clock import Clock
+from .clock import Clock, backoff
 
 log = logging.getLogger(__name__)
 TaskFactory = Callable[[], Coroutine[Any, Any, None]]
@@ -47,8 +47,7 @@ class Supervisor:
 
     async def _keep(self, name: str, factory: TaskFactory) -> None:
         state = self.states[name]
-        first, cap = self._backoff
-        delay = first
+        failures = 0  # in a row, without a settled run between them
         while True:
             state.running = True
             started = self._clock.monotonic()
@@ -60,10 +59,12 @@ class Supervisor:
             except Exception as exc:
                 error: str = f"{type(exc).__name__}: {exc}"
                 if self._clock.monotonic() - started >= self._settle:
-                    delay = first
+                    failures = 0
+                delay = backoff(*self._backoff, failures)
                 log.exception("task %s failed; restarting in %.0f s", name, delay)
             else:
                 error = "ended unexpectedly"
+                delay = backoff(*self._backoff, failures)
                 log.error("task %s %s; restarting in %.0f s", name, error, delay)
             state.running = False
             state.restarts += 1
@@ -72,7 +73,7 @@ class Supervisor:
             if self._on_restart is not None:
                 self._on_restart(name)
             await self._clock.sleep(delay)
-            delay = min(cap, delay * 2)
+            failures += 1
 
     def problems(self) -> dict[str, str]:
         """Tasks that are down, or failed less than `settle` seconds ago: name -> reason."""

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from enum import IntEnum
 
+REFRESH = "refresh"  # the command that polls now (per account, or every account)
+
 
 class Kind(IntEnum):
     """What a retained topic holds; also the publish order on (re)connect, and what a Home
@@ -40,7 +42,7 @@ class Topics:
 
     @property
     def refresh_all(self) -> str:
-        return f"{self.base}/refresh/set"
+        return f"{self.base}/{REFRESH}/set"
 
     @property
     def device_wildcard(self) -> str:
@@ -81,7 +83,7 @@ class Topics:
     def parse_command(self, topic: str) -> Command | None:
         """`<base>/<account>/<name>/set` or `<base>/refresh/set`; None for anything else."""
         if topic == self.refresh_all:
-            return Command(None, "refresh")
+            return Command(None, REFRESH)
         head = self.base + "/"
         if not topic.startswith(head):
             return None

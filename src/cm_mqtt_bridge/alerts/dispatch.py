@@ -14,13 +14,12 @@ from datetime import timedelta
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from ..clock import Clock, wait_event
+from ..clock import Clock, backoff, wait_event
 from .notifiers import Channel, DeliveryError, RefusedError
-from .store import AsyncStore, OutboxItem, Store, StoreError
+from .store import STORE_RETRY, AsyncStore, OutboxItem, Store, StoreError
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
-STORE_RETRY = (1.0, 60.0)  # backoff while the database fails: first, cap
 
 
 class Dispatcher:
@@ -79,8 +78,7 @@ class Dispatcher:
                 timeout = await self._round(channel)
             except StoreError:
                 # Logged by the store; the notices stay in the outbox (or in _unrecorded).
-                first, cap = self._store_retry
-                timeout = min(cap, first * 2**failures)
+                timeout = backoff(*self._store_retry, failures)
                 failures += 1
             else:
                 failures = 0
@@ -91,9 +89,13 @@ class Dispatcher:
         name = channel.name
         await self._record_pending(name)
         if self._resume[name]:
-            now = self._clock.now()
-            await self.store.call(Store.make_due, name, now)
+            # Cleared first: a resume that arrives during the call is kept for the next round.
             self._resume[name] = False
+            try:
+                await self.store.call(Store.make_due, name, self._clock.now())
+            except StoreError:
+                self._resume[name] = True
+                raise
         await self.flush(channel)
         self.pending[name] = await self.store.call(Store.pending, name)
         next_due = await self.store.call(Store.next_due, name)
@@ -126,7 +128,7 @@ class Dispatcher:
                     reraise=True,
                 ):
                     with attempt:
-                        await channel.deliver(item.payload)
+                        await _deliver(channel, item.payload)
             except RefusedError as exc:
                 log.error(
                     "%s: alert %s refused by the receiver (%s); not retried", name, item.id, exc
@@ -135,7 +137,7 @@ class Dispatcher:
                 await self.store.call(Store.gave_up, item, self._clock.now(), str(exc))
                 continue
             except DeliveryError as exc:
-                delay = min(MAX_BACKOFF, self._backoff_base * 2 ** min(item.attempts, 10))
+                delay = backoff(self._backoff_base, MAX_BACKOFF, item.attempts)
                 retry_at = self._clock.now() + timedelta(seconds=delay)
                 log.warning(
                     "%s: could not deliver alert %s (%s); kept, next try in %.3g s",
@@ -163,3 +165,15 @@ class Dispatcher:
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, DeliveryError) and not isinstance(exc, RefusedError)
+
+
+async def _deliver(channel: Channel, payload: dict[str, object]) -> None:
+    """One attempt. A failure a channel did not foresee is logged with its traceback and
+    retried like any other, so one odd notice cannot stall its channel for good."""
+    try:
+        await channel.deliver(payload)
+    except DeliveryError:
+        raise
+    except Exception as exc:
+        log.exception("%s: unexpected failure delivering an alert", channel.name)
+        raise DeliveryError(f"unexpected {type(exc).__name__}") from None

@@ -102,9 +102,9 @@ class AlertEngine:
                 out[key] = self._thresholds[account_id].get(key, configured)
         return out
 
-    async def set_threshold(self, account_id: str, key: str, raw: bytes) -> Decimal:
-        """Validate and persist a threshold sent from HA; raises ThresholdError (or
-        StoreError), changing nothing, when it cannot be taken."""
+    def parse_threshold(self, account_id: str, key: str, raw: bytes) -> Decimal:
+        """A threshold sent from HA, validated; raises ThresholdError when it is not
+        acceptable (nothing changes)."""
         acc = self._accounts[account_id]
         if key not in THRESHOLDS:
             raise ThresholdError(f"{key} cannot be set")
@@ -126,9 +126,13 @@ class AlertEngine:
                 value = Decimal(parse_amount(value)) / MICRO_PER_UNIT
             except ValueError as exc:
                 raise ThresholdError(f"{key}: {exc}") from None
+        return value
+
+    async def set_threshold(self, account_id: str, key: str, value: Decimal) -> None:
+        """Persist and apply a parsed threshold; StoreError changes nothing."""
+        configured = self._configured(self._accounts[account_id], key)
         await self.store.call(Store.set_override, account_id, key, str(value), str(configured))
         self._thresholds[account_id][key] = value
-        return value
 
     # ---- evaluation ----------------------------------------------------------------------
 

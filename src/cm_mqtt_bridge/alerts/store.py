@@ -28,6 +28,7 @@ from .history import Sample
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+STORE_RETRY = (1.0, 60.0)  # backoff (first, cap) while the database fails
 P = ParamSpec("P")
 
 DB_NAME = "cm_mqtt_bridge.db"
@@ -192,7 +193,7 @@ class Store:
         rows = self._db.execute(
             "SELECT id, channel, account, payload, attempts, next_attempt FROM outbox "
             "WHERE channel = ? AND delivered IS NULL AND failed IS NULL "
-            "ORDER BY created, rowid LIMIT ?",
+            "ORDER BY rowid LIMIT ?",  # the order written, whatever the wall clock did
             (channel, limit),
         )
         out: list[OutboxItem] = []
@@ -215,7 +216,7 @@ class Store:
         """When the oldest item the channel owes is due (the others wait behind it)."""
         row = self._db.execute(
             "SELECT next_attempt FROM outbox WHERE channel = ? AND delivered IS NULL "
-            "AND failed IS NULL ORDER BY created, rowid LIMIT 1",
+            "AND failed IS NULL ORDER BY rowid LIMIT 1",
             (channel,),
         ).fetchone()
         return _dt(row[0]) if row else None
