@@ -19,6 +19,7 @@ from .clock import SystemClock
 from .config import Config
 from .discovery import device_payload
 from .entities import entities_for
+from .exits import EXIT_OK, EXIT_UPSTREAM
 from .model import Snapshot
 from .money import format_money
 from .neterror import describe
@@ -150,10 +151,10 @@ async def run_check(config: Config, out: TextIO, *, show_discovery: bool, source
         out.write(
             f"\n{len(report.failed)} of {report.count} checks FAILED: {', '.join(report.failed)}\n"
         )
-        return 1
+        return EXIT_UPSTREAM
     hint = "" if show_discovery else " (--show-discovery prints what Home Assistant would get)"
     out.write(f"\nAll {report.count} checks passed{hint}.\n")
-    return 0
+    return EXIT_OK
 
 
 def _print_discovery(config: Config, currencies: dict[str, str | None], out: TextIO) -> None:

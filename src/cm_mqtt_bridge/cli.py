@@ -5,54 +5,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import getpass
-import json
 import logging
 import os
-import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
-
-import aiohttp
-from pydantic import ValidationError
+from typing import Any
 
 from . import __version__, dashboard
-from .alerts.store import DB_NAME, Store, StoreError
-from .api import ApiError
 from .check import run_check
-from .clock import SystemClock
 from .config import (
     CONFIG_ENV,
     Config,
     ConfigError,
-    HealthConfig,
-    env_layer,
-    file_layer,
-    format_validation_error,
     load_config,
-    merge,
-    normalize_api_key,
 )
 from .demo import demo_options, run_demo
-from .model import Snapshot, UsageState
-from .money import format_plain
-from .neterror import describe
+from .exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
+from .healthcheck import cmd_healthcheck, health_url
+from .history_csv import cmd_history
+from .keyfile import cmd_set_api_key, default_key_file
 from .redact import RedactingFilter
 from .service import StartupError, run_service
-from .status import poll_all, render_status, snapshot_json
+from .status import cmd_status
 from .testalert import send_test_alert
 
-EXIT_OK, EXIT_UPSTREAM, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("cm_mqtt_bridge")
-
-
-def default_key_file(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")) / ".config")
-    return Path(base).expanduser() / "cm-mqtt-bridge" / "api_key"
 
 
 def parse_since(text: str) -> datetime:
@@ -260,187 +239,6 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         cli=cli_layer(args),
         default_key_file=default_key_file(env),
     )
-
-
-# ---- status -------------------------------------------------------------------------------
-
-
-def cmd_status(config: Config, as_json: bool, out: TextIO) -> int:
-    results = asyncio.run(poll_all(config, SystemClock()))
-    failed = any(isinstance(r, ApiError) for _, _, r in results)
-    if as_json:
-        doc = {
-            "accounts": [
-                {"id": acc_id, "name": name, "ok": True, **snapshot_json(r)}
-                if isinstance(r, Snapshot)
-                else {
-                    "id": acc_id,
-                    "name": name,
-                    "ok": False,
-                    "api_status": r.status,
-                    "error": str(r),
-                }
-                for acc_id, name, r in results
-            ]
-        }
-        out.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        blocks = []
-        for acc_id, name, r in results:
-            if isinstance(r, Snapshot):
-                blocks.append(render_status(name, acc_id, r))
-            else:
-                blocks.append(f"CrossModel · {name} ({acc_id})\n  Error      {r.status}: {r}")
-        out.write("\n\n".join(blocks) + "\n")
-    if any(isinstance(r, Snapshot) and r.usage_state != UsageState.OK for _, _, r in results):
-        log.warning("usage figures were not available for every account (balance is current)")
-    return EXIT_UPSTREAM if failed else EXIT_OK
-
-
-# ---- healthcheck ---------------------------------------------------------------------------
-
-
-async def cmd_healthcheck(url: str) -> int:
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=8)) as session,
-            session.get(url) as resp,
-        ):
-            body = await resp.text()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        print(f"unhealthy: {url}: {describe(exc)}")
-        return EXIT_UPSTREAM
-    print(body)
-    return EXIT_OK if resp.status == 200 else EXIT_UPSTREAM
-
-
-def health_url(args: argparse.Namespace, env: Mapping[str, str]) -> str:
-    """--url, else /healthz on the port the config (file, then environment) gives; no key is
-    needed, so a container's HEALTHCHECK never depends on secrets."""
-    if args.url:
-        return str(args.url)
-    path = getattr(args, "config", None)
-    if path is None and env.get(CONFIG_ENV):
-        path = Path(env[CONFIG_ENV])
-    layer = merge(file_layer(path), env_layer(env)).get("health")
-    try:
-        health = HealthConfig.model_validate(layer if isinstance(layer, dict) else {})
-    except ValidationError as exc:
-        raise ConfigError([f"health.{p}" for p in format_validation_error(exc)]) from None
-    host = health.host
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a listening address, not a bind
-        host = "127.0.0.1"  # listening everywhere: ask over loopback
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{health.port}/healthz"
-
-
-# ---- history -----------------------------------------------------------------------------
-
-HISTORY_COLUMNS = (
-    "account",
-    "time",
-    "balance",
-    "holds",
-    "available",
-    "spend_today",
-    "spend_week",
-    "spend_month",
-    "spent_total",
-)
-
-
-def cmd_history(config: Config, account: str | None, since: datetime | None, out: TextIO) -> int:
-    path = config.data_dir / DB_NAME
-    if not path.exists():
-        print(f"no history yet: {path} does not exist (run the bridge first)", file=sys.stderr)
-        return EXIT_UPSTREAM
-    if account is not None and account not in {a.id for a in config.accounts}:
-        print(f"unknown account {account!r}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        store = Store.open(path)
-    except StoreError as exc:
-        print(f"cm-mqtt-bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        return _write_history(store, account, since, out)
-    except sqlite3.Error as exc:  # corrupt beyond what the quick check at open sees
-        print(
-            f"cm-mqtt-bridge: cannot read the state database {path}: {exc}; move the file "
-            "aside and the bridge starts with a fresh one",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    finally:
-        store.close()
-
-
-def _plain(m: int | None) -> str:
-    return "" if m is None else format_plain(m)
-
-
-def _write_history(store: Store, account: str | None, since: datetime | None, out: TextIO) -> int:
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(HISTORY_COLUMNS)
-    for acc_id, s in store.samples(account, since):
-        writer.writerow(
-            (
-                acc_id,
-                s.at.isoformat(),
-                _plain(s.balance_micro),
-                _plain(s.holds_micro),
-                _plain(s.balance_micro - s.holds_micro),
-                _plain(s.spend_day_micro),
-                _plain(s.spend_week_micro),
-                _plain(s.spend_month_micro),
-                _plain(s.spent_total_micro),
-            )
-        )
-    return EXIT_OK
-
-
-# ---- config set-api-key -------------------------------------------------------------------
-
-
-def write_secret_file(path: Path, secret: str) -> None:
-    """Write atomically, mode 0600 from the first byte (no window where others can read it).
-
-    The temporary file is created exclusively and never through a symlink, and removed if
-    anything fails, so the key is never left behind elsewhere."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            os.write(fd, (secret + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def cmd_set_api_key(args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO) -> int:
-    if args.stdin or not stdin.isatty():
-        raw = stdin.read()
-    else:
-        raw = getpass.getpass("CrossModel API key (input hidden): ")
-    try:
-        key = normalize_api_key(raw)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    path = args.file or default_key_file(env)
-    try:
-        write_secret_file(path, key)
-    except OSError as exc:
-        print(f"error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(f"API key stored in {path} (mode 0600). Point api_key_file at it, or leave it there.")
-    return EXIT_OK
 
 
 # ---- entry point --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import yaml
 from .alerts.rules import LowBalanceRule
 from .config import AccountConfig
 from .entities import Entity, entities_for
+from .exits import EXIT_CONFIG, EXIT_OK
 from .money import micro_to_decimal
 from .topics import default_entity_id
 
@@ -207,7 +208,7 @@ def command(
         if not chosen:
             known = ", ".join(acc.id for acc in accounts)
             err.write(f"cm-mqtt-bridge: unknown account {account_id!r} (configured: {known})\n")
-            return 2
+            return EXIT_CONFIG
         accounts = chosen
     out.write(render(accounts, overview=overview))
-    return 0
+    return EXIT_OK

@@ -26,6 +26,7 @@ from typing import TextIO
 import aiomqtt
 
 from .config import Config, PollConfig
+from .exits import EXIT_INTERRUPTED, EXIT_OK
 from .localbroker import Mosquitto, find_mosquitto
 from .service import Bridge
 from .simulator import Simulator
@@ -34,7 +35,6 @@ DEMO_KEY = "cm-demo-not-a-real-key"
 DIR_PREFIX = "cm-mqtt-bridge-demo-"
 PID_FILE = "demo.pid"
 ALERT_AT, TOPUP_AT = 30.0, 45.0  # seconds into the simulator's story
-EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ async def run_demo(
         if opts.handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-    return EXIT_INTERRUPTED if signal.SIGINT in signals else 0
+    return EXIT_INTERRUPTED if signal.SIGINT in signals else EXIT_OK
 
 
 async def _run(

@@ -4,15 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .api import retry_budget
+from .clock import Clock
+from .config import PollConfig
 from .metrics import Metrics
 
+if TYPE_CHECKING:
+    from .runtime import AccountRuntime
+
 log = logging.getLogger(__name__)
+
+
+def poll_budget(poll: PollConfig) -> float:
+    """Seconds within which a healthy account has a good poll: two intervals plus what the
+    retries of one poll may take."""
+    return 2 * poll.interval + poll.jitter + retry_budget(poll.retries, poll.credits_timeout)
+
+
+def accounts_report(
+    accounts: Iterable[AccountRuntime], poll: PollConfig, clock: Clock
+) -> dict[str, dict[str, Any]]:
+    now = clock.monotonic()
+    budget = poll_budget(poll)
+    out: dict[str, dict[str, Any]] = {}
+    for acc in accounts:
+        last = acc.view.last_success_at
+        out[acc.id] = {
+            "ok": acc.last_success is not None and now - acc.last_success <= budget,
+            "fresh": acc.view.fresh,
+            "api_status": acc.view.api_status,
+            "last_success": last.isoformat() if last else None,
+            "last_error": acc.view.error,
+            "polls": acc.polls,
+        }
+    return out
 
 
 def build_report(

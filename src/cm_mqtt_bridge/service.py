@@ -19,13 +19,12 @@ from .alerts.dispatch import Dispatcher
 from .alerts.engine import AlertAccount, AlertEngine
 from .alerts.notifiers import DeliveryError, build_channels
 from .alerts.store import DB_NAME, AsyncStore, Store, StoreError
-from .api import retry_budget
 from .clock import Clock, SystemClock
 from .commands import Births, Commands
 from .config import Config
 from .discovery import read_back
 from .fetch import make_client
-from .health import HealthServer, build_report
+from .health import HealthServer, accounts_report, build_report
 from .metrics import Metrics
 from .publisher import Publisher, PublishError
 from .runtime import AccountRuntime
@@ -222,31 +221,11 @@ class Bridge:
 
     # ---- health ----------------------------------------------------------------------------
 
-    def poll_budget(self) -> float:
-        """Seconds within which a healthy account has a good poll: two intervals plus what
-        the retries of one poll may take."""
-        p = self.config.poll
-        return 2 * p.interval + p.jitter + retry_budget(p.retries, p.credits_timeout)
-
     def health_report(self) -> dict[str, Any]:
-        now = self.clock.monotonic()
-        budget = self.poll_budget()
-        accounts: dict[str, Any] = {}
-        for acc in self.accounts.values():
-            ok = acc.last_success is not None and now - acc.last_success <= budget
-            last = acc.view.last_success_at
-            accounts[acc.id] = {
-                "ok": ok,
-                "fresh": acc.view.fresh,
-                "api_status": acc.view.api_status,
-                "last_success": last.isoformat() if last else None,
-                "last_error": acc.view.error,
-                "polls": acc.polls,
-            }
         return build_report(
             version=__version__,
             connected=self.publisher.connected.is_set(),
-            accounts=accounts,
+            accounts=accounts_report(self.accounts.values(), self.config.poll, self.clock),
             tasks=self.supervisor.problems(),
             store_problem=self.store.problem if self.store else None,
             alerts_pending=sum(self.dispatcher.pending.values()) if self.dispatcher else 0,

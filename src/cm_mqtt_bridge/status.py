@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from typing import Any
+from typing import Any, TextIO
 
 import aiohttp
 
 from .api import ApiError
-from .clock import Clock
+from .clock import Clock, SystemClock
 from .config import Config
+from .exits import EXIT_OK, EXIT_UPSTREAM
 from .fetch import fetch_snapshot, make_client
-from .model import Snapshot, Window, WindowUsage
+from .model import Snapshot, UsageState, Window, WindowUsage
 from .money import format_money, format_plain, round_display
+
+log = logging.getLogger(__name__)
 
 
 def _window_text(w: WindowUsage, currency: str) -> str:
@@ -93,3 +97,35 @@ async def poll_all(config: Config, clock: Clock) -> list[tuple[str, str, Snapsho
     for acc, outcome in zip(config.accounts, outcomes, strict=True):
         results.append((acc.id, acc.name, outcome))
     return results
+
+
+def cmd_status(config: Config, as_json: bool, out: TextIO) -> int:
+    results = asyncio.run(poll_all(config, SystemClock()))
+    failed = any(isinstance(r, ApiError) for _, _, r in results)
+    if as_json:
+        doc = {
+            "accounts": [
+                {"id": acc_id, "name": name, "ok": True, **snapshot_json(r)}
+                if isinstance(r, Snapshot)
+                else {
+                    "id": acc_id,
+                    "name": name,
+                    "ok": False,
+                    "api_status": r.status,
+                    "error": str(r),
+                }
+                for acc_id, name, r in results
+            ]
+        }
+        out.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        blocks = []
+        for acc_id, name, r in results:
+            if isinstance(r, Snapshot):
+                blocks.append(render_status(name, acc_id, r))
+            else:
+                blocks.append(f"CrossModel · {name} ({acc_id})\n  Error      {r.status}: {r}")
+        out.write("\n\n".join(blocks) + "\n")
+    if any(isinstance(r, Snapshot) and r.usage_state != UsageState.OK for _, _, r in results):
+        log.warning("usage figures were not available for every account (balance is current)")
+    return EXIT_UPSTREAM if failed else EXIT_OK

@@ -20,6 +20,7 @@ from .alerts.notifiers import Channel, DeliveryError, build_channels
 from .clock import SystemClock
 from .config import AccountConfig, Config
 from .entities import TEST_EVENT
+from .exits import EXIT_OK, EXIT_UPSTREAM
 from .publisher import Publisher
 from .topics import Topics
 
@@ -93,6 +94,6 @@ async def send_test_alert(config: Config, acc: AccountConfig, out: TextIO) -> in
             out.write(f"FAILED  {name}: {problem}\n")
     if failed:
         out.write(f"\nNot delivered through: {', '.join(failed)}\n")
-        return 1
+        return EXIT_UPSTREAM
     out.write(f"\nDelivered through all {len(channels)} channels.\n")
-    return 0
+    return EXIT_OK

@@ -315,8 +315,11 @@ class Store:
         if since is not None:
             sql += " AND at >= ?"
             args += (since.timestamp(),)
-        for row in self._db.execute(sql + " ORDER BY account, at", args):
-            yield row[0], _sample(row)
+        try:
+            for row in self._db.execute(sql + " ORDER BY account, at", args):
+                yield row[0], _sample(row)
+        except sqlite3.Error as exc:  # e.g. pages corrupted past what the open check reads
+            raise StoreError(str(exc) or type(exc).__name__) from None
 
     def compact(self, now: datetime) -> int:
         """Thin old history; returns the number of rows removed."""

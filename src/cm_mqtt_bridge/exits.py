@@ -1,0 +1,4 @@
+"""Exit codes of every command: 0 ok, 1 upstream (API, broker, receiver), 2 config or usage,
+130 interrupted (Ctrl-C)."""
+
+EXIT_OK, EXIT_UPSTREAM, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
