@@ -13,23 +13,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, dashboard
-from .check import run_check
+from . import __version__
 from .config import (
     CONFIG_ENV,
     Config,
     ConfigError,
     load_config,
 )
-from .demo import demo_options, run_demo
 from .exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
-from .healthcheck import cmd_healthcheck, health_url
-from .history_csv import cmd_history
 from .keyfile import cmd_set_api_key, default_key_file
+
+# Each command's own module is imported when that command runs: `run` starts without
+# loading what only `demo`, `check` or `dashboard` need.
 from .redact import RedactingFilter
 from .service import StartupError, run_service
-from .status import cmd_status
-from .testalert import send_test_alert
 
 log = logging.getLogger("cm_mqtt_bridge")
 
@@ -266,8 +263,12 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
     if args.command == "config":
         return cmd_set_api_key(args, env, sys.stdin)
     if args.command == "demo":
+        from .demo import demo_options, run_demo
+
         return asyncio.run(run_demo(args.seconds, env, sys.stdout, options=demo_options(args)))
     if args.command == "healthcheck":
+        from .healthcheck import cmd_healthcheck, health_url
+
         try:
             url = health_url(args, env)
         except ConfigError as exc:
@@ -279,6 +280,8 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
         return print_config_error(exc)
     setup_logging(config.log_level, config.secrets())
     if args.command == "status":
+        from .status import cmd_status
+
         return cmd_status(config, args.json, sys.stdout)
     if args.command == "run":
         try:
@@ -288,13 +291,19 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
             return EXIT_CONFIG
         return EXIT_OK
     if args.command == "history":
+        from .history_csv import cmd_history
+
         return cmd_history(config, args.account, args.since, sys.stdout)
     if args.command == "check":
+        from .check import run_check
+
         source = str(getattr(args, "config", None) or env.get(CONFIG_ENV) or "environment")
         return asyncio.run(
             run_check(config, sys.stdout, show_discovery=args.show_discovery, source=source)
         )
     if args.command == "test-alert":
+        from .testalert import send_test_alert
+
         accounts = {a.id: a for a in config.accounts}
         if args.account is not None and args.account not in accounts:
             print(f"unknown account {args.account!r}", file=sys.stderr)
@@ -302,6 +311,8 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
         acc = accounts[args.account] if args.account else config.accounts[0]
         return asyncio.run(send_test_alert(config, acc, sys.stdout))
     if args.command == "dashboard":
+        from . import dashboard
+
         return dashboard.command(config.accounts, args.account, args.all, sys.stdout, sys.stderr)
     raise AssertionError(f"unhandled command {args.command}")
 
