@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.mosquitto import Mosquitto, discard
+from tests.receivers import Receivers
 from tests.standin import CrossModelStandin
 
 KEY = "cm-test-0123456789abcdefSECRET"
@@ -18,6 +19,24 @@ async def standin() -> AsyncIterator[CrossModelStandin]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def ntfy() -> AsyncIterator[Receivers]:
+    """A recording stand-in for ntfy (and, on its /hook path, a webhook receiver)."""
+    rx = Receivers()
+    await rx.start()
+    yield rx
+    await rx.stop()
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[Receivers]:
+    """A second recording receiver, for the webhook, when a test needs both apart."""
+    rx = Receivers()
+    await rx.start()
+    yield rx
+    await rx.stop()
 
 
 @pytest.fixture

@@ -44,22 +44,6 @@ LOW = {"low_balance": {"below": "5.00", "margin": "0.50"}}
 DISPATCH_BACKOFF = 0.5
 
 
-@pytest.fixture
-async def ntfy() -> AsyncIterator[Receivers]:
-    rx = Receivers()
-    await rx.start()
-    yield rx
-    await rx.stop()
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[Receivers]:
-    rx = Receivers()
-    await rx.start()
-    yield rx
-    await rx.stop()
-
-
 def alert_config(
     standin: CrossModelStandin,
     mosquitto: Mosquitto,

@@ -44,14 +44,6 @@ FAST = {
 }
 
 
-@pytest.fixture
-async def ntfy() -> AsyncIterator[Receivers]:
-    rx = Receivers()
-    await rx.start()
-    yield rx
-    await rx.stop()
-
-
 def alert_config(
     standin: CrossModelStandin, mosquitto: Mosquitto, ntfy: Receivers, data: Path, **extra: Any
 ) -> Config:

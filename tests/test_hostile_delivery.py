@@ -202,11 +202,8 @@ async def test_a_retry_after_a_timeout_carries_the_same_notice_id(
 
 
 @pytest.fixture
-async def receivers() -> AsyncIterator[Receivers]:
-    rx = Receivers()
-    await rx.start()
-    yield rx
-    await rx.stop()
+def receivers(ntfy: Receivers) -> Receivers:
+    return ntfy
 
 
 @pytest.mark.parametrize("status", [400, 404, 410, 422])

@@ -17,7 +17,7 @@ from .api import ApiError, CrossModelClient
 from .clock import Clock
 from .config import AccountConfig, PollConfig
 from .model import Snapshot, Usage, UsageState, WindowUsage
-from .wire import UsageWire, WindowWire
+from .wire import CreditsWire, UsageWire, WindowWire
 
 log = logging.getLogger(__name__)
 PARTIAL_GRACE = 0.25  # seconds
@@ -59,6 +59,19 @@ def usage_from_wire(u: UsageWire) -> Usage:
     return Usage(window_usage(u.daily), window_usage(u.weekly), window_usage(u.monthly))
 
 
+def balance_only(account_id: str, credits: CreditsWire, clock: Clock) -> Snapshot:
+    """The snapshot as soon as the balance is known (usage PENDING)."""
+    return Snapshot(
+        account_id=account_id,
+        fetched_at=clock.now(),
+        currency=credits.currency,
+        balance_micro=credits.balance_micro,
+        holds_micro=credits.uncollected_micro,
+        usage=None,
+        usage_state=UsageState.PENDING,
+    )
+
+
 async def fetch_snapshot(
     account_id: str,
     client: CrossModelClient,
@@ -73,14 +86,8 @@ async def fetch_snapshot(
     asked (Retry-After) not to be called for this many more seconds; only the balance is
     fetched."""
     if usage_wait is not None and usage_wait > 0:
-        credits = await client.get_credits()
-        return Snapshot(
-            account_id=account_id,
-            fetched_at=clock.now(),
-            currency=credits.currency,
-            balance_micro=credits.balance_micro,
-            holds_micro=credits.uncollected_micro,
-            usage=None,
+        return replace(
+            balance_only(account_id, await client.get_credits(), clock),
             usage_state=UsageState.FAILED,
             usage_error=f"/usage: rate limited; next try in {usage_wait:.0f} s",
         )
@@ -96,15 +103,7 @@ async def fetch_snapshot(
         usage_task.cancel()
         await asyncio.gather(usage_task, return_exceptions=True)
         raise
-    snap = Snapshot(
-        account_id=account_id,
-        fetched_at=clock.now(),
-        currency=credits.currency,
-        balance_micro=credits.balance_micro,
-        holds_micro=credits.uncollected_micro,
-        usage=None,
-        usage_state=UsageState.PENDING,
-    )
+    snap = balance_only(account_id, credits, clock)
     early: asyncio.TimerHandle | None = None
     if on_balance is not None and not usage_task.done():
         # Usually /usage answers at about the same time: wait a moment before publishing
