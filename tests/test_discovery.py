@@ -32,6 +32,7 @@ from cm_mqtt_bridge.render import state_document
 from cm_mqtt_bridge.service import Bridge
 from cm_mqtt_bridge.topics import Topics
 from cm_mqtt_bridge.view import AccountView
+from tests.helpers import until
 from tests.mqtt_helpers import Got, make_config
 
 TOPICS = Topics(base="cm_mqtt_bridge", prefix="homeassistant")
@@ -827,13 +828,6 @@ async def qos2_recording(port: int) -> AsyncIterator[list[Got]]:
                 await task
 
 
-async def _until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_discovery_and_state_are_retained_at_qos_1_on_the_broker(
     standin, mosquitto, tmp_path, monkeypatch
 ):
@@ -843,12 +837,12 @@ async def test_discovery_and_state_are_retained_at_qos_1_on_the_broker(
     device_topic = "homeassistant/device/cm_main/config"
     async with qos2_recording(mosquitto.port) as live:
         task = asyncio.create_task(Bridge(config, readback_seconds=0.1).run(stop))
-        await _until(lambda: any(m.topic == "cm_mqtt_bridge/main/balance" for m in live))
-        await _until(lambda: any(m.topic == device_topic and b'"USD"' in m.payload for m in live))
+        await until(lambda: any(m.topic == "cm_mqtt_bridge/main/balance" for m in live))
+        await until(lambda: any(m.topic == device_topic and b'"USD"' in m.payload for m in live))
         # A client that connects later gets the same, retained.
         async with qos2_recording(mosquitto.port) as late:
-            await _until(lambda: any(m.topic == "cm_mqtt_bridge/main/balance" for m in late))
-            await _until(lambda: any(m.topic == device_topic for m in late))
+            await until(lambda: any(m.topic == "cm_mqtt_bridge/main/balance" for m in late))
+            await until(lambda: any(m.topic == device_topic for m in late))
         stop.set()
         await asyncio.wait_for(task, 5)
 

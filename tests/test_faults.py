@@ -313,8 +313,9 @@ async def test_a_locked_database_holds_no_account_back_from_polling(
             await publish(mosquitto.port, "cm_mqtt_bridge/refresh/set", "PRESS")
             for i in ids:
                 await rec.wait_topic(f"cm_mqtt_bridge/{i}/balance", "4.125", timeout=5)
-            # All four within 2 s, though each commit waits the lock's 1 s before it fails.
-            assert time.monotonic() - sent < 2.0
+            # Each commit waits the lock's 1 s before it fails: holding the slot through it
+            # published the fourth account after about 4.3 s; released, all go at once.
+            assert time.monotonic() - sent < 3.0
             await until(lambda: bridge.store and bridge.store.problem, 10, "a failed commit")
 
 
