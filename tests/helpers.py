@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -42,10 +43,21 @@ def db_rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
         db.close()
 
 
+INSTALL_SUFFIX = re.compile(r"\.[0-9a-f]{10}$")
+
+
+def bare(notice_id: str | None) -> str:
+    """A notice id without its install id (`main.low_balance.1.3fa9c2d41b` -> `main.low_balance.1`):
+    tests that check the order and count of notices compare these."""
+    assert notice_id is not None
+    assert INSTALL_SUFFIX.search(notice_id), f"{notice_id!r} carries no install id"
+    return INSTALL_SUFFIX.sub("", notice_id)
+
+
 def outbox(data_dir: Path) -> list[tuple[str, str, int, bool]]:
-    """(id, channel, attempts, delivered) of every outbox row."""
+    """(id without its install id, channel, attempts, delivered) of every outbox row."""
     return [
-        (i, c, a, d is not None)
+        (bare(i), c, a, d is not None)
         for i, c, a, d in db_rows(
             data_dir, "SELECT id, channel, attempts, delivered FROM outbox ORDER BY id, channel"
         )

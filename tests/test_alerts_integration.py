@@ -19,7 +19,7 @@ import pytest
 from cm_mqtt_bridge.alerts.store import DB_NAME
 from cm_mqtt_bridge.config import Config
 from cm_mqtt_bridge.service import Bridge
-from tests.helpers import db_rows, outbox, until
+from tests.helpers import bare, db_rows, outbox, until
 from tests.mosquitto import Mosquitto
 from tests.mqtt_helpers import Recorder, barrier, make_config, publish, recording
 from tests.receivers import Receivers
@@ -116,7 +116,7 @@ async def wait_doc(
 
 
 def alert_ids(rec: Recorder) -> list[str]:
-    return [json.loads(m.payload)["id"] for m in rec.on(ALERTS)]
+    return [bare(json.loads(m.payload)["id"]) for m in rec.on(ALERTS)]
 
 
 def active_rules(rec: Recorder) -> list[list[str]]:
@@ -150,7 +150,7 @@ async def test_one_alert_per_crossing_on_every_channel(
         msg = await rec.wait_topic(ALERTS)
 
         assert push.text == "CrossModel Main: available balance 4.00 USD is below 5.00 USD"
-        assert push.header("X-Message-Id") == "main.low_balance.1"
+        assert bare(push.header("X-Message-Id")) == "main.low_balance.1"
         assert push.header("Title") == "CrossModel Main"
         assert push.header("Priority") == "4"  # ntfy "high", the configured default
         assert push.header("Tags") == "moneybag"
@@ -158,10 +158,11 @@ async def test_one_alert_per_crossing_on_every_channel(
 
         expected_sig = "sha256=" + hmac.new(SECRET.encode(), post.body, hashlib.sha256).hexdigest()
         assert post.header("X-CM-Bridge-Signature") == expected_sig
-        assert post.header("X-CM-Bridge-Id") == "main.low_balance.1"
+        assert bare(post.header("X-CM-Bridge-Id")) == "main.low_balance.1"
         assert post.header("Content-Type") == "application/json"
         body = post.json()
         at = body.pop("at")
+        body["id"] = bare(body["id"])
         assert body == {
             "id": "main.low_balance.1",
             "account": "main",
@@ -178,7 +179,7 @@ async def test_one_alert_per_crossing_on_every_channel(
 
         assert (msg.qos, msg.retain) == (1, False)
         event = json.loads(msg.payload)
-        assert (event["event_type"], event["id"], event["kind"], event["at"]) == (
+        assert (event["event_type"], bare(event["id"]), event["kind"], event["at"]) == (
             "low_balance",
             "main.low_balance.1",
             "fired",
@@ -228,12 +229,12 @@ async def test_one_alert_per_crossing_on_every_channel(
         await until(lambda: all_delivered(data, 6), what="second alert delivered everywhere")
         await barrier(rec, bridge.publisher)
 
-    assert [p.header("X-Message-Id") for p in ntfy.posts] == [
+    assert [bare(p.header("X-Message-Id")) for p in ntfy.posts] == [
         "main.low_balance.1",
         "main.low_balance.2",
     ]
     assert ntfy.posts[1].text == "CrossModel Main: available balance 4.999999 USD is below 5.00 USD"
-    assert [p.header("X-CM-Bridge-Id") for p in hook.posts] == [
+    assert [bare(p.header("X-CM-Bridge-Id")) for p in hook.posts] == [
         "main.low_balance.1",
         "main.low_balance.2",
     ]
@@ -285,7 +286,7 @@ async def test_ntfy_down_when_the_alert_fires_delivers_once_it_is_back(
             if r.name == "cm_mqtt_bridge.alerts.dispatch" and r.levelno == logging.WARNING
         ]
         assert len(warnings) == 1
-        assert warnings[0].startswith("ntfy: could not deliver alert main.low_balance.1 (")
+        assert warnings[0].startswith("ntfy: could not deliver alert main.low_balance.1.")
         assert warnings[0].endswith(f"); kept, next try in {DISPATCH_BACKOFF:g} s")
         if outage == "http_503":
             assert "(HTTP 503: receiver unavailable)" in warnings[0]
@@ -305,7 +306,7 @@ async def test_ntfy_down_when_the_alert_fires_delivers_once_it_is_back(
         await until(lambda: all_delivered(data, 3), what="ntfy delivery recorded")
         await barrier(rec, bridge.publisher)
 
-    assert delivered.header("X-Message-Id") == "main.low_balance.1"
+    assert bare(delivered.header("X-Message-Id")) == "main.low_balance.1"
     assert delivered.text == "CrossModel Main: available balance 1.00 USD is below 5.00 USD"
     assert len(ntfy.ntfy(TOPIC, ok_only=True)) == 1
     assert len(hook.posts) == 1
@@ -391,8 +392,8 @@ async def test_broker_down_when_the_alert_fires_publishes_it_after_reconnect(
         gate = ConnectGate(bridge, monkeypatch)
         await fire_while_the_broker_is_down(bridge, standin, mosquitto, data)
         # The push channels did not wait for the broker.
-        assert [p.header("X-Message-Id") for p in ntfy.posts] == ["main.low_balance.1"]
-        assert [p.header("X-CM-Bridge-Id") for p in hook.posts] == ["main.low_balance.1"]
+        assert [bare(p.header("X-Message-Id")) for p in ntfy.posts] == ["main.low_balance.1"]
+        assert [bare(p.header("X-CM-Bridge-Id")) for p in hook.posts] == ["main.low_balance.1"]
 
         connections = bridge.publisher.connections
         # The recorder subscribes to the restarted broker before the bridge is let back on.
@@ -414,7 +415,7 @@ async def test_broker_down_when_the_alert_fires_publishes_it_after_reconnect(
             await until(lambda: all_delivered(data, 3), what="MQTT delivery recorded")
             await barrier(rec, bridge.publisher)
     event = json.loads(msg.payload)
-    assert (event["id"], event["event_type"], msg.qos, msg.retain) == (
+    assert (bare(event["id"]), event["event_type"], msg.qos, msg.retain) == (
         "main.low_balance.1",
         "low_balance",
         1,
@@ -495,7 +496,7 @@ async def test_threshold_from_ha_is_validated_applied_persisted_and_survives_res
             await publish(port, SET_LOW, "8")
             msg = await rec.wait_topic(ALERTS)
             event = json.loads(msg.payload)
-            assert (event["id"], event["value"], event["threshold"]) == (
+            assert (bare(event["id"]), event["value"], event["threshold"]) == (
                 "main.low_balance.1",
                 "7.93 USD",
                 "8.00 USD",
@@ -561,13 +562,13 @@ async def test_auth_failed_alert_from_a_rejected_key(
         await until(lambda: all_delivered(data, 3), what="auth_failed delivered everywhere")
         await barrier(rec, bridge.publisher)
     event = json.loads(msg.payload)
-    assert (event["id"], event["event_type"], event["value"]) == (
+    assert (bare(event["id"]), event["event_type"], event["value"]) == (
         "main.auth_failed.1",
         "auth_failed",
         "auth_failed",
     )
     assert alert_ids(rec) == ["main.auth_failed.1"]
-    assert [p.header("X-Message-Id") for p in ntfy.posts] == ["main.auth_failed.1"]
+    assert [bare(p.header("X-Message-Id")) for p in ntfy.posts] == ["main.auth_failed.1"]
 
 
 # ---- the database is busy --------------------------------------------------------------------

@@ -23,6 +23,7 @@ from cm_mqtt_bridge.model import Snapshot, Usage, UsageState, WindowUsage
 from cm_mqtt_bridge.render import state_document
 from cm_mqtt_bridge.view import AccountView
 from tests.fakes import FakeClock
+from tests.helpers import bare
 
 KEY = "cm-test-0123456789abcdefSECRET"
 
@@ -275,7 +276,7 @@ async def test_engine_burn_and_runway_over_simulated_days(tmp_path: Path) -> Non
     assert status.burn == Burn(Decimal(PER_DAY), "history_7d")
     assert status.runway_days == Decimal(19_000_000) / Decimal(PER_DAY)
     assert status.active == {"runway": START + timedelta(days=7)}
-    assert [(n.id, n.value, n.threshold, n.message) for n in notices] == [
+    assert [(bare(n.id), n.value, n.threshold, n.message) for n in notices] == [
         (
             "main.runway.1",
             "12.7",

@@ -183,4 +183,4 @@ async def test_run_with_an_unusable_data_dir_exits_2_with_a_clear_message(tmp_pa
     }
     result = await run_cli("run", env=env, secrets=["SECRET"])
     assert result.code == 2
-    assert "data_dir: cannot open the state database" in result.err
+    assert f"data_dir: cannot use {blocker / 'data'}: Not a directory" in result.err

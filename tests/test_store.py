@@ -433,6 +433,8 @@ def test_open_refuses_a_file_that_is_not_a_database(path: Path) -> None:
 def test_open_checks_that_the_file_can_be_written(path: Path) -> None:
     store = Store.open(path, T0)
     try:
-        assert raw(path, "SELECT key, value FROM meta") == [("opened", T0.isoformat())]
+        assert raw(path, "SELECT key, value FROM meta WHERE key = 'opened'") == [
+            ("opened", T0.isoformat())
+        ]
     finally:
         store.close()

@@ -39,6 +39,13 @@ def cmd_history(config: Config, account: str | None, since: datetime | None, out
         print(f"cm-mqtt-bridge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
+        skipped = store.unreadable_samples()
+        if skipped:
+            print(
+                f"cm-mqtt-bridge: skipped {skipped} history row(s) in {path} that are not as the "
+                "bridge wrote them (a hand edit or a damaged disk?)",
+                file=sys.stderr,
+            )
         return _write_history(store, account, since, out)
     except StoreError as exc:  # corrupt beyond what the quick check at open sees
         print(

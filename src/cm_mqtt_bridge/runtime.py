@@ -285,10 +285,13 @@ class AccountRuntime:
             except StoreError:
                 self._owe_alerts(record)
                 return False
+        recovered = self._alerts_owed is not None
         self._alerts_owed = None
         self._alerts_failures = 0
         self._apply(AlertsEvaluated(status))
-        if notices:
+        if notices or recovered:
+            # After a failed commit, too: one that timed out may have landed after all (a
+            # disk that thawed), its notices already in the outbox.
             self._on_notices()
         return True
 

@@ -18,13 +18,14 @@ from . import __version__
 from .alerts.dispatch import Dispatcher
 from .alerts.engine import AlertAccount, AlertEngine
 from .alerts.notifiers import DeliveryError, build_channels
-from .alerts.store import DB_NAME, AsyncStore, Store, StoreError
+from .alerts.store import DB_NAME, LOCK_WAIT, STORE_DEADLINE, AsyncStore, Store, StoreError
 from .clock import Clock, SystemClock
 from .commands import Births, Commands
 from .config import Config
 from .discovery import read_back
 from .fetch import make_client
 from .health import HealthServer, accounts_report, build_report
+from .lockfile import AlreadyRunning, DataDirLock
 from .metrics import Metrics
 from .publisher import Publisher, PublishError
 from .runtime import AccountRuntime
@@ -32,6 +33,8 @@ from .supervisor import Supervisor
 from .topics import Kind, Topics
 
 log = logging.getLogger(__name__)
+FILES_CHECK = 30.0  # seconds between checks that the database files are still ours
+COMPACT_EVERY = 3600.0  # seconds between history thinnings
 
 
 class StartupError(Exception):
@@ -52,11 +55,14 @@ class Bridge:
         retry_backoff: tuple[float, float] = (1.0, 60.0),
         reconnect_backoff: tuple[float, float] = (1.0, 30.0),
         delivery_retry_wait: tuple[float, float] = (0.5, 4.0),
+        store_deadline: float = STORE_DEADLINE,
+        lock_wait: float = LOCK_WAIT,
     ) -> None:
         """The keyword arguments are timings tests make short: read-back of retained
         discovery, the delay before answering an HA birth, and backoffs (first, cap) for the
         outbox, task restarts, alert-store retries, broker reconnects and one delivery's
-        attempts."""
+        attempts; the deadline of a state-database call, and how long the start waits for a
+        lock another program holds on it."""
         self.config = config
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -64,6 +70,8 @@ class Bridge:
         self.dispatch_backoff = dispatch_backoff
         self.retry_backoff = retry_backoff
         self.delivery_retry_wait = delivery_retry_wait
+        self.store_deadline = store_deadline
+        self.lock_wait = lock_wait
         self.metrics = Metrics()
         self.accounts: dict[str, AccountRuntime] = {}
         self.births = Births(self.clock, self.rng, self._resend, delay=birth_delay)
@@ -94,26 +102,57 @@ class Bridge:
         # Each poll runs /credits and /usage at once; a few spare connections keep alert
         # deliveries (ntfy, webhook) from queueing behind a busy polling cycle.
         connector = aiohttp.TCPConnector(limit=2 * self.config.poll.max_concurrency + 4)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            try:
-                store = Store.open(self.config.data_dir / DB_NAME, self.clock.now())
-            except StoreError as exc:
-                raise StartupError(f"data_dir: {exc}") from None
-            self.store = AsyncStore(store)
-            log.info("starting version %s: %s", __version__, self.config.summary())
-            try:
-                await self._start_health()
-                await self._start(session, self.store)
-                await stop.wait()
-                log.info("shutting down")
-                await self.publisher.close()
-            finally:
-                self.births.cancel()
-                await self.commands.close()
-                await self.supervisor.stop()
-                if self.health is not None:
-                    await self.health.stop()
-                self.store.close()
+        lock = DataDirLock(self.config.data_dir)
+        try:
+            lock.acquire()
+        except AlreadyRunning as exc:
+            raise StartupError(f"data_dir: {exc}") from None
+        except OSError as exc:
+            raise StartupError(
+                f"data_dir: cannot use {self.config.data_dir}: {exc.strerror or exc}"
+            ) from None
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session:
+                self.store = AsyncStore(self._open_store(), deadline=self.store_deadline)
+                log.info("starting version %s: %s", __version__, self.config.summary())
+                try:
+                    await self._start_health()
+                    await self._start(session, self.store)
+                    await stop.wait()
+                    log.info("shutting down")
+                    await self.publisher.close()
+                finally:
+                    self.births.cancel()
+                    await self.commands.close()
+                    await self.supervisor.stop()
+                    if self.health is not None:
+                        await self.health.stop()
+                    self.store.close()
+        finally:
+            lock.release()
+
+    def _open_store(self) -> Store:
+        path = self.config.data_dir / DB_NAME
+        try:
+            store = Store.open(path, self.clock.now(), lock_wait=self.lock_wait)
+            skipped = store.unreadable_samples() if store.ready else 0
+        except StoreError as exc:
+            raise StartupError(f"data_dir: {exc}") from None
+        if skipped:
+            log.warning(
+                "skipping %d history row(s) in %s that are not as the bridge wrote them",
+                skipped,
+                path,
+            )
+        if not store.ready:
+            # A backup, a VACUUM or a sqlite3 shell: values need no database, so start, and
+            # catch up with the alert bookkeeping once the lock is gone.
+            log.warning(
+                "the state database %s is locked by another program; starting anyway, alerts "
+                "are kept and evaluated once it is free",
+                path,
+            )
+        return store
 
     async def _start_health(self) -> None:
         h = self.config.health
@@ -152,10 +191,7 @@ class Bridge:
             dispatcher.names,
         )
         self.engine = engine
-        try:
-            await engine.load()
-        except StoreError as exc:
-            raise StartupError(f"data_dir: cannot read the state database: {exc}") from None
+        await engine.load()  # if the store does not answer, each account loads when it can
         sem = asyncio.Semaphore(cfg.poll.max_concurrency)
         for acc in cfg.accounts:
             self.accounts[acc.id] = AccountRuntime(
@@ -189,14 +225,20 @@ class Bridge:
             keep(f"watch:{runtime.id}", runtime.watch)
 
     async def _housekeeping(self) -> None:
-        assert self.store is not None
+        """Check that the database files are still ours; thin the history once an hour."""
+        store = self.store
+        assert store is not None
+        compact_at = self.clock.monotonic() + COMPACT_EVERY
         while True:
-            await self.clock.sleep(3600)
-            now = self.clock.now()
+            await self.clock.sleep(FILES_CHECK)
+            await store.check_files()
+            if self.clock.monotonic() < compact_at:
+                continue
             try:
-                await self.store.call(Store.compact, now)
+                await store.call(Store.compact, self.clock.now())
             except StoreError:
-                continue  # logged by the store; the next hour tries again
+                continue  # logged by the store; the next check tries again
+            compact_at = self.clock.monotonic() + COMPACT_EVERY
             if self.engine is not None:
                 self.engine.history_changed()
 

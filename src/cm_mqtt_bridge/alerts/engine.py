@@ -2,7 +2,9 @@
 Home Assistant, and the atomic rule-state + outbox commit.
 
 In-memory state changes only after the database has committed, so a failed commit (a locked
-database) loses nothing: the same observation, evaluated again, gives the same notices.
+database) loses nothing: the same observation, evaluated again, gives the same notices. A
+commit that timed out may still land later (a stalled disk that thaws): the account's state
+is then read back from the database before its next evaluation, so it is not fired twice.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .evaluate import AlertStatus, Notice, RuleState, evaluate
 from .forecast import WINDOW, burn_rate, runway_days
 from .history import Sample, next_sample
 from .rules import THRESHOLDS, AlertsBase, Inputs
-from .store import AsyncStore, Store
+from .store import AsyncStore, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +68,43 @@ class AlertEngine:
         # The burn rate's 7-day anchor changes only when `now - 7 d` passes the next sample:
         # cached with that time, it costs no database call on most polls.
         self._anchors: dict[str, tuple[Sample | None, datetime | None]] = {}
+        # Accounts whose state must be read from the database before they are evaluated:
+        # all at start, and one whose commit failed (it may have landed after all).
+        self._unloaded: set[str] = set(self._accounts)
+        self.install_id = ""
 
-    async def load(self) -> None:
-        """Rule states, the last sample and thresholds set from HA, from the database."""
+    async def load(self) -> bool:
+        """Rule states, the last sample and thresholds set from HA, from the database. False
+        when the store does not answer (locked by another program): each account is then
+        loaded before its first evaluation, which is owed until then."""
         for acc in self._accounts.values():
-            loaded = await self.store.call(self._load, acc)
-            self._states[acc.id], self._last[acc.id], self._thresholds[acc.id] = loaded
+            try:
+                await self._load_account(acc.id)
+            except StoreError:
+                return False
+        return True
+
+    async def _load_account(self, account_id: str) -> None:
+        loaded = await self.store.call(self._load, self._accounts[account_id])
+        self._states[account_id], self._last[account_id], self._thresholds[account_id] = loaded
+        self._anchors.pop(account_id, None)
+        self._unloaded.discard(account_id)
 
     def _load(self, store: Store, acc: AlertAccount) -> _Loaded:
+        self.install_id = store.install_id
         overrides: dict[str, Decimal] = {}
         for key, (value, config_value) in store.overrides(acc.id).items():
             current = self._configured(acc, key)
-            if current is None or config_value != str(current):
-                # The file changed since HA set this: the file is the newer word.
+            try:
+                parsed = Decimal(value)
+            except (InvalidOperation, TypeError):
+                parsed = None
+            if current is None or config_value != str(current) or parsed is None:
+                # The file changed since HA set this: the file is the newer word. (Or the row
+                # is not one we wrote: the file's value is the one we can trust.)
                 store.drop_override(acc.id, key)
                 continue
-            overrides[key] = Decimal(value)
+            overrides[key] = parsed
         return store.rule_states(acc.id), store.latest_sample(acc.id), overrides
 
     # ---- thresholds ----------------------------------------------------------------------
@@ -168,6 +191,8 @@ class AlertEngine:
         """Evaluate the account's rules; `record` adds a history sample (a full poll with
         fresh usage). Notices are in the outbox when this returns; StoreError otherwise."""
         acc = self._accounts[account_id]
+        if account_id in self._unloaded:
+            await self._load_account(account_id)
         now = self.clock.now()
         prev = self._last[account_id]
         snap = seen.snapshot
@@ -200,12 +225,19 @@ class AlertEngine:
             if sample and prev
             else None,
             thresholds=thresholds,
+            install_id=self.install_id,
         )
         states = self._states[account_id]
         changed, notices = evaluate(acc.alerts, inputs, states)
         if changed or notices or sample is not None:
             channels = self.channels
-            await self.store.call(Store.commit, account_id, changed, notices, channels, now, sample)
+            try:
+                await self.store.call(
+                    Store.commit, account_id, changed, notices, channels, now, sample
+                )
+            except StoreError:
+                self._unloaded.add(account_id)
+                raise
         states.update(changed)
         if sample is not None:
             self._last[account_id] = sample

@@ -79,7 +79,9 @@ def _notice(
     elif kind == "reminder":
         title += " (reminder)"
     return Notice(
-        id=f"{i.account_id}.{rule.name}.{seq}",
+        # `seq` keeps the id stable when the same evaluation is retried; the install id
+        # keeps it unique across databases (a new volume, a reset, a second bridge).
+        id=f"{i.account_id}.{rule.name}.{seq}" + (f".{i.install_id}" if i.install_id else ""),
         account_id=i.account_id,
         rule=rule.name,
         kind=kind,

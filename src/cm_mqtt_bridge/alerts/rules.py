@@ -91,6 +91,7 @@ class Inputs:
     spend_since_prev_micro: int | None = None
     # Thresholds set from Home Assistant (by Threshold.key, in the threshold's unit).
     thresholds: Mapping[str, Decimal] = field(default_factory=dict)
+    install_id: str = ""  # the state database's random id, part of every notice id
 
 
 @dataclass(frozen=True, slots=True)

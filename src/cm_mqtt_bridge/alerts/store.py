@@ -5,8 +5,9 @@ in ONE transaction: after any crash (kill -9 included) an alert is either not fi
 fired with its notices waiting in the outbox, so it is never fired twice and never lost.
 
 `Store` is synchronous (the CLI uses it as is); the service reaches it through `AsyncStore`,
-which runs every call on one dedicated thread, so a locked or slow database delays only the
-alert bookkeeping, never polling or publishing.
+which runs every call on one dedicated thread with a deadline, so a locked, slow or stalled
+database (an SD card or NFS share that stops answering) delays only the alert bookkeeping,
+never polling or publishing.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ import asyncio
 import functools
 import json
 import logging
+import os
+import queue
+import secrets
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +35,8 @@ from .history import Sample
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STORE_RETRY = (1.0, 60.0)  # backoff (first, cap) while the database fails
+STORE_DEADLINE = 5.0  # seconds a store call may take before the store counts as stuck
+LOCK_WAIT = 5.0  # seconds `run` waits at start for a lock another program holds
 P = ParamSpec("P")
 
 DB_NAME = "cm_mqtt_bridge.db"
@@ -50,10 +58,30 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE INDEX IF NOT EXISTS samples_account_at ON samples (account, at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+# A history row as we write it; one that is not (a hand edit, bit rot) is skipped when read.
+VALID_SAMPLE = (
+    "typeof(at) IN ('real', 'integer') AND typeof(balance) = 'integer' "
+    "AND typeof(holds) = 'integer' AND typeof(spent_total) = 'integer' "
+    "AND typeof(spend_day) IN ('integer', 'null') AND typeof(spend_week) IN ('integer', 'null') "
+    "AND typeof(spend_month) IN ('integer', 'null')"
+)
 # History thinning: every poll for 48 h, then one per hour, then one per day; gone after 400 d.
 KEEP_ALL = timedelta(hours=48)
 KEEP_HOURLY = timedelta(days=30)
 KEEP_DAILY = timedelta(days=400)
+
+
+def open_error(path: Path | str, exc: BaseException) -> str:
+    """Why the database could not be opened, and what to do about it."""
+    text = str(exc) or type(exc).__name__
+    hint = ""
+    if "readonly" in text or "read-only" in text:
+        hint = "; make the file and its directory writable by this user (e.g. chown)"
+    elif is_locked(exc):
+        hint = "; another program holds it (a backup, or sqlite3 open in a terminal?)"
+    elif isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        hint = "; move the file aside and the bridge starts with a fresh one"
+    return f"cannot open the state database {path}: {text}{hint}"
 
 
 def _ts(dt: datetime | None) -> float | None:
@@ -77,38 +105,73 @@ class StoreError(Exception):
     """The state database could not be read or written; nothing of that call was kept."""
 
 
+def is_locked(exc: BaseException) -> bool:
+    """Another program holds the database (a backup, a VACUUM, an open `sqlite3` shell)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
 class Store:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, busy_ms: int = 1000, prepare: bool = True) -> None:
+        """Open the connection; with `prepare` (the default) also set the database up. Without,
+        `prepare()` runs later (a database another program holds locked at start)."""
+        self.path = path
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # Only our own process writes; a short wait keeps a stray lock from stalling the
+        # alert bookkeeping for long (a failed call is owed and retried).
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        self.ready = False
+        self.install_id = ""
+        self._files: dict[str, tuple[int, int]] = {}
+        if prepare:
+            self.prepare()
+
+    def prepare(self, now: datetime | None = None) -> None:
+        """WAL, the schema, this install's id; with `now`, also prove it can be written."""
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL is durable against a process crash (our kill -9 case) and cheap.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        # Only our own process writes; a short wait keeps a stray lock from stalling the loop.
-        self._db.execute("PRAGMA busy_timeout=1000")
         self._db.executescript(SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if "failed" not in columns:  # a database from before permanent failures existed
             self._db.execute("ALTER TABLE outbox ADD COLUMN failed REAL")
+        if now is not None:
+            self.check_writable(now)
+        # Notice ids carry it: ids from another install, or from this one before a reset,
+        # never repeat, so a receiver that drops a repeated id drops only real repeats.
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('install_id', ?)", (secrets.token_hex(5),)
+        )
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()
+        self.install_id = str(row[0])
+        self.ready = True
+        self._files = self._identity()
 
     @classmethod
-    def open(cls, path: Path | str, now: datetime | None = None) -> Store:
+    def open(
+        cls, path: Path | str, now: datetime | None = None, *, lock_wait: float | None = None
+    ) -> Store:
         """Open (creating it if needed); with `now`, also prove it can be written. Raises
-        StoreError naming the file and what to do."""
+        StoreError naming the file and what to do. With `lock_wait`, a database another
+        program keeps locked for that long is returned unprepared (`ready` False) instead."""
+        busy_ms = 1000 if lock_wait is None else int(lock_wait * 1000)
+        store: Store | None = None
         try:
-            store = cls(path)
+            store = cls(path, busy_ms=busy_ms, prepare=False)
             store.verify()
-            if now is not None:
-                store.check_writable(now)
+            store.prepare(now)
         except (OSError, sqlite3.Error) as exc:
-            hint = ""
-            text = str(exc)
-            if "readonly" in text or "read-only" in text:
-                hint = "; make the file and its directory writable by this user (e.g. chown)"
-            elif isinstance(exc, sqlite3.DatabaseError) and "locked" not in text:
-                hint = "; move the file aside and the bridge starts with a fresh one"
-            raise StoreError(f"cannot open the state database {path}: {text}{hint}") from None
+            if lock_wait is not None and store is not None and is_locked(exc):
+                store._db.execute("PRAGMA busy_timeout=1000")
+                return store
+            if store is not None:
+                store.close()
+            raise StoreError(open_error(path, exc)) from None
+        store._db.execute("PRAGMA busy_timeout=1000")
         return store
 
     def verify(self) -> None:
@@ -123,6 +186,32 @@ class Store:
         """Fail now, not at the first alert, when the database cannot be written (a volume
         owned by another user, a read-only mount)."""
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('opened', ?)", (now.isoformat(),))
+
+    # ---- the files under the open connection -----------------------------------------------
+
+    def _identity(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        if str(self.path) == ":memory:":
+            return out
+        for name in (str(self.path), f"{self.path}-wal"):
+            try:
+                st = os.stat(name)
+            except OSError:
+                continue
+            out[name] = (st.st_dev, st.st_ino)
+        return out
+
+    def check_files(self) -> str | None:
+        """What happened to the files this connection writes, if anything: deleted or
+        replaced while open (a cleanup script, a file moved aside), whatever is saved from
+        now on is gone at the next start."""
+        now = self._identity()
+        for name, ident in self._files.items():
+            if name not in now:
+                return f"{name} was deleted while the bridge runs"
+            if now[name] != ident:
+                return f"{name} was replaced while the bridge runs"
+        return None
 
     def close(self) -> None:
         self._db.close()
@@ -189,18 +278,35 @@ class Store:
     def due(self, channel: str, now: datetime, limit: int = 50) -> list[OutboxItem]:
         """What the channel owes, strictly in the order it was written, up to the first item
         still waiting out a backoff: a later notice (a rule's `recovered`) never overtakes an
-        earlier one (its `fired`). Permanently failed items are skipped."""
+        earlier one (its `fired`). Permanently failed items are skipped; a row that is not
+        the notice we wrote (bit rot, a hand edit) is marked failed here, once, so the
+        channel goes on with the next."""
         rows = self._db.execute(
-            "SELECT id, channel, account, payload, attempts, next_attempt FROM outbox "
+            "SELECT rowid, id, channel, account, payload, attempts, next_attempt FROM outbox "
             "WHERE channel = ? AND delivered IS NULL AND failed IS NULL "
             "ORDER BY rowid LIMIT ?",  # the order written, whatever the wall clock did
             (channel, limit),
-        )
+        ).fetchall()
         out: list[OutboxItem] = []
-        for i, c, a, p, n, next_attempt in rows:
-            if next_attempt > now.timestamp():
+        for rowid, i, c, a, p, n, next_attempt in rows:
+            if isinstance(next_attempt, int | float) and next_attempt > now.timestamp():
                 break
-            out.append(OutboxItem(i, c, a, json.loads(p), n))
+            payload = decode_notice(p)
+            if isinstance(payload, str) or not isinstance(n, int):
+                problem = payload if isinstance(payload, str) else "attempts is not a number"
+                log.error(
+                    "%s: outbox row %s (notice %r) is unreadable (%s); marked failed, not sent",
+                    channel,
+                    rowid,
+                    i,
+                    problem,
+                )
+                self._db.execute(
+                    "UPDATE outbox SET failed = ?, last_error = ? WHERE rowid = ?",
+                    (now.timestamp(), f"unreadable: {problem}", rowid),
+                )
+                continue
+            out.append(OutboxItem(str(i), str(c), str(a), payload, n))
         return out
 
     def make_due(self, channel: str, now: datetime) -> int:
@@ -286,7 +392,7 @@ class Store:
         )
 
     def latest_sample(self, account: str, at_or_before: datetime | None = None) -> Sample | None:
-        sql = "SELECT * FROM samples WHERE account = ?"
+        sql = f"SELECT * FROM samples WHERE account = ? AND {VALID_SAMPLE}"  # noqa: S608 (a constant)
         args: tuple[object, ...] = (account,)
         if at_or_before is not None:
             sql += " AND at <= ?"
@@ -299,7 +405,7 @@ class Store:
         the answer stays the same)."""
         found = self.latest_sample(account, at_or_before)
         row = self._db.execute(
-            "SELECT MIN(at) FROM samples WHERE account = ? AND at > ?",
+            f"SELECT MIN(at) FROM samples WHERE account = ? AND at > ? AND {VALID_SAMPLE}",  # noqa: S608
             (account, at_or_before.timestamp()),
         ).fetchone()
         return found, _dt(row[0]) if row else None
@@ -307,7 +413,7 @@ class Store:
     def samples(
         self, account: str | None = None, since: datetime | None = None
     ) -> Iterator[tuple[str, Sample]]:
-        sql = "SELECT * FROM samples WHERE 1=1"
+        sql = f"SELECT * FROM samples WHERE {VALID_SAMPLE}"  # noqa: S608 (a constant)
         args: tuple[object, ...] = ()
         if account is not None:
             sql += " AND account = ?"
@@ -319,6 +425,14 @@ class Store:
             for row in self._db.execute(sql + " ORDER BY account, at", args):
                 yield row[0], _sample(row)
         except sqlite3.Error as exc:  # e.g. pages corrupted past what the open check reads
+            raise StoreError(str(exc) or type(exc).__name__) from None
+
+    def unreadable_samples(self) -> int:
+        """History rows that are not as we wrote them (skipped wherever history is read)."""
+        sql = f"SELECT COUNT(*) FROM samples WHERE NOT ({VALID_SAMPLE})"  # noqa: S608
+        try:
+            return int(self._db.execute(sql).fetchone()[0])
+        except sqlite3.Error as exc:
             raise StoreError(str(exc) or type(exc).__name__) from None
 
     def compact(self, now: datetime) -> int:
@@ -350,6 +464,31 @@ def _payload(n: Notice) -> dict[str, object]:
     return {**n.as_dict(), "priority": n.priority, "tags": list(n.tags)}
 
 
+_TEXT_FIELDS = ("id", "account", "rule", "kind", "title", "message", "at")
+
+
+def decode_notice(raw: object) -> dict[str, object] | str:
+    """A stored notice as the channels read it, or what is wrong with it."""
+    if not isinstance(raw, str | bytes):
+        return f"payload is {type(raw).__name__}, not JSON text"
+    try:
+        payload = json.loads(raw)
+    except ValueError as exc:
+        return f"payload is not JSON ({exc})"
+    if not isinstance(payload, dict):
+        return "payload is not a JSON object"
+    for key in _TEXT_FIELDS:
+        if not isinstance(payload.get(key), str):
+            return f"payload field {key!r} is missing or not text"
+    for key in ("priority", "value", "threshold"):
+        if payload.get(key) is not None and not isinstance(payload[key], str):
+            return f"payload field {key!r} is not text"
+    tags = payload.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        return "payload field 'tags' is not a list of text"
+    return payload
+
+
 class _Tx:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -372,36 +511,128 @@ class _Tx:
             self._db.execute("ROLLBACK")
 
 
+class _Worker:
+    """One daemon thread that runs the store's calls in order. A daemon, unlike an executor's
+    thread, so a call stuck on a frozen disk cannot keep the process from exiting."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.running_since: float | None = None  # time.monotonic() of the call running now
+        self._thread = threading.Thread(target=self._run, name="cm-store", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        fut: Future[T] = Future()
+        self._jobs.put((fut, fn))
+        return fut
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fut, fn = job
+            if not fut.set_running_or_notify_cancel():
+                continue  # its caller gave up before it started: never run it late
+            self.running_since = time.monotonic()
+            try:
+                result = fn()
+            except BaseException as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+            finally:
+                self.running_since = None
+
+    def stop(self, timeout: float) -> bool:
+        """Finish what is queued within `timeout` seconds; False if the thread is stuck."""
+        self._jobs.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
 class AsyncStore:
-    """The store for the event loop: every call runs on one dedicated thread.
+    """The store for the event loop: every call runs on one dedicated thread, with a deadline.
 
     A failing call raises StoreError and is remembered in `problem` (for /healthz) until a
-    later call succeeds."""
+    later call succeeds. A call that does not answer within `deadline` seconds (a stalled SD
+    card or NFS share) raises StoreError too; while it is still stuck, later calls fail at
+    once instead of queueing behind it, so the callers owe their work and retry it later."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, deadline: float = STORE_DEADLINE) -> None:
         self.store = store
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cm-store")
-        self.problem: str | None = None
+        self.deadline = deadline
+        self._worker = _Worker()
+        self._failure: str | None = None
+        self.files_problem: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """What is wrong with the store now, in words, or None."""
+        stuck = self._stuck_for()
+        if stuck is not None:
+            return f"the state database {self.store.path} has not answered for {stuck:.0f} s"
+        return self.files_problem or self._failure
+
+    def _stuck_for(self) -> float | None:
+        since = self._worker.running_since
+        if since is None:
+            return None
+        running = time.monotonic() - since
+        return running if running > self.deadline else None
 
     async def call(
         self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """`await store.call(Store.commit, …)`: the call, on the store's thread."""
-        loop = asyncio.get_running_loop()
+        if (stuck := self._stuck_for()) is not None:
+            raise StoreError(f"the state database has not answered for {stuck:.0f} s")
+        job = functools.partial(self._run, fn, *args, **kwargs)
         try:
-            result = await loop.run_in_executor(
-                self._thread, functools.partial(fn, self.store, *args, **kwargs)
-            )
-        except sqlite3.Error as exc:
-            if self.problem is None:
-                log.error("alert store: %s (alerts are kept and retried)", exc)
-            self.problem = str(exc) or type(exc).__name__
-            raise StoreError(self.problem) from None
-        if self.problem is not None:
+            async with asyncio.timeout(self.deadline):
+                result = await asyncio.wrap_future(self._worker.submit(job))
+        except TimeoutError:
+            text = f"the state database did not answer within {self.deadline:g} s"
+            self._failed(f"{text} (a stalled disk?)")
+            raise StoreError(text) from None
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(str(exc) or type(exc).__name__)
+            raise StoreError(self._failure) from None
+        if self._failure is not None:
             log.info("alert store works again")
-            self.problem = None
+            self._failure = None
         return result
 
+    def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if not self.store.ready:  # locked by another program at start
+            self.store.prepare(datetime.now(UTC))
+            log.info("state database %s ready", self.store.path)
+        return fn(self.store, *args, **kwargs)
+
+    async def check_files(self) -> None:
+        """Notice (log once, and in `problem`) a database deleted or replaced under us."""
+        try:
+            found = await self.call(Store.check_files)
+        except StoreError:
+            return  # reported as the store's own problem
+        if found != self.files_problem:
+            if found is not None:
+                log.error(
+                    "alert store: %s; what is saved from now on (alert state, thresholds set "
+                    "from Home Assistant) is lost at the next start: restart the bridge to "
+                    "start a new database",
+                    found,
+                )
+            else:
+                log.info("alert store: the database file is back")
+            self.files_problem = found
+
+    def _failed(self, problem: str) -> None:
+        if self._failure is None:
+            log.error("alert store: %s (alerts are kept and retried)", problem)
+        self._failure = problem
+
     def close(self) -> None:
-        self._thread.shutdown(wait=True)
-        self.store.close()
+        """Close the database on its thread; give up after the deadline (a frozen disk)."""
+        self._worker.submit(self.store.close)
+        if not self._worker.stop(self.deadline):
+            log.warning("the state database did not close within %g s", self.deadline)
