@@ -243,8 +243,17 @@ def install_signal_handlers(stop: asyncio.Event) -> Callable[[], None]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    def hangup() -> None:
+        # Its default action killed the bridge without a word or its offline status. Under
+        # systemd or Docker a SIGHUP comes from a closed terminal; with no reload to offer, a
+        # clean stop like SIGTERM's is what that terminal's user expects.
+        log.info("SIGHUP (terminal closed?): stopping; start the bridge again to apply changes")
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+
     def remove() -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
     return remove
