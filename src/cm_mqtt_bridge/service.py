@@ -52,11 +52,12 @@ class Bridge:
         retry_backoff: tuple[float, float] = (1.0, 60.0),
         reconnect_backoff: tuple[float, float] = (1.0, 30.0),
         delivery_retry_wait: tuple[float, float] = (0.5, 4.0),
+        drain_seconds: float = 5.0,
     ) -> None:
         """The keyword arguments are timings tests make short: read-back of retained
         discovery, the delay before answering an HA birth, and backoffs (first, cap) for the
         outbox, task restarts, alert-store retries, broker reconnects and one delivery's
-        attempts."""
+        attempts. `drain_seconds`: how long alert deliveries in flight may take at a stop."""
         self.config = config
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -64,6 +65,7 @@ class Bridge:
         self.dispatch_backoff = dispatch_backoff
         self.retry_backoff = retry_backoff
         self.delivery_retry_wait = delivery_retry_wait
+        self.drain_seconds = drain_seconds
         self.metrics = Metrics()
         self.accounts: dict[str, AccountRuntime] = {}
         self.births = Births(self.clock, self.rng, self._resend, delay=birth_delay)
@@ -106,6 +108,9 @@ class Bridge:
                 await self._start(session, self.store)
                 await stop.wait()
                 log.info("shutting down")
+                if self.dispatcher is not None:
+                    # Before the publisher closes: the MQTT channel may be one of them.
+                    await self.dispatcher.drain(self.drain_seconds)
                 await self.publisher.close()
             finally:
                 self.births.cancel()
