@@ -416,6 +416,23 @@ async def test_429_retry_after_http_date(
     assert clock.slept == [20.0]
 
 
+@pytest.mark.parametrize("junk", ["²", "١٢"])
+async def test_junk_retry_after_is_rate_limited_with_normal_backoff(
+    make_client: MakeClient, standin: CrossModelStandin, clock: FakeClock, junk: str
+) -> None:
+    # "²" and "١٢" pass str.isdigit(); "²" then broke float() and was reported as "refused a
+    # redirect to an unusable URL", not retried. The stand-in sends the header as UTF-8.
+    standin.queue("credits", Reply(status=429, json={}, headers={"Retry-After": junk}))
+    credits = await make_client().get_credits()
+    assert credits.balance_micro == 8059489
+    assert clock.slept == [0.5]  # the first backoff, as without a Retry-After
+    standin.always["credits"] = Reply(status=429, json={}, headers={"Retry-After": junk})
+    err = await credits_error(make_client(retries=1))
+    assert type(err) is RateLimited
+    assert str(err) == "/credits: HTTP 429 rate limited"
+    assert err.retry_after is None
+
+
 async def test_short_retry_after_never_shortens_the_backoff(
     make_client: MakeClient, standin: CrossModelStandin, clock: FakeClock
 ) -> None:

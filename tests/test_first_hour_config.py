@@ -25,6 +25,7 @@ def errors(result_err: str) -> list[str]:
 def two_accounts(tmp_path: Path, alerts: str = "") -> Path:
     for name in ("a", "b"):
         (tmp_path / name).write_text(KEY + "\n")
+        (tmp_path / name).chmod(0o600)  # as `config set-api-key` writes it: no mode warning
     path = tmp_path / "config.yaml"
     path.write_text(
         "accounts:\n"

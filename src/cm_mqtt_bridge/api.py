@@ -77,15 +77,18 @@ class RateLimited(TransientError):
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date (relative to `now`)."""
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date (relative to `now`).
+
+    None for anything else: junk from the server means "no advice", never an error."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # ASCII digits only: str.isdigit() also accepts "²" and other digits float() refuses.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None or when.tzinfo is None:
         return None

@@ -8,6 +8,7 @@ problem is a `FileProblem` with one readable line, never a traceback.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -18,6 +19,10 @@ import yaml
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_SECRET_BYTES = 4096
 MAX_DEPTH = 20  # the config nests about 4 levels; anything deeper is not a config
+
+log = logging.getLogger(__name__)
+# Secret files already warned about in this process: one warning each, as ssh does.
+_warned_open: set[Path] = set()
 
 
 class FileProblem(Exception):
@@ -64,9 +69,30 @@ def read_secret(path: Path, what: str) -> str:
     except FileProblem as exc:
         raise FileProblem(f"{what}: cannot read {path} ({exc})") from None
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FileProblem(f"{what}: {path} is not UTF-8 text (byte {exc.start + 1})") from None
+    warn_if_open(path, what)
+    return text
+
+
+def warn_if_open(path: Path, what: str) -> None:
+    """One warning per file and process when other users may read (or write) a secret file.
+    A group is left alone: 0640 with a service group is a deliberate setup."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return  # it was just read; a race with a rename is not worth a message
+    if not mode & (stat.S_IROTH | stat.S_IWOTH) or path in _warned_open:
+        return
+    _warned_open.add(path)
+    log.warning(
+        "%s: %s is accessible by other users (mode %04o); restrict it with: chmod 600 %s",
+        what,
+        path,
+        mode,
+        path,
+    )
 
 
 class _Loader(yaml.SafeLoader):

@@ -57,12 +57,14 @@ class Bridge:
         delivery_retry_wait: tuple[float, float] = (0.5, 4.0),
         store_deadline: float = STORE_DEADLINE,
         lock_wait: float = LOCK_WAIT,
+        drain_seconds: float = 5.0,
     ) -> None:
         """The keyword arguments are timings tests make short: read-back of retained
         discovery, the delay before answering an HA birth, and backoffs (first, cap) for the
         outbox, task restarts, alert-store retries, broker reconnects and one delivery's
         attempts; the deadline of a state-database call, and how long the start waits for a
-        lock another program holds on it."""
+        lock another program holds on it. `drain_seconds`: how long alert deliveries in flight may
+        take at a stop."""
         self.config = config
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -72,6 +74,7 @@ class Bridge:
         self.delivery_retry_wait = delivery_retry_wait
         self.store_deadline = store_deadline
         self.lock_wait = lock_wait
+        self.drain_seconds = drain_seconds
         self.metrics = Metrics()
         self.accounts: dict[str, AccountRuntime] = {}
         self.births = Births(self.clock, self.rng, self._resend, delay=birth_delay)
@@ -120,6 +123,9 @@ class Bridge:
                     await self._start(session, self.store)
                     await stop.wait()
                     log.info("shutting down")
+                    if self.dispatcher is not None:
+                        # Before the publisher closes: the MQTT channel may be one of them.
+                        await self.dispatcher.drain(self.drain_seconds)
                     await self.publisher.close()
                 finally:
                     self.births.cancel()
@@ -285,8 +291,17 @@ def install_signal_handlers(stop: asyncio.Event) -> Callable[[], None]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    def hangup() -> None:
+        # Its default action killed the bridge without a word or its offline status. Under
+        # systemd or Docker a SIGHUP comes from a closed terminal; with no reload to offer, a
+        # clean stop like SIGTERM's is what that terminal's user expects.
+        log.info("SIGHUP (terminal closed?): stopping; start the bridge again to apply changes")
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+
     def remove() -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
     return remove

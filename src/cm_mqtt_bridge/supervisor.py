@@ -13,6 +13,7 @@ from .clock import Clock, backoff
 
 log = logging.getLogger(__name__)
 TaskFactory = Callable[[], Coroutine[Any, Any, None]]
+RECANCEL_AFTER = 0.5  # seconds (real time) a cancelled task may take before it is cancelled again
 
 
 @dataclass(slots=True)
@@ -87,7 +88,13 @@ class Supervisor:
         return out
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
+        pending = set(self._tasks.values())
+        while pending:
+            # Again for a task that outlives a cancel: Python 3.11's asyncio.wait_for (ours
+            # and aiomqtt's) drops a cancellation that arrives as its future completes, which
+            # left a stop during the MQTT read-back hanging for good.
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER)
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()

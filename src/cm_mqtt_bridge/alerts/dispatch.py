@@ -48,6 +48,10 @@ class Dispatcher:
         # Sent, but the database did not take the record yet: (channel) -> items.
         self._unrecorded: dict[str, list[OutboxItem]] = {c.name: [] for c in self.channels}
         self.pending: dict[str, int] = {c.name: 0 for c in self.channels}  # for /healthz
+        # Stopping: no delivery starts; the rounds under way may finish (see drain).
+        self._stopping = asyncio.Event()
+        self._busy: set[str] = set()  # channels inside a round
+        self._idle = asyncio.Event()
 
     @property
     def names(self) -> list[str]:
@@ -75,7 +79,7 @@ class Dispatcher:
         while True:
             wake.clear()
             try:
-                timeout = await self._round(channel)
+                timeout = await self._tracked_round(channel)
             except StoreError:
                 # Logged by the store; the notices stay in the outbox (or in _unrecorded).
                 timeout = backoff(*self._store_retry, failures)
@@ -83,6 +87,36 @@ class Dispatcher:
             else:
                 failures = 0
             await wait_event(self._clock, wake, timeout)
+
+    async def drain(self, seconds: float) -> None:
+        """Start no more deliveries and give those in flight `seconds` to finish and be
+        recorded: cancelled, they would be sent a second time after the restart."""
+        self._stopping.set()
+        if not self._busy:
+            return
+        busy = ", ".join(sorted(self._busy))
+        log.info("waiting up to %g s for alert deliveries in flight (%s)", seconds, busy)
+        self._idle.clear()
+        if not await wait_event(self._clock, self._idle, seconds):
+            log.warning(
+                "alert deliveries still in flight after %g s (%s): they are sent again after "
+                "the restart",
+                seconds,
+                ", ".join(sorted(self._busy)),
+            )
+
+    async def _tracked_round(self, channel: Channel) -> float:
+        self._busy.add(channel.name)
+        try:
+            return await self._round(channel)
+        finally:
+            self._busy.discard(channel.name)
+            if not self._busy:
+                self._idle.set()
+
+    async def _stop_aware_sleep(self, seconds: float) -> None:
+        # The wait between attempts ends when the bridge stops; the next attempt then gives up.
+        await wait_event(self._clock, self._stopping, seconds)
 
     async def _round(self, channel: Channel) -> float:
         """Record what was sent, send what is due; return how long to wait."""
@@ -119,15 +153,19 @@ class Dispatcher:
         now = self._clock.now()
         due = await self.store.call(Store.due, name, now)
         for item in due:
+            if self._stopping.is_set():
+                break  # stays in the outbox for the next start
             try:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception(_retryable),
                     stop=stop_after_attempt(self._attempts),
                     wait=wait_exponential(multiplier=self._retry_wait[0], max=self._retry_wait[1]),
-                    sleep=self._clock.sleep,
+                    sleep=self._stop_aware_sleep,
                     reraise=True,
                 ):
                     with attempt:
+                        if self._stopping.is_set() and attempt.retry_state.attempt_number > 1:
+                            raise _Stopping("not retried: the bridge is stopping")
                         await _deliver(channel, item.payload)
             except RefusedError as exc:
                 log.error(
@@ -155,7 +193,7 @@ class Dispatcher:
             # turn into a second copy.
             self._unrecorded[name].append(item)
             await self._record_pending(name)
-        if delivered:
+        if delivered and not self._stopping.is_set():
             # The channel works again: what waited out a backoff goes now, in order.
             now = self._clock.now()
             if await self.store.call(Store.make_due, name, now):
@@ -163,8 +201,12 @@ class Dispatcher:
         return delivered
 
 
+class _Stopping(DeliveryError):
+    pass
+
+
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, DeliveryError) and not isinstance(exc, RefusedError)
+    return isinstance(exc, DeliveryError) and not isinstance(exc, RefusedError | _Stopping)
 
 
 async def _deliver(channel: Channel, payload: dict[str, object]) -> None:
