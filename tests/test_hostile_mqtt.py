@@ -200,3 +200,14 @@ async def test_a_retained_threshold_command_is_ignored_and_a_live_one_applied(
         f"ignored a retained command on {set_low} (commands count only when sent live; "
         f"clear it: mosquitto_pub -r -n -t '{set_low}')"
     ]
+
+
+@pytest.mark.parametrize(("given", "protocol"), [(5, "5"), ("5", "5"), ("3.1.1", "3.1.1")])
+def test_the_mqtt_protocol_reads_as_yaml_and_env_give_it(given: object, protocol: str) -> None:
+    config = make_config("http://127.0.0.1:1/v1", 1883, protocol=given)
+    assert config.mqtt.protocol == protocol
+
+
+def test_an_unknown_mqtt_protocol_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"'5' or '3\.1\.1'"):
+        make_config("http://127.0.0.1:1/v1", 1883, protocol=3.1)
