@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
@@ -184,6 +185,11 @@ class PollConfig(StrictModel):
         return self.stale_after if self.stale_after is not None else 3 * self.interval
 
 
+def _protocol(value: Any) -> Any:
+    # YAML reads `protocol: 5` as a number.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
 class MqttConfig(StrictModel):
     host: str = "localhost"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
@@ -199,6 +205,8 @@ class MqttConfig(StrictModel):
     discovery_prefix: str = "homeassistant"
     base_topic: str = "cm_mqtt_bridge"
     qos: Literal[0, 1, 2] = 1
+    # MQTT 5 lets the bridge cap the size of what the broker sends it; 3.1.1 for old brokers.
+    protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_protocol)] = "5"
 
     @field_validator("ca_file", "certfile", "keyfile")
     @classmethod

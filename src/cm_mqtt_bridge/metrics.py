@@ -49,7 +49,8 @@ class Metrics:
             registry=r,
         )
 
-        self._gauges: dict[tuple[str, str], tuple[Gauge, Gauge, tuple[Gauge, ...]]] = {}
+        # Per account: its currency and that currency's gauges.
+        self._gauges: dict[str, tuple[str, Gauge, Gauge, tuple[Gauge, ...]]] = {}
 
     def poll(self, account: str, result: str, seconds: float) -> None:
         self.polls.labels(account, result).inc()
@@ -57,17 +58,25 @@ class Metrics:
             self.latency.labels(account).observe(seconds)
 
     def snapshot(self, snap: Snapshot) -> None:
-        key = (snap.account_id, snap.currency)
-        gauges = self._gauges.get(key)
-        if gauges is None:
+        account, cur = snap.account_id, snap.currency
+        gauges = self._gauges.get(account)
+        if gauges is None or gauges[0] != cur:
+            if gauges is not None:
+                # The account's currency changed: its old series would stay at their last
+                # value beside the new ones.
+                old = gauges[0]
+                self.balance.remove(account, old)
+                self.available.remove(account, old)
+                for w in Window:
+                    self.spend.remove(account, old, w.api)
             # Looking a labelled child up costs more than setting it: once per account.
-            account, cur = key
-            gauges = self._gauges[key] = (
+            gauges = self._gauges[account] = (
+                cur,
                 self.balance.labels(account, cur),
                 self.available.labels(account, cur),
                 tuple(self.spend.labels(account, cur, w.api) for w in Window),
             )
-        balance, available, spend = gauges
+        _, balance, available, spend = gauges
         balance.set(float(micro_to_decimal(snap.balance_micro)))
         available.set(float(micro_to_decimal(snap.available_micro)))
         if snap.usage is not None:

@@ -18,6 +18,9 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import aiomqtt
+from paho.mqtt import client as paho_client
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from .clock import Clock
 from .config import MqttConfig
@@ -28,6 +31,10 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
 IN_FLIGHT = 20  # paho's default limit of QoS > 0 messages in flight
+# The largest packet (MQTT 5) the broker may send us; it drops bigger ones, so anyone allowed to
+# publish on a topic we read cannot make us hold 100 MB. Far above what we read legitimately:
+# commands and HA's birth are bytes, a retained discovery document at most MAX_DISCOVERY_BYTES.
+MAX_PACKET_BYTES = 1024 * 1024
 
 
 class _QuietPending(logging.Filter):
@@ -89,6 +96,7 @@ class Publisher:
         self._client: aiomqtt.Client | None = None
         self._readback_done = False
         self._readback: dict[str, bytes] = {}
+        self._retained_commands = 0  # on this connection
         self._barrier = asyncio.Event()
         self._barrier_topic = topics.readback(uuid.uuid4().hex)
         self._stopping = False
@@ -131,6 +139,11 @@ class Publisher:
         """The bridge's connection; a `probe` (the `check` command) gets its own client id and
         no Will, so it never takes over a running bridge's session or says it is offline."""
         cfg = self._cfg
+        v5 = cfg.protocol == "5"
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.MaximumPacketSize = MAX_PACKET_BYTES
         return aiomqtt.Client(
             cfg.host,
             cfg.port,
@@ -144,7 +157,12 @@ class Publisher:
             else aiomqtt.Will(self._topics.bridge_status, "offline", qos=1, retain=True),
             tls_params=self._tls(),
             tls_insecure=cfg.tls_insecure if cfg.tls else None,
-            clean_session=True,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            # A fresh session each time: MQTT 5 says so with clean start (its session expiry
+            # defaults to 0), 3.1.1 with clean session.
+            clean_session=None if v5 else True,
+            clean_start=True if v5 else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
             timeout=10,
         )
 
@@ -189,6 +207,7 @@ class Publisher:
         self._client = client
         self._sent.clear()
         self._unsent = dict.fromkeys(self._desired)
+        self._retained_commands = 0
         self.connections += 1
         log.info("connected to MQTT broker %s:%d", self._cfg.host, self._cfg.port)
         async with asyncio.TaskGroup() as tg:
@@ -229,11 +248,28 @@ class Publisher:
                     # Kept only up to just past the limit: read_back refuses it by its size.
                     self._readback[topic] = payload[: MAX_DISCOVERY_BYTES + 1]
                 continue
+            if message.retain and self._topics.parse_command(topic) is not None:
+                self._ignore_retained(topic)
+                continue
             try:
                 await self._on_message(topic, payload)
             except Exception:
                 # A bad command must never take the connection down.
                 log.exception("error handling message on %s", topic)
+
+    def _ignore_retained(self, topic: str) -> None:
+        """A retained command is stale by the time we (re)connect: applying it would undo
+        what was set from Home Assistant since. One line a connection says how to clear it."""
+        self._retained_commands += 1
+        if self._retained_commands == 1:
+            log.warning(
+                "ignored a retained command on %s (commands count only when sent live; "
+                "clear it: mosquitto_pub -r -n -t '%s')",
+                topic[:200],
+                topic[:200],
+            )
+        else:
+            log.debug("ignored a retained command on %s", topic[:200])
 
     async def _sync(self, client: aiomqtt.Client) -> None:
         while True:

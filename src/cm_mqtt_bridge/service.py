@@ -164,7 +164,7 @@ class Bridge:
         h = self.config.health
         if not h.enabled:
             return
-        server = HealthServer(h.host, h.port, self.health_report, self.metrics)
+        server = HealthServer(h.host, h.port, self.health_report, self.metrics, self.clock)
         try:
             await server.start()
         except OSError as exc:
