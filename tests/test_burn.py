@@ -193,7 +193,7 @@ async def open_engine(
 
 
 async def observe(
-    engine: AlertEngine, view: AccountView, *, last_success: datetime, record: bool
+    engine: AlertEngine, view: AccountView, *, record: bool
 ) -> tuple[AlertStatus, list[Notice]]:
     seen = Observation(
         snapshot=view.snapshot,
@@ -201,7 +201,7 @@ async def observe(
         usage_at=view.usage_at,
         usage_current=view.usage_current,
         api_status=view.api_status,
-        last_success=last_success,
+        last_success=engine.clock.monotonic(),  # a good poll just now
     )
     return await engine.observe("main", seen, record=record)
 
@@ -252,7 +252,7 @@ async def test_engine_burn_and_runway_over_simulated_days(tmp_path: Path) -> Non
 
     async def day(k: int) -> tuple[AlertStatus, list[Notice]]:
         clock.advance((START + timedelta(days=k) - clock.now()).total_seconds())
-        return await observe(engine, day_view(k), last_success=clock.now(), record=True)
+        return await observe(engine, day_view(k), record=True)
 
     status, notices = await day(0)
     assert status.burn == Burn(Decimal(200_000), "month_to_date")  # 1.90 / 9.5 days
@@ -306,13 +306,13 @@ async def test_engine_continues_spent_total_across_a_restart(tmp_path: Path) -> 
     engine, store = await open_engine(path, config, clock)
     for k in range(4):
         clock.advance((START + timedelta(days=k) - clock.now()).total_seconds())
-        await observe(engine, day_view(k), last_success=clock.now(), record=True)
+        await observe(engine, day_view(k), record=True)
     store.close()
 
     engine, store = await open_engine(path, config, clock)
     for k in range(4, 9):
         clock.advance((START + timedelta(days=k) - clock.now()).total_seconds())
-        status, _ = await observe(engine, day_view(k), last_success=clock.now(), record=True)
+        status, _ = await observe(engine, day_view(k), record=True)
     assert [s.spent_total_micro for s in await samples(store, "main")] == [
         PER_DAY * k for k in range(9)
     ]
@@ -335,7 +335,6 @@ async def test_engine_month_rollover_keeps_the_cumulative_spend(tmp_path: Path) 
         await observe(
             engine,
             view_at(at, balance=5_000_000, holds=0, day=0, week=0, month=month),
-            last_success=at,
             record=True,
         )
     assert [s.spent_total_micro for s in await samples(store, "main")] == [
@@ -352,7 +351,7 @@ async def test_engine_records_only_full_polls_with_fresh_usage(tmp_path: Path) -
     clock = FakeClock(START)
     engine, store = await open_engine(tmp_path / "a.db", config, clock)
     full = day_view(0)
-    await observe(engine, full, last_success=START, record=False)
+    await observe(engine, full, record=False)
     assert await samples(store) == []
     # Usage from an earlier poll (this poll's /usage failed): no sample.
     assert full.snapshot is not None
@@ -362,9 +361,9 @@ async def test_engine_records_only_full_polls_with_fresh_usage(tmp_path: Path) -
         usage_state=UsageState.FAILED,
     )
     assert not later.usage_current
-    await observe(engine, later, last_success=START, record=True)
+    await observe(engine, later, record=True)
     assert await samples(store) == []
-    await observe(engine, full, last_success=START, record=True)
+    await observe(engine, full, record=True)
     assert [s.at for s in await samples(store)] == [START]
     store.close()
 
@@ -389,7 +388,6 @@ async def test_a_failed_commit_loses_neither_the_sample_nor_the_top_up(tmp_path:
     await observe(
         engine,
         view_at(START, balance=5_000_000, holds=0, day=0, week=0, month=0),
-        last_success=clock.now(),
         record=True,
     )
     clock.advance(60)
@@ -402,11 +400,11 @@ async def test_a_failed_commit_loses_neither_the_sample_nor_the_top_up(tmp_path:
     side.commit()
     # The store's thread turns the sqlite3.IntegrityError into a StoreError.
     with pytest.raises(StoreError, match="disk full"):
-        await observe(engine, topped, last_success=clock.now(), record=True)
+        await observe(engine, topped, record=True)
     assert side.execute("SELECT COUNT(*) FROM samples").fetchone() == (1,)
     side.execute("DROP TRIGGER full")
     side.commit()
     side.close()
-    _status, notices = await observe(engine, topped, last_success=clock.now(), record=True)
+    _status, notices = await observe(engine, topped, record=True)
     assert [(n.rule, n.value) for n in notices] == [("topup", "20.00 USD")]
     store.close()

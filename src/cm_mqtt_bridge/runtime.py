@@ -277,7 +277,7 @@ class AccountRuntime:
                 usage_at=view.usage_at,
                 usage_current=view.usage_current,
                 api_status=view.api_status,
-                last_success=view.last_success_at,
+                last_success=self.last_success,
             )
             record = record or bool(self._alerts_owed)
             try:

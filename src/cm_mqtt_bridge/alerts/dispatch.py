@@ -1,5 +1,9 @@
 """Delivers the outbox, one loop per channel: a channel that is down delays only itself.
 
+A channel's retry waits on the monotonic clock, here: the outbox's retry times are wall-clock
+dates, which a step of the clock (NTP on a Pi without a clock chip) would move by an hour.
+They are only stored; a new process sends everything owed at once anyway.
+
 Every loop survives a failing database: a store call that fails is retried with backoff, and a
 notice whose delivery could not be recorded is remembered here, so it is recorded later and
 never sent twice by this process.
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -20,6 +24,8 @@ from .store import STORE_RETRY, AsyncStore, OutboxItem, Store, StoreError
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
+# `Store.due`'s cut-off that makes every owed notice due: this loop times the retries.
+EVERYTHING = datetime.max.replace(tzinfo=UTC)
 
 
 class Dispatcher:
@@ -45,6 +51,9 @@ class Dispatcher:
         self._on_refused = on_refused
         self._wake = {c.name: asyncio.Event() for c in self.channels}
         self._resume = {c.name: True for c in self.channels}
+        # Monotonic time until which the channel's oldest notice waits for its retry (the
+        # others wait behind it, to keep the order); None: not waiting.
+        self._retry_at: dict[str, float | None] = {c.name: None for c in self.channels}
         # Sent, but the database did not take the record yet: (channel) -> items.
         self._unrecorded: dict[str, list[OutboxItem]] = {c.name: [] for c in self.channels}
         self.pending: dict[str, int] = {c.name: 0 for c in self.channels}  # for /healthz
@@ -123,19 +132,19 @@ class Dispatcher:
         name = channel.name
         await self._record_pending(name)
         if self._resume[name]:
-            # Cleared first: a resume that arrives during the call is kept for the next round.
+            # Cleared first: a resume that arrives during the round is kept for the next one.
             self._resume[name] = False
-            try:
-                await self.store.call(Store.make_due, name, self._clock.now())
-            except StoreError:
-                self._resume[name] = True
-                raise
-        await self.flush(channel)
+            self._retry_at[name] = None
+        retry_at = self._retry_at[name]
+        if retry_at is None or retry_at <= self._clock.monotonic():
+            self._retry_at[name] = None
+            await self.flush(channel)
         self.pending[name] = await self.store.call(Store.pending, name)
-        next_due = await self.store.call(Store.next_due, name)
-        if next_due is None:
-            return 3600.0
-        return max(0.05, (next_due - self._clock.now()).total_seconds())
+        retry_at = self._retry_at[name]
+        if retry_at is not None:
+            return max(0.0, retry_at - self._clock.monotonic())
+        # Still owed after a flush without a failure: more than one batch, or new notices.
+        return 0.05 if self.pending[name] else 3600.0
 
     async def _record_pending(self, name: str) -> None:
         pending = self._unrecorded[name]
@@ -150,8 +159,8 @@ class Dispatcher:
         A notice the receiver refused for good is marked failed and skipped."""
         name = channel.name
         delivered = 0
-        now = self._clock.now()
-        due = await self.store.call(Store.due, name, now)
+        # Only a read: a locked database does not hold back what can be sent.
+        due = await self.store.call(Store.due, name, EVERYTHING)
         for item in due:
             if self._stopping.is_set():
                 break  # stays in the outbox for the next start
@@ -176,7 +185,8 @@ class Dispatcher:
                 continue
             except DeliveryError as exc:
                 delay = backoff(self._backoff_base, MAX_BACKOFF, item.attempts)
-                retry_at = self._clock.now() + timedelta(seconds=delay)
+                self._retry_at[name] = self._clock.monotonic() + delay
+                retry_at = self._clock.now() + timedelta(seconds=delay)  # stored as a date
                 log.warning(
                     "%s: could not deliver alert %s (%s); kept, next try in %.3g s",
                     name,
@@ -193,11 +203,6 @@ class Dispatcher:
             # turn into a second copy.
             self._unrecorded[name].append(item)
             await self._record_pending(name)
-        if delivered and not self._stopping.is_set():
-            # The channel works again: what waited out a backoff goes now, in order.
-            now = self._clock.now()
-            if await self.store.call(Store.make_due, name, now):
-                return delivered + await self.flush(channel)
         return delivered
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
@@ -50,7 +50,7 @@ class Observation:
     usage_at: datetime | None
     usage_current: bool  # `usage` came with `snapshot` (a full, good poll)
     api_status: str | None
-    last_success: datetime | None
+    last_success: float | None  # monotonic time of the last good poll in this process
 
 
 class AlertEngine:
@@ -60,7 +60,9 @@ class AlertEngine:
         self.store = store
         self.clock = clock
         self.channels = channels
-        self.started_at = clock.now()
+        self.started_at = clock.now()  # shown as "since" of a restored alert
+        # The api_down grace after a start, on the monotonic clock.
+        self.started_mono = clock.monotonic()
         self._accounts = {a.id: a for a in accounts}
         self._states: dict[str, dict[str, RuleState]] = {a.id: {} for a in accounts}
         self._last: dict[str, Sample | None] = {a.id: None for a in accounts}
@@ -86,9 +88,21 @@ class AlertEngine:
 
     async def _load_account(self, account_id: str) -> None:
         loaded = await self.store.call(self._load, self._accounts[account_id])
-        self._states[account_id], self._last[account_id], self._thresholds[account_id] = loaded
+        states, self._last[account_id], self._thresholds[account_id] = loaded
+        self._states[account_id] = {r: self._anchored(s) for r, s in states.items()}
         self._anchors.pop(account_id, None)
         self._unloaded.discard(account_id)
+
+    def _anchored(self, state: RuleState) -> RuleState:
+        """A restored state's last notice on this process's monotonic clock. Only its wall
+        time was stored, so the wall clock is read once, now, and never again: a reminder
+        overdue by that reading goes at once, and a last notice the clock puts in the future
+        (a Pi booted with an old time) counts as just sent, so the reminder comes at most
+        `repeat_every` after the start, whatever NTP does to the clock later."""
+        if state.last_notified is None:
+            return state
+        elapsed = max(0.0, (self.clock.now() - state.last_notified).total_seconds())
+        return replace(state, notified_mono=self.clock.monotonic() - elapsed)
 
     def _load(self, store: Store, acc: AlertAccount) -> _Loaded:
         self.install_id = store.install_id
@@ -194,6 +208,9 @@ class AlertEngine:
         if account_id in self._unloaded:
             await self._load_account(account_id)
         now = self.clock.now()
+        mono = self.clock.monotonic()
+        # No good poll in this process yet (a restart): the outage counts from the start.
+        since = self.started_mono if seen.last_success is None else seen.last_success
         prev = self._last[account_id]
         snap = seen.snapshot
         sample: Sample | None = None
@@ -216,8 +233,8 @@ class AlertEngine:
             spend_micro={w.api: usage.get(w).cost_micro for w in Window} if usage else {},
             usage_at=seen.usage_at,
             api_status=seen.api_status,
-            last_success=seen.last_success,
-            started_at=self.started_at,
+            down_for=max(0.0, mono - since),
+            monotonic=mono,
             burn=burn,
             runway_days=runway,
             prev_balance_micro=prev.balance_micro if sample and prev else None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
@@ -27,6 +27,9 @@ class RuleState:
     last_notified: datetime | None = None
     window: str | None = None  # budgets: start of the window the rule fired in
     seq: int = 0  # notices issued so far: gives every notice a stable id
+    # `last_notified` on the monotonic clock (reminders are measured on it). Not stored: it
+    # means nothing in another process; it changes only with `last_notified`.
+    notified_mono: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,7 @@ def _event(
         return state, []
     seq = state.seq + 1
     notice = _notice(rule, "event", check.fired, check, cfg, i, seq)
-    return replace(state, seq=seq, last_notified=i.now), [notice]
+    return replace(state, seq=seq, last_notified=i.now, notified_mono=i.monotonic), [notice]
 
 
 def _step(
@@ -134,7 +137,7 @@ def _step(
         if check.active:
             seq = state.seq + 1
             notice = _notice(rule, "fired", check.fired, check, cfg, i, seq)
-            return RuleState(True, i.now, i.now, check.window, seq), [notice]
+            return RuleState(True, i.now, i.now, check.window, seq, i.monotonic), [notice]
         return state, []
     if check.rearm:
         new = replace(state, firing=False, since=None, window=None)
@@ -142,19 +145,32 @@ def _step(
         if common.notify_recovered:
             seq = state.seq + 1
             out.append(_notice(rule, "recovered", check.recovered, check, cfg, i, seq))
-            new = replace(new, seq=seq, last_notified=i.now)
+            new = replace(new, seq=seq, last_notified=i.now, notified_mono=i.monotonic)
         if check.window is not None and check.active:
             # A budget re-armed by a new window may already be over again in that window.
             again, more = _step(rule, section, cfg, i, new)
             return again, out + more
         return new, out
+    elapsed = _since_notified(state, i)
     if (
         common.repeat_every
         and check.active
-        and state.last_notified is not None
-        and i.now - state.last_notified >= timedelta(seconds=common.repeat_every)
+        and elapsed is not None
+        and elapsed >= common.repeat_every
     ):
         seq = state.seq + 1
         notice = _notice(rule, "reminder", check.fired, check, cfg, i, seq)
-        return replace(state, last_notified=i.now, seq=seq), [notice]
+        new = replace(state, last_notified=i.now, notified_mono=i.monotonic, seq=seq)
+        return new, [notice]
     return state, []
+
+
+def _since_notified(state: RuleState, i: Inputs) -> float | None:
+    """Seconds since the rule's last notice, on the monotonic clock when it is known (the
+    engine anchors restored states at start), so a step of the wall clock neither hurries
+    nor holds back a reminder. Wall time only for a state no engine anchored."""
+    if state.notified_mono is not None and i.monotonic is not None:
+        return i.monotonic - state.notified_mono
+    if state.last_notified is None:
+        return None
+    return (i.now - state.last_notified).total_seconds()

@@ -82,8 +82,11 @@ class Inputs:
     spend_micro: Mapping[str, int] = field(default_factory=dict)
     usage_at: datetime | None = None
     api_status: str | None = None
-    last_success: datetime | None = None
-    started_at: datetime | None = None
+    # Seconds without a good poll (since the last one, or since the start), on the monotonic
+    # clock: a step of the wall clock is no outage.
+    down_for: float | None = None
+    # The monotonic clock's reading at `now`: reminders are measured on it.
+    monotonic: float | None = None
     burn: Burn | None = None
     runway_days: Decimal | None = None
     # Top-up detection: balance and month-to-date spend at the previous sample.
@@ -224,17 +227,14 @@ def _budget(window: Window) -> Callable[[BudgetRule, Inputs, Any], Check]:
 
 
 def _api_down(cfg: ApiDownRule, i: Inputs, state: Any) -> Check:
-    since = i.last_success or i.started_at
-    if since is None:
+    if i.down_for is None:
         return Check(None, False)
-    down_for = i.now - since
-    after = timedelta(seconds=cfg.after)
-    minutes = int(down_for.total_seconds() // 60)
+    minutes = int(i.down_for // 60)
     return Check(
-        active=down_for >= after,
+        active=i.down_for >= cfg.after,
         rearm=i.api_status == "ok",
         value=f"{minutes} min",
-        threshold=f"{int(after.total_seconds() // 60)} min",
+        threshold=f"{int(cfg.after // 60)} min",
         fired=f"no successful poll for {minutes} min (last error: {i.api_status})",
         recovered="polling works again",
     )

@@ -301,9 +301,9 @@ class Store:
                     i,
                     problem,
                 )
-                self._db.execute(
+                self._db.execute(  # the date it was given up, whatever cut-off `now` is
                     "UPDATE outbox SET failed = ?, last_error = ? WHERE rowid = ?",
-                    (now.timestamp(), f"unreadable: {problem}", rowid),
+                    (time.time(), f"unreadable: {problem}", rowid),
                 )
                 continue
             out.append(OutboxItem(str(i), str(c), str(a), payload, n))
