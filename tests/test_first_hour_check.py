@@ -4,13 +4,20 @@ through every channel. Real parts: the stand-in API, Mosquitto, recording receiv
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import http.server
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from cm_mqtt_bridge.alerts.config import WebhookConfig
 from cm_mqtt_bridge.alerts.rules import BY_NAME
+from cm_mqtt_bridge.check import CheckFailed, check_webhook
 from cm_mqtt_bridge.entities import entities_for
 from tests.conftest import KEY
 from tests.helpers import Result, run_main
@@ -199,3 +206,87 @@ async def test_test_alert_reports_each_failed_channel(
     assert lines[-1] == "Not delivered through: mqtt, ntfy, webhook, apprise"
     bad = await cli(capsys, "test-alert", "--account", "nope", "-c", str(config))
     assert (bad.code, bad.err) == (2, "unknown account 'nope'\n")
+
+
+class _PostOnly(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver as many are written: POST only, so HEAD gets http.server's 501."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def http_server(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _webhook_line(out: str) -> str:
+    (line,) = [line for line in out.splitlines() if line.split()[1:2] == ["webhook"]]
+    return line
+
+
+async def test_check_webhook_post_only_receiver_is_there_and_404_is_not(
+    standin: CrossModelStandin,
+    mosquitto: Mosquitto,
+    receivers: Receivers,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A POST-only receiver (501 to HEAD) that test-alert delivers to is "ok" ...
+    with http_server(_PostOnly) as url:
+        config = write_config(tmp_path, standin, mosquitto.port, receivers, webhook=url + "/hook")
+        result = await cli(capsys, "check", "-c", str(config))
+        assert _webhook_line(result.out) == (
+            f"ok      webhook {url}/hook: the receiver answers (HTTP 501 to HEAD)"
+        )
+        assert result.code == 0, result.out
+        sent = await cli(capsys, "test-alert", "-c", str(config))
+        assert "ok      webhook" in sent.out.splitlines()
+    # ... and a mistyped path on a server that answers 404 is FAILED.
+    (tmp_path / "www").mkdir()
+    with http_server(functools.partial(_Files, directory=str(tmp_path / "www"))) as url:
+        config = write_config(tmp_path, standin, mosquitto.port, receivers, webhook=url + "/hok")
+        result = await cli(capsys, "check", "-c", str(config))
+        assert _webhook_line(result.out) == (
+            f"FAILED  webhook {url}/hok: nothing at this path (HTTP 404 to HEAD)"
+        )
+        assert result.code == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "ok"),
+    [
+        *[(s, True) for s in (200, 401, 403, 405, 501)],
+        *[(s, False) for s in (404, 410, 500, 502, 503, 302)],
+    ],
+)
+async def test_check_webhook_status_meanings(hook: Receivers, status: int, ok: bool) -> None:
+    hook.fail(status)
+    cfg = WebhookConfig(url=hook.webhook_url)
+    async with aiohttp.ClientSession() as session:
+        try:
+            detail = await check_webhook(session, cfg)
+        except CheckFailed as exc:
+            detail, passed = str(exc), False
+        else:
+            passed = True
+    assert passed is ok, detail
+    assert f"HTTP {status} to HEAD" in detail
