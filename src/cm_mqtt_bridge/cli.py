@@ -190,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The flag behind each config path the CLI layer sets, for error messages.
+CLI_FLAGS: dict[tuple[str, ...], str] = {
+    ("mqtt", "host"): "--mqtt-host",
+    ("mqtt", "port"): "--mqtt-port",
+    ("mqtt", "username"): "--mqtt-username",
+    ("poll", "interval"): "--interval",
+    ("data_dir",): "--data-dir",
+}
+
+
 def cli_layer(args: argparse.Namespace) -> dict[str, Any]:
     """CLI flags as a config layer (the highest precedence)."""
     out: dict[str, Any] = {}
@@ -229,11 +239,22 @@ def setup_logging(level: str, secrets: Sequence[str] = ()) -> None:
     logging.getLogger("apprise").setLevel(logging.WARNING)
 
 
+def _given(layer: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = layer
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    layer = cli_layer(args)
     return load_config(
         config_path=getattr(args, "config", None),
         env=env,
-        cli=cli_layer(args),
+        cli=layer,
+        cli_sources={path: flag for path, flag in CLI_FLAGS.items() if _given(layer, path)},
         default_key_file=default_key_file(env),
     )
 
