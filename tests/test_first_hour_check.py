@@ -8,6 +8,7 @@ import contextlib
 import functools
 import http.server
 import json
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from cm_mqtt_bridge.check import CheckFailed, check_webhook
 from cm_mqtt_bridge.entities import entities_for
 from tests.conftest import KEY
 from tests.helpers import Result, run_main
-from tests.mosquitto import Mosquitto, free_port
+from tests.mosquitto import Mosquitto, discard, free_port
 from tests.mqtt_helpers import recording
 from tests.receivers import Receivers
 from tests.standin import CrossModelStandin
@@ -290,3 +291,55 @@ async def test_check_webhook_status_meanings(hook: Receivers, status: int, ok: b
             passed = True
     assert passed is ok, detail
     assert f"HTTP {status} to HEAD" in detail
+
+
+async def test_check_names_a_host_that_does_not_resolve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # .invalid never resolves (RFC 6761), with or without a network.
+    host = "nothing.invalid"
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"accounts:\n  - {{id: main, api_key: {KEY}, api_url: 'https://{host}/v1'}}\n"
+        f"poll: {{retries: 0}}\nmqtt: {{host: {host}}}\n"
+        f"notify:\n  ntfy: {{url: 'https://{host}', topic: t}}\n"
+        f"  webhook: {{url: 'https://{host}/hook'}}\n"
+    )
+    result = await cli(capsys, "check", "-c", str(path))
+    assert result.code == 1
+    failed = [line for line in result.out.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 4, result.out
+    for line in failed:
+        assert f"cannot resolve {host}" in line, line
+    assert "Unknown error" not in result.out
+
+
+async def test_check_broker_not_authorized_names_the_variables(
+    standin: CrossModelStandin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    passwd = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwd), "bridge", "right-pass-1"],
+        check=True,
+        capture_output=True,
+    )
+    passwd.chmod(0o600)
+    broker = Mosquitto(
+        tmp_path, listener_options=f"allow_anonymous false\npassword_file {passwd}\n"
+    )
+    broker.start()
+    try:
+        path = tmp_path / "config.yaml"
+        path.write_text(
+            f"accounts:\n  - {{id: main, api_key: {KEY}, api_url: '{standin.url}'}}\n"
+            f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: bridge}}\n"
+        )
+        env = {"MQTT_PASSWORD": "wrong-pass-2"}
+        result = await asyncio.to_thread(
+            run_main, capsys, "check", "-c", str(path), env=env, secrets=(KEY, "wrong-pass-2")
+        )
+    finally:
+        discard(broker)
+    (line,) = [line for line in result.out.splitlines() if line.startswith("FAILED")]
+    assert line.startswith(f"FAILED  broker 127.0.0.1:{broker.port}: "), line
+    assert line.endswith("check MQTT_USERNAME and MQTT_PASSWORD (mqtt.username, mqtt.password)")

@@ -22,6 +22,7 @@ import aiomqtt
 from .clock import Clock
 from .config import MqttConfig
 from .discovery import MAX_DISCOVERY_BYTES
+from .neterror import describe_broker
 from .topics import Kind, Topics
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class Publisher:
                         "MQTT broker %s:%d: %s; reconnecting in %.0f s",
                         self._cfg.host,
                         self._cfg.port,
-                        exc,
+                        describe_broker(exc, self._cfg.host),
                         backoff,
                     )
             except* Exception as group:
@@ -307,7 +308,7 @@ class Publisher:
             async with self.make_client(probe=True):
                 return None
         except aiomqtt.MqttError as exc:
-            return str(exc) or type(exc).__name__
+            return describe_broker(exc, self._cfg.host)
 
     async def close(self, timeout: float = 2.0) -> None:
         """Say `offline` (clean disconnects do not trigger the Will) and stop reconnecting."""
