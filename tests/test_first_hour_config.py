@@ -4,6 +4,7 @@ commented blocks are valid where they stand."""
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,14 @@ def test_did_you_mean_names_the_closest_option_in_every_section(
     with pytest.raises(ConfigError) as caught:
         load_config(config_path=path, env={})
     assert caught.value.problems == [expected]
+
+
+def test_the_example_copied_as_it_is_keeps_a_client_id_per_machine(tmp_path: Path) -> None:
+    # Two bridges made from the example must not share a client id (they would kick each
+    # other off the broker): the default names this machine.
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    path = tmp_path / "config.yaml"
+    path.write_text(EXAMPLE.read_text().replace("/run/secrets/crossmodel_key", str(key_file)))
+    config = load_config(config_path=path, env={})
+    assert config.mqtt.client_id == f"cm-mqtt-bridge-{socket.gethostname()}"[:64]
