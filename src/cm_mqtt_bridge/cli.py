@@ -20,7 +20,7 @@ from .config import (
     ConfigError,
     load_config,
 )
-from .exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
+from .exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE
 from .keyfile import cmd_set_api_key, default_key_file
 
 # Each command's own module is imported when that command runs: `run` starts without
@@ -57,6 +57,7 @@ exit codes:
   1    something upstream failed: the API, the broker, a notification channel
   2    invalid configuration (each problem is named) or a wrong argument
   130  interrupted (Ctrl-C)
+  141  the output's reader went away (`| head`): stops quietly
 """
 
 
@@ -271,10 +272,27 @@ def print_config_error(exc: ConfigError) -> int:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     try:
-        return _main(argv, env)
+        code = _main(argv, env)
+        # Short output is still in the buffer: a closed pipe shows only now.
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:  # Ctrl-C before a command could handle it: no traceback
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`check | head -1`): stop quietly, as `git log | head` does.
+        _discard_stdout()
+        return EXIT_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's own flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (a test's capture): nothing to flush
+        pass
 
 
 def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
