@@ -206,7 +206,7 @@ async def test_test_alert_reports_each_failed_channel(
     assert lines[3] == "FAILED  webhook: HTTP 503: receiver unavailable"
     assert lines[-1] == "Not delivered through: mqtt, ntfy, webhook, apprise"
     bad = await cli(capsys, "test-alert", "--account", "nope", "-c", str(config))
-    assert (bad.code, bad.err) == (2, "unknown account 'nope'\n")
+    assert (bad.code, bad.err) == (2, "cm-mqtt-bridge: unknown account 'nope' (configured: main)\n")
 
 
 class _PostOnly(http.server.BaseHTTPRequestHandler):

@@ -19,6 +19,7 @@ from .config import (
     Config,
     ConfigError,
     load_config,
+    unknown_account,
 )
 from .exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE
 from .keyfile import cmd_set_api_key, default_key_file
@@ -158,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seconds", type=float, default=70.0, help="how long to run (70)")
     history = _command(
-        sub, "history", "Export the recorded balance and spend samples as CSV.", parents=[common]
+        sub,
+        "history",
+        "Export the recorded balance and spend samples as CSV.",
+        "Reads only the data directory and the config (no API key needed). Exit 1: no history "
+        "yet; 2: unknown account or unreadable database.",
+        parents=[common],
     )
     history.add_argument("--csv", action="store_true", help="CSV on stdout (the default)")
     history.add_argument("--account", help="only this account id")
@@ -169,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "dashboard",
         "Print a ready Home Assistant dashboard (YAML) for the configured accounts.",
+        "Reads only the config (no API key needed).",
         parents=[common],
     )
     which = dash.add_mutually_exclusive_group()
@@ -249,6 +256,10 @@ def _given(layer: Mapping[str, Any], path: tuple[str, ...]) -> bool:
     return True
 
 
+# Commands that only read local data (the database, the config): no API key needed.
+KEYLESS_COMMANDS = frozenset({"history", "dashboard"})
+
+
 def load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     layer = cli_layer(args)
     return load_config(
@@ -257,6 +268,7 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         cli=layer,
         cli_sources={path: flag for path, flag in CLI_FLAGS.items() if _given(layer, path)},
         default_key_file=default_key_file(env),
+        need_keys=args.command not in KEYLESS_COMMANDS,
     )
 
 
@@ -345,7 +357,7 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
 
         accounts = {a.id: a for a in config.accounts}
         if args.account is not None and args.account not in accounts:
-            print(f"unknown account {args.account!r}", file=sys.stderr)
+            print(unknown_account(args.account, list(accounts)), file=sys.stderr)
             return EXIT_CONFIG
         acc = accounts[args.account] if args.account else config.accounts[0]
         return asyncio.run(send_test_alert(config, acc, sys.stdout))

@@ -11,7 +11,7 @@ import difflib
 import ipaddress
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args
 from urllib.parse import urlsplit
@@ -487,6 +487,31 @@ def _resolve_accounts(
     return failed
 
 
+# Stands in for every account's key where no key is needed (`history`, `dashboard`); it is
+# never sent anywhere.
+UNUSED_KEY = "cm-unused-by-this-command"
+
+
+def _without_keys(merged: dict[str, Any]) -> set[int]:
+    """For commands that only read local data: the accounts of the file (or the one
+    "default" account the key variables would define), each with a placeholder key, so a
+    missing, unreadable or mistyped key is no reason to refuse. Mutates `merged`."""
+    accounts = merged.get("accounts")
+    if accounts is None or accounts == []:
+        merged["accounts"] = [{"id": "default", "name": "Default", "api_key": UNUSED_KEY}]
+    elif isinstance(accounts, list):
+        for acc in accounts:
+            if isinstance(acc, dict):
+                acc.pop("api_key_file", None)
+                acc["api_key"] = UNUSED_KEY
+    return set()
+
+
+def unknown_account(account_id: str, known: Sequence[str]) -> str:
+    """The one message every command gives for an --account that is not configured."""
+    return f"cm-mqtt-bridge: unknown account {account_id!r} (configured: {', '.join(known)})"
+
+
 def _loc(parts: tuple[int | str, ...]) -> str:
     loc = ""
     for part in parts:
@@ -628,12 +653,14 @@ def load_config(
     cli: Mapping[str, Any] | None = None,
     cli_sources: Mapping[tuple[str, ...], str] | None = None,
     default_key_file: Path | None = None,
+    need_keys: bool = True,
 ) -> Config:
     """Build the Config: CLI > env > YAML file > defaults. Raises ConfigError.
 
     `cli_sources` names the flag behind each CLI value (its config path -> "--interval"), so a
     problem names the flag. `default_key_file` (where `config set-api-key` stores a key) is
-    used only when neither the file nor CROSSMODEL_API_KEY defines an account.
+    used only when neither the file nor CROSSMODEL_API_KEY defines an account. Without
+    `need_keys` (commands that only read local data) no key is read or checked.
     """
     cli = dict(cli or {})
     cli_url = cli.pop("api_url", None)
@@ -643,7 +670,10 @@ def load_config(
     merged = merge(file_layer(config_path), env_layer(env, sources), cli)
     sources.update(cli_sources or {})
     problems: list[str] = []
-    key_failed = _resolve_accounts(merged, env, cli_url, default_key_file, problems, sources)
+    if need_keys:
+        key_failed = _resolve_accounts(merged, env, cli_url, default_key_file, problems, sources)
+    else:
+        key_failed = _without_keys(merged)
     if "accounts" not in merged:
         merged["accounts"] = []
     try:
