@@ -11,6 +11,7 @@ import json
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from email.header import decode_header, make_header
 from pathlib import Path
 
 import aiohttp
@@ -343,3 +344,19 @@ async def test_check_broker_not_authorized_names_the_variables(
     (line,) = [line for line in result.out.splitlines() if line.startswith("FAILED")]
     assert line.startswith(f"FAILED  broker 127.0.0.1:{broker.port}: "), line
     assert line.endswith("check MQTT_USERNAME and MQTT_PASSWORD (mqtt.username, mqtt.password)")
+
+
+async def test_ntfy_title_keeps_every_character(
+    standin: CrossModelStandin,
+    receivers: Receivers,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path, standin, free_port(), receivers)
+    config.write_text(config.read_text().replace("name: Main", "name: 'Büro ☕'"))
+    await cli(capsys, "test-alert", "-c", str(config))
+    (push,) = receivers.ntfy("wallet")
+    title = push.header("Title")
+    assert title is not None
+    assert title.isascii()  # what any HTTP hop carries unchanged
+    assert str(make_header(decode_header(title))) == "[TEST] CrossModel Büro ☕"
