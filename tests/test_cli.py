@@ -205,7 +205,7 @@ async def test_status_upstream_unreachable_exits_1(
     conn = await main("status", env=refused)
     assert http_500.code == 1
     assert http_500.out == (
-        "CrossModel · Default (default)\n  Error      unreachable: /credits: HTTP 500\n"
+        "CrossModel · Default (default)\n  Error      server_error: /credits: HTTP 500\n"
     )
     assert standin.count("credits") == 1
     assert conn.code == 1
