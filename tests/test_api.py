@@ -19,6 +19,7 @@ from cm_mqtt_bridge.api import (
     CrossModelClient,
     InvalidResponse,
     RateLimited,
+    ServerError,
     TransientError,
     parse_retry_after,
 )
@@ -491,13 +492,14 @@ async def test_backoff_is_exponential_jittered_and_capped(
     assert clock.slept == [0.75, 1.5, 3.0]
 
 
-async def test_retries_exhausted_is_unreachable(
+async def test_retries_exhausted_on_http_500_is_a_server_error(
     make_client: MakeClient, standin: CrossModelStandin, clock: FakeClock
 ) -> None:
+    # The server answered: not "unreachable", which sends the user to check their network.
     standin.always["credits"] = Reply(status=500, json={})
     err = await credits_error(make_client(retries=3))
-    assert type(err) is TransientError
-    assert err.status == "unreachable"
+    assert type(err) is ServerError
+    assert err.status == "server_error"
     assert str(err) == "/credits: HTTP 500"
     assert standin.count("credits") == 4
     assert clock.slept == [0.5, 1.0, 2.0]
@@ -508,7 +510,7 @@ async def test_no_retries_configured(
 ) -> None:
     standin.always["credits"] = Reply(status=500, json={})
     err = await credits_error(make_client(retries=0))
-    assert type(err) is TransientError
+    assert type(err) is ServerError
     assert standin.count("credits") == 1
     assert clock.slept == []
 

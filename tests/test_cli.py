@@ -205,7 +205,7 @@ async def test_status_upstream_unreachable_exits_1(
     conn = await main("status", env=refused)
     assert http_500.code == 1
     assert http_500.out == (
-        "CrossModel · Default (default)\n  Error      unreachable: /credits: HTTP 500\n"
+        "CrossModel · Default (default)\n  Error      server_error: /credits: HTTP 500\n"
     )
     assert standin.count("credits") == 1
     assert conn.code == 1
@@ -273,33 +273,43 @@ async def test_bad_config_exits_2(
             "http to a remote host",
             {"CROSSMODEL_API_URL": "http://api.crossmodel.ai/v1"},
             [],
-            config_error("accounts[0].api_url: http is only allowed for loopback hosts; use https"),
+            config_error(
+                "CROSSMODEL_API_URL (accounts[0].api_url): http is only allowed for loopback "
+                "hosts; use https"
+            ),
         ),
         (
             "credentials in the URL",
             {"CROSSMODEL_API_URL": f"https://{CLI_KEY}@api.crossmodel.ai/v1"},
             [],
-            config_error("accounts[0].api_url: must not contain credentials (user:password@)"),
+            config_error(
+                "CROSSMODEL_API_URL (accounts[0].api_url): must not contain credentials "
+                "(user:password@)"
+            ),
         ),
         (
             "key without cm-",
             {"CROSSMODEL_API_KEY": "sk-proj-Xq7ZpL0-wrong"},
             [],
-            config_error("accounts[0].api_key: API key must start with 'cm-' (CrossModel keys do)"),
+            config_error(
+                "CROSSMODEL_API_KEY (accounts[0].api_key): API key must start with 'cm-' "
+                "(CrossModel keys do)"
+            ),
         ),
         (
             "--interval below 30",
             {},
             ["--interval", "10"],
-            config_error("poll.interval: Input should be greater than or equal to 30"),
+            config_error("--interval (poll.interval): Input should be greater than or equal to 30"),
         ),
         (
             "two problems from env",
             {"CM_MQTT_BRIDGE__POLL__INTERVAL": "5", "CM_MQTT_BRIDGE__MQTT__HOTS": "x"},
             [],
             config_error(
-                "poll.interval: Input should be greater than or equal to 30",
-                "mqtt.hots: unknown option (check the spelling against config.example.yaml)",
+                "CM_MQTT_BRIDGE__POLL__INTERVAL (poll.interval): Input should be greater than "
+                "or equal to 30",
+                "CM_MQTT_BRIDGE__MQTT__HOTS (mqtt.hots): unknown option; did you mean host?",
             ),
         ),
         (

@@ -221,3 +221,18 @@ def test_cli_account_and_all_exclude_each_other(
         main(run_cli(config_file, "--all", "--account", "main"), {"HOME": "/nonexistent"})
     assert exc.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_cli_needs_no_api_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The accounts and rules come from the config; the key file is not readable here.
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"accounts: [{{id: main, api_key_file: {tmp_path / 'missing'}}}]\n"
+        "alerts: {low_balance: {below: 5}}\n"
+    )
+    assert main(["dashboard", "-c", str(path)], {"HOME": str(tmp_path)}) == 0
+    captured = capsys.readouterr()
+    assert "sensor.crossmodel_main_available" in captured.out, captured.err
+    # No config at all: the one account the key variables would define.
+    assert main(["dashboard"], {"HOME": str(tmp_path)}) == 0
+    assert "sensor.crossmodel_default_available" in capsys.readouterr().out

@@ -158,7 +158,14 @@ API_STATUS = {
     "device_class": "enum",
     "entity_category": "diagnostic",
     "icon": "mdi:api",
-    "options": ["ok", "auth_failed", "rate_limited", "unreachable", "invalid_response"],
+    "options": [
+        "ok",
+        "auth_failed",
+        "rate_limited",
+        "unreachable",
+        "server_error",
+        "invalid_response",
+    ],
     "json_attributes_topic": "cm_mqtt_bridge/main/state",
     "json_attributes_template": "{{ {'error': value_json.error, "
     "'usage': value_json.usage_state} | tojson }}",

@@ -4,17 +4,26 @@ through every channel. Real parts: the stand-in API, Mosquitto, recording receiv
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import http.server
 import json
-from collections.abc import AsyncIterator
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from email.header import decode_header, make_header
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from cm_mqtt_bridge.alerts.config import WebhookConfig
 from cm_mqtt_bridge.alerts.rules import BY_NAME
+from cm_mqtt_bridge.check import CheckFailed, check_webhook
 from cm_mqtt_bridge.entities import entities_for
 from tests.conftest import KEY
 from tests.helpers import Result, run_main
-from tests.mosquitto import Mosquitto, free_port
+from tests.mosquitto import Mosquitto, discard, free_port
 from tests.mqtt_helpers import recording
 from tests.receivers import Receivers
 from tests.standin import CrossModelStandin
@@ -198,4 +207,156 @@ async def test_test_alert_reports_each_failed_channel(
     assert lines[3] == "FAILED  webhook: HTTP 503: receiver unavailable"
     assert lines[-1] == "Not delivered through: mqtt, ntfy, webhook, apprise"
     bad = await cli(capsys, "test-alert", "--account", "nope", "-c", str(config))
-    assert (bad.code, bad.err) == (2, "unknown account 'nope'\n")
+    assert (bad.code, bad.err) == (2, "cm-mqtt-bridge: unknown account 'nope' (configured: main)\n")
+
+
+class _PostOnly(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver as many are written: POST only, so HEAD gets http.server's 501."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def http_server(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _webhook_line(out: str) -> str:
+    (line,) = [line for line in out.splitlines() if line.split()[1:2] == ["webhook"]]
+    return line
+
+
+async def test_check_webhook_post_only_receiver_is_there_and_404_is_not(
+    standin: CrossModelStandin,
+    mosquitto: Mosquitto,
+    receivers: Receivers,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A POST-only receiver (501 to HEAD) that test-alert delivers to is "ok" ...
+    with http_server(_PostOnly) as url:
+        config = write_config(tmp_path, standin, mosquitto.port, receivers, webhook=url + "/hook")
+        result = await cli(capsys, "check", "-c", str(config))
+        assert _webhook_line(result.out) == (
+            f"ok      webhook {url}/hook: the receiver answers (HTTP 501 to HEAD)"
+        )
+        assert result.code == 0, result.out
+        sent = await cli(capsys, "test-alert", "-c", str(config))
+        assert "ok      webhook" in sent.out.splitlines()
+    # ... and a mistyped path on a server that answers 404 is FAILED.
+    (tmp_path / "www").mkdir()
+    with http_server(functools.partial(_Files, directory=str(tmp_path / "www"))) as url:
+        config = write_config(tmp_path, standin, mosquitto.port, receivers, webhook=url + "/hok")
+        result = await cli(capsys, "check", "-c", str(config))
+        assert _webhook_line(result.out) == (
+            f"FAILED  webhook {url}/hok: nothing at this path (HTTP 404 to HEAD)"
+        )
+        assert result.code == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "ok"),
+    [
+        *[(s, True) for s in (200, 401, 403, 405, 501)],
+        *[(s, False) for s in (404, 410, 500, 502, 503, 302)],
+    ],
+)
+async def test_check_webhook_status_meanings(hook: Receivers, status: int, ok: bool) -> None:
+    hook.fail(status)
+    cfg = WebhookConfig(url=hook.webhook_url)
+    async with aiohttp.ClientSession() as session:
+        try:
+            detail = await check_webhook(session, cfg)
+        except CheckFailed as exc:
+            detail, passed = str(exc), False
+        else:
+            passed = True
+    assert passed is ok, detail
+    assert f"HTTP {status} to HEAD" in detail
+
+
+async def test_check_names_a_host_that_does_not_resolve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # .invalid never resolves (RFC 6761), with or without a network.
+    host = "nothing.invalid"
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"accounts:\n  - {{id: main, api_key: {KEY}, api_url: 'https://{host}/v1'}}\n"
+        f"poll: {{retries: 0}}\nmqtt: {{host: {host}}}\n"
+        f"notify:\n  ntfy: {{url: 'https://{host}', topic: t}}\n"
+        f"  webhook: {{url: 'https://{host}/hook'}}\n"
+    )
+    result = await cli(capsys, "check", "-c", str(path))
+    assert result.code == 1
+    failed = [line for line in result.out.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 4, result.out
+    for line in failed:
+        assert f"cannot resolve {host}" in line, line
+    assert "Unknown error" not in result.out
+
+
+async def test_check_broker_not_authorized_names_the_variables(
+    standin: CrossModelStandin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    passwd = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwd), "bridge", "right-pass-1"],
+        check=True,
+        capture_output=True,
+    )
+    passwd.chmod(0o600)
+    broker = Mosquitto(
+        tmp_path, listener_options=f"allow_anonymous false\npassword_file {passwd}\n"
+    )
+    broker.start()
+    try:
+        path = tmp_path / "config.yaml"
+        path.write_text(
+            f"accounts:\n  - {{id: main, api_key: {KEY}, api_url: '{standin.url}'}}\n"
+            f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: bridge}}\n"
+        )
+        env = {"MQTT_PASSWORD": "wrong-pass-2"}
+        result = await asyncio.to_thread(
+            run_main, capsys, "check", "-c", str(path), env=env, secrets=(KEY, "wrong-pass-2")
+        )
+    finally:
+        discard(broker)
+    (line,) = [line for line in result.out.splitlines() if line.startswith("FAILED")]
+    assert line.startswith(f"FAILED  broker 127.0.0.1:{broker.port}: "), line
+    assert line.endswith("check MQTT_USERNAME and MQTT_PASSWORD (mqtt.username, mqtt.password)")
+
+
+async def test_ntfy_title_keeps_every_character(
+    standin: CrossModelStandin,
+    receivers: Receivers,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path, standin, free_port(), receivers)
+    config.write_text(config.read_text().replace("name: Main", "name: 'Büro ☕'"))
+    await cli(capsys, "test-alert", "-c", str(config))
+    (push,) = receivers.ntfy("wallet")
+    title = push.header("Title")
+    assert title is not None
+    assert title.isascii()  # what any HTTP hop carries unchanged
+    assert str(make_header(decode_header(title))) == "[TEST] CrossModel Büro ☕"

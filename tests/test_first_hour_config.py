@@ -4,6 +4,7 @@ commented blocks are valid where they stand."""
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,8 @@ def test_an_accounts_own_alert_mistake_stays_at_its_account(
     path.write_text(text)
     result = run_main(capsys, "status", "-c", str(path), env={})
     assert errors(result.err) == [
-        f"accounts[1].alerts.topup.min_amout: {UNKNOWN}",
-        f"alerts.topup.min_amout: {UNKNOWN}",
+        "accounts[1].alerts.topup.min_amout: unknown option; did you mean min_amount?",
+        "alerts.topup.min_amout: unknown option; did you mean min_amount?",
     ]
 
 
@@ -172,3 +173,93 @@ def test_every_commented_block_of_the_example_is_valid_where_it_stands(tmp_path:
     ntfy = uncomment(lines, *next(b for b in blocks if "# ntfy:" in lines[b[0]]))
     path.write_text("\n".join(ntfy) + "\n")
     assert load_config(config_path=path, env={}).notify.ntfy is not None
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "expected"),
+    [
+        ({}, ["--interval", "10"], "--interval (poll.interval): "),
+        ({"CM_MQTT_BRIDGE__POLL__INTERVAL": "10"}, [], "CM_MQTT_BRIDGE__POLL__INTERVAL (poll."),
+        ({"MQTT_PORT": "abc"}, [], "MQTT_PORT (mqtt.port): Input should be a valid integer"),
+        ({}, ["--mqtt-port", "0"], "--mqtt-port (mqtt.port): "),
+        ({"CROSSMODEL_API_URL": "http://example.com/v1"}, [], "CROSSMODEL_API_URL (accounts[0]."),
+        ({}, ["--api-url", "ftp://x"], "--api-url (accounts[0].api_url): "),
+        ({"CM_MQTT_BRIDGE__POLL__INTERVALL": "60"}, [], "CM_MQTT_BRIDGE__POLL__INTERVALL (poll."),
+    ],
+)
+def test_errors_name_the_flag_or_variable_the_value_came_from(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    args: list[str],
+    expected: str,
+) -> None:
+    # The file sets the same options validly: the message must blame what overrode them.
+    path = tmp_path / "config.yaml"
+    path.write_text("poll: {interval: 60}\nmqtt: {port: 1883}\n")
+    result = run_main(
+        capsys, "status", "-c", str(path), *args, env={"CROSSMODEL_API_KEY": KEY, **env}
+    )
+    assert result.code == 2
+    (line,) = errors(result.err)
+    assert line.startswith(expected), line
+
+
+def test_file_values_keep_the_config_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("poll: {interval: 10}\nmqtt: {port: abc}\n")
+    result = run_main(capsys, "status", "-c", str(path), env={"CROSSMODEL_API_KEY": KEY})
+    assert [line.split(":")[0] for line in errors(result.err)] == ["poll.interval", "mqtt.port"]
+    bad_key = run_main(capsys, "status", env={"CROSSMODEL_API_KEY": "sk-not-a-cm-key-000"})
+    assert errors(bad_key.err) == [
+        "CROSSMODEL_API_KEY (accounts[0].api_key): API key must start with 'cm-' (CrossModel "
+        "keys do)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "accounts: [{id: a, api_keyfile: /nonexistent}]\n",
+            "accounts[0].api_keyfile: unknown option; did you mean api_key_file?",
+        ),
+        (
+            f"accounts: [{{id: a, api_key: {KEY}}}]\nalerts: {{low_balence: {{below: 5}}}}\n",
+            "alerts.low_balence: unknown option; did you mean low_balance?",
+        ),
+        (
+            f"accounts: [{{id: a, api_key: {KEY}}}]\nmqtt: {{hots: broker}}\n",
+            "mqtt.hots: unknown option; did you mean host?",
+        ),
+        (
+            f"accounts: [{{id: a, api_key: {KEY}}}]\ndatadir: /tmp\n",
+            "datadir: unknown option; did you mean data_dir?",
+        ),
+        (
+            f"accounts: [{{id: a, api_key: {KEY}}}]\nnotify: {{ntfy: {{topik: x}}}}\n",
+            "notify.ntfy.topik: unknown option; did you mean topic?",
+        ),
+    ],
+)
+def test_did_you_mean_names_the_closest_option_in_every_section(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_path=path, env={})
+    assert caught.value.problems == [expected]
+
+
+def test_the_example_copied_as_it_is_keeps_a_client_id_per_machine(tmp_path: Path) -> None:
+    # Two bridges made from the example must not share a client id (they would kick each
+    # other off the broker): the default names this machine.
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    path = tmp_path / "config.yaml"
+    path.write_text(EXAMPLE.read_text().replace("/run/secrets/crossmodel_key", str(key_file)))
+    config = load_config(config_path=path, env={})
+    assert config.mqtt.client_id == f"cm-mqtt-bridge-{socket.gethostname()}"[:64]

@@ -109,3 +109,57 @@ def test_healthcheck_reads_the_port_from_the_config_it_is_given(
     assert result.out.startswith(f"unhealthy: http://127.0.0.1:{port}/healthz: cannot connect")
     from_env = run_main(capsys, "healthcheck", env={"CM_MQTT_BRIDGE_CONFIG": str(config)})
     assert from_env.out == result.out
+
+
+def _shown_globals(parser: argparse.ArgumentParser) -> set[str]:
+    helps = parser.format_help()
+    return {
+        flag
+        for action in parser._actions
+        if action.help != argparse.SUPPRESS
+        for flag in action.option_strings
+        if flag.startswith("--") and flag in helps
+    }
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("status", {"--config", "--verbose", "--api-url", "--json"}),
+        (
+            "run",
+            {"--config", "--verbose", "--api-url", "--interval", "--data-dir"}
+            | {"--mqtt-host", "--mqtt-port", "--mqtt-username"},
+        ),
+        (
+            "check",
+            {"--config", "--verbose", "--api-url", "--show-discovery"}
+            | {"--mqtt-host", "--mqtt-port", "--mqtt-username"},
+        ),
+        (
+            "test-alert",
+            {"--config", "--verbose", "--account"}
+            | {"--mqtt-host", "--mqtt-port", "--mqtt-username"},
+        ),
+        ("healthcheck", {"--config", "--verbose", "--url"}),
+        ("demo", {"--verbose", "--mqtt-host", "--mqtt-port", "--seconds"}),
+        ("history", {"--config", "--verbose", "--data-dir", "--csv", "--account", "--since"}),
+        ("dashboard", {"--config", "--verbose", "--account", "--all"}),
+        ("config set-api-key", {"--verbose", "--stdin", "--file"}),
+    ],
+)
+def test_each_command_help_lists_only_the_options_that_apply(
+    command: str, expected: set[str]
+) -> None:
+    parsers = dict(all_parsers(build_parser()))
+    assert _shown_globals(parsers[f"cm-mqtt-bridge {command}"]) == expected | {"--help"}
+
+
+def test_set_api_key_takes_verbose_like_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(KEY + "\n"))
+    path = tmp_path / "key"
+    result = run_main(capsys, "config", "set-api-key", "-v", "--file", str(path), env={})
+    assert result.code == 0, result.err
+    assert path.read_text() == KEY + "\n"

@@ -132,3 +132,36 @@ def test_bad_since_is_a_usage_error(history: History, data_dir: Path) -> None:
     code, out, err = history("--csv", "--since", "yesterday", "--data-dir", str(data_dir))
     assert (code, out) == (2, "")
     assert "'yesterday' is not a date like 2026-11-01" in err
+
+
+def test_history_needs_no_api_key(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Right after the quick start in a new shell: no key in the environment, none stored.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = clean_env(home)
+    result = run_main(capsys, "history", "--data-dir", str(data_dir), env=env)
+    assert result.code == 0, result.err
+    assert result.out == "\n".join([HEADER, *ROWS]) + "\n"
+    one = run_main(capsys, "history", "--account", "default", "--data-dir", str(data_dir), env=env)
+    assert (one.code, one.out) == (0, "\n".join([HEADER, *ROWS[:3]]) + "\n")
+    # A config whose key file is unreadable (a secret not mounted here) is no obstacle either.
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"accounts: [{{id: default, api_key_file: {tmp_path / 'missing'}}}]\ndata_dir: {data_dir}\n"
+    )
+    from_file = run_main(capsys, "history", "-c", str(config), env=env)
+    assert (from_file.code, from_file.err) == (0, "")
+
+
+def test_unknown_account_message_is_the_same_in_every_command(
+    history: History, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = "cm-mqtt-bridge: unknown account 'nope' (configured: default)\n"
+    code, _, err = history("--account", "nope", "--data-dir", str(data_dir))
+    assert (code, err) == (2, expected)
+    env = clean_env(tmp_path, CROSSMODEL_API_KEY=KEY)
+    for command in ("dashboard", "test-alert"):
+        result = run_main(capsys, command, "--account", "nope", env=env, secrets=[KEY])
+        assert (result.code, result.err) == (2, expected), command

@@ -174,6 +174,7 @@ async def test_username_and_password(standin, tmp_path, caplog):
         assert wrong_bridge.publisher.connections == 0
         refused = [r.getMessage() for r in caplog.records if "MQTT broker" in r.getMessage()]
         assert any("reconnecting" in m for m in refused)
+        assert any("check MQTT_USERNAME and MQTT_PASSWORD" in m for m in refused), refused
         assert not any(
             PASSWORD in r.getMessage() or "nope-123" in r.getMessage() for r in caplog.records
         )

@@ -103,7 +103,9 @@ def test_a_missing_tls_file_is_a_config_error(tmp_path):
     }
     with pytest.raises(ConfigError) as err:
         load_config(env=env)
-    assert err.value.problems == [f"mqtt.ca_file: file not found: {tmp_path / 'nope.crt'}"]
+    assert err.value.problems == [
+        f"CM_MQTT_BRIDGE__MQTT__CA_FILE (mqtt.ca_file): file not found: {tmp_path / 'nope.crt'}"
+    ]
 
 
 def test_apprise_never_logs_below_warning_even_verbose():

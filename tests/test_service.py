@@ -542,7 +542,7 @@ async def test_stale_data_turns_availability_offline_and_back(standin, mosquitto
         standin.always["credits"] = Reply(status=500)
         index = len(rec.messages)
         await refresh(mosquitto.port)
-        _, failed = await wait_state(rec, lambda d: d["api_status"] == "unreachable", after=index)
+        _, failed = await wait_state(rec, lambda d: d["api_status"] == "server_error", after=index)
         offline = await rec.wait_topic(AVAILABILITY, "offline", timeout=3, after=index)
         standin.always["credits"] = None
         back = len(rec.messages)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
-from cm_mqtt_bridge.api import AuthError, CrossModelClient, InvalidResponse, TransientError
+from cm_mqtt_bridge.api import AuthError, CrossModelClient, InvalidResponse, ServerError
 from cm_mqtt_bridge.fetch import fetch_snapshot
 from cm_mqtt_bridge.model import Snapshot, Usage, UsageState, Window, WindowUsage
 from tests.conftest import KEY
@@ -242,7 +242,7 @@ async def test_empty_usage_currency_drops_the_windows(
     ("reply", "error_type", "message"),
     [
         (Reply(status=401, json={}), AuthError, "/credits: HTTP 401: the API key was rejected"),
-        (Reply(status=503, json={}), TransientError, "/credits: HTTP 503"),
+        (Reply(status=503, json={}), ServerError, "/credits: HTTP 503"),
         (Reply(body=b"<html>"), InvalidResponse, "/credits: not JSON (application/json): '<html>'"),
     ],
 )

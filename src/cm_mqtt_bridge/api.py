@@ -72,6 +72,13 @@ class TransientError(ApiError):
     status: ApiStatus = "unreachable"
 
 
+class ServerError(TransientError):
+    """The server answered, with HTTP 5xx: retried like a network failure, but not called
+    "unreachable" (the user should look at the server, not at their network)."""
+
+    status: ApiStatus = "server_error"
+
+
 class RateLimited(TransientError):
     status: ApiStatus = "rate_limited"
 
@@ -262,7 +269,7 @@ class CrossModelClient:
         if resp.status == 429:
             raise RateLimited(f"/{endpoint}: HTTP 429 rate limited", retry_after=retry_after)
         if resp.status >= 500:
-            raise TransientError(f"/{endpoint}: HTTP {resp.status}", retry_after=retry_after)
+            raise ServerError(f"/{endpoint}: HTTP {resp.status}", retry_after=retry_after)
         if resp.status == 404:
             raise InvalidResponse(
                 f"/{endpoint}: HTTP 404 not found at {self._base}/{endpoint}; "

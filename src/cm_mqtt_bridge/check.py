@@ -2,8 +2,8 @@
 the broker, each notification channel), ok or FAILED with the reason, then a summary.
 
 Nothing is published and no notice is sent: channels are asked whether they would accept one
-(ntfy: the server answers and the token is accepted; a webhook: it answers; Apprise: every URL
-parses). Discovery payloads are printed only with `--show-discovery`."""
+(ntfy: the server answers and the token is accepted; a webhook: something answers at its
+path; Apprise: every URL parses). Discovery payloads are printed only with `--show-discovery`."""
 
 from __future__ import annotations
 
@@ -91,11 +91,23 @@ async def check_ntfy(session: aiohttp.ClientSession, cfg: NtfyConfig) -> str:
     return "the server answers and accepts the access token"
 
 
+# What a receiver's answer to HEAD says about it. Many receivers implement only POST: 405 (not
+# allowed) and 501 (not implemented, as Python's http.server answers) still show one is there,
+# as do 401/403 (it wants credentials a POST would carry). 404/410 mean a mistyped path.
+WEBHOOK_THERE = frozenset({401, 403, 405, 501})
+WEBHOOK_MISSING = frozenset({404, 410})
+
+
 async def check_webhook(session: aiohttp.ClientSession, cfg: WebhookConfig) -> str:
-    # A HEAD sends no notice; any answer short of a server error shows the receiver is there.
+    # A HEAD sends no notice.
     status = await _get(session, cfg.url, {}, method="HEAD")
-    if status >= 500:
-        raise CheckFailed(f"HTTP {status}")
+    if status in WEBHOOK_MISSING:
+        raise CheckFailed(f"nothing at this path (HTTP {status} to HEAD)")
+    if 300 <= status < 400:
+        # The notice is POSTed without following redirects: it would not arrive.
+        raise CheckFailed(f"HTTP {status} to HEAD: a redirect; give the final URL")
+    if status >= 500 and status not in WEBHOOK_THERE:
+        raise CheckFailed(f"HTTP {status} to HEAD: the receiver has a server error")
     return f"the receiver answers (HTTP {status} to HEAD)"
 
 

@@ -19,8 +19,9 @@ from .config import (
     Config,
     ConfigError,
     load_config,
+    unknown_account,
 )
-from .exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
+from .exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE
 from .keyfile import cmd_set_api_key, default_key_file
 
 # Each command's own module is imported when that command runs: `run` starts without
@@ -57,6 +58,7 @@ exit codes:
   1    something upstream failed: the API, the broker, a notification channel
   2    invalid configuration (each problem is named) or a wrong argument
   130  interrupted (Ctrl-C)
+  141  the output's reader went away (`| head`): stops quietly
 """
 
 
@@ -73,25 +75,51 @@ def _command(
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+GLOBAL_FLAGS = (
+    "--config",
+    "--verbose",
+    "--api-url",
+    "--mqtt-host",
+    "--mqtt-port",
+    "--mqtt-username",
+    "--interval",
+    "--data-dir",
+)
+BASE = ("--config", "--verbose")
+MQTT = ("--mqtt-host", "--mqtt-port", "--mqtt-username")
+_GLOBAL_HELP = {
+    "--config": "YAML config file (CM_MQTT_BRIDGE_CONFIG)",
+    "--verbose": "debug logging: one line per poll",
+    "--api-url": "CrossModel API base URL, one account (CROSSMODEL_API_URL)",
+    "--mqtt-host": "MQTT broker host (MQTT_HOST)",
+    "--mqtt-port": "MQTT broker port (MQTT_PORT)",
+    "--mqtt-username": "MQTT user name (MQTT_USERNAME)",
+    "--interval": "poll interval in seconds (>= 30)",
+    "--data-dir": "where the state database lives (./data)",
+}
+
+
+def global_flags(*applies: str) -> argparse.ArgumentParser:
+    """The global flags, given before or after a command. Every command accepts all of them
+    (one command line suits them all), but its --help lists only those in `applies`."""
+    parent = argparse.ArgumentParser(add_help=False)
     # SUPPRESS lets the same flags stand before or after the command without clobbering.
     s = argparse.SUPPRESS
-    g = common.add_argument_group("global options (before or after the command)")
-    g.add_argument(
-        "--config", "-c", type=Path, default=s, help="YAML config file (CM_MQTT_BRIDGE_CONFIG)"
-    )
-    g.add_argument(
-        "-v", "--verbose", action="count", default=s, help="debug logging: one line per poll"
-    )
-    g.add_argument(
-        "--api-url", default=s, help="CrossModel API base URL, one account (CROSSMODEL_API_URL)"
-    )
-    g.add_argument("--mqtt-host", default=s, help="MQTT broker host (MQTT_HOST)")
-    g.add_argument("--mqtt-port", type=int, default=s, help="MQTT broker port (MQTT_PORT)")
-    g.add_argument("--mqtt-username", default=s, help="MQTT user name (MQTT_USERNAME)")
-    g.add_argument("--interval", type=int, default=s, help="poll interval in seconds (>= 30)")
-    g.add_argument("--data-dir", default=s, help="where the state database lives (./data)")
+    helps = {flag: text if flag in applies else s for flag, text in _GLOBAL_HELP.items()}
+    g = parent.add_argument_group("global options (before or after the command)")
+    g.add_argument("--config", "-c", type=Path, default=s, help=helps["--config"])
+    g.add_argument("-v", "--verbose", action="count", default=s, help=helps["--verbose"])
+    g.add_argument("--api-url", default=s, help=helps["--api-url"])
+    g.add_argument("--mqtt-host", default=s, help=helps["--mqtt-host"])
+    g.add_argument("--mqtt-port", type=int, default=s, help=helps["--mqtt-port"])
+    g.add_argument("--mqtt-username", default=s, help=helps["--mqtt-username"])
+    g.add_argument("--interval", type=int, default=s, help=helps["--interval"])
+    g.add_argument("--data-dir", default=s, help=helps["--data-dir"])
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = global_flags(*GLOBAL_FLAGS)
 
     parser = argparse.ArgumentParser(
         prog="cm-mqtt-bridge",
@@ -104,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cm-mqtt-bridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status = _command(
-        sub, "status", "Poll every account once and print its wallet.", parents=[common]
+        sub,
+        "status",
+        "Poll every account once and print its wallet.",
+        parents=[global_flags(*BASE, "--api-url")],
     )
     status.add_argument("--json", action="store_true", help="machine-readable, exact values")
     _command(
@@ -120,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Check that everything works, without publishing or notifying anything.",
         "One line per check (the config, each account's API, the broker, each notification "
         "channel); exit 0 only if all pass.",
-        parents=[common],
+        parents=[global_flags(*BASE, "--api-url", *MQTT)],
     )
     check.add_argument(
         "--show-discovery",
@@ -133,14 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Send one test notice through every configured channel.",
         "ntfy, the webhook, Apprise, and MQTT (the alerts topic and Home Assistant's Alert "
         "event, type 'test'); exit 0 only if all delivered. No alert state or history changes.",
-        parents=[common],
+        parents=[global_flags(*BASE, *MQTT)],
     )
     test_alert.add_argument("--account", help="the account it names (default: the first)")
     health = _command(
         sub,
         "healthcheck",
         "Ask a running bridge whether it is healthy (its /healthz); exit 0 healthy, 1 not.",
-        parents=[common],
+        parents=[global_flags(*BASE)],
     )
     health.add_argument(
         "--url",
@@ -153,11 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
         "See the whole thing work in a minute: simulator, broker, bridge and alerts.",
         "Uses a private Mosquitto when one is installed (else the broker of MQTT_HOST/"
         "--mqtt-host) and its own topics, so it never shows up in Home Assistant.",
-        parents=[common],
+        parents=[global_flags("--verbose", "--mqtt-host", "--mqtt-port")],
     )
     demo.add_argument("--seconds", type=float, default=70.0, help="how long to run (70)")
     history = _command(
-        sub, "history", "Export the recorded balance and spend samples as CSV.", parents=[common]
+        sub,
+        "history",
+        "Export the recorded balance and spend samples as CSV.",
+        "Reads only the data directory and the config (no API key needed). Exit 1: no history "
+        "yet; 2: unknown account or unreadable database.",
+        parents=[global_flags(*BASE, "--data-dir")],
     )
     history.add_argument("--csv", action="store_true", help="CSV on stdout (the default)")
     history.add_argument("--account", help="only this account id")
@@ -168,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "dashboard",
         "Print a ready Home Assistant dashboard (YAML) for the configured accounts.",
-        parents=[common],
+        "Reads only the config (no API key needed).",
+        parents=[global_flags(*BASE)],
     )
     which = dash.add_mutually_exclusive_group()
     which.add_argument("--account", help="only this account id")
@@ -180,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "set-api-key",
         "Store an API key in a file only you can read (mode 0600).",
         "Reads the key from stdin when it is not a terminal, else asks for it without echo.",
+        parents=[global_flags("--verbose")],
     )
     setkey.add_argument(
         "--stdin", action="store_true", help="read the key from stdin even from a terminal"
@@ -188,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--file", type=Path, help="where to store it (default: ~/.config/cm-mqtt-bridge/api_key)"
     )
     return parser
+
+
+# The flag behind each config path the CLI layer sets, for error messages.
+CLI_FLAGS: dict[tuple[str, ...], str] = {
+    ("mqtt", "host"): "--mqtt-host",
+    ("mqtt", "port"): "--mqtt-port",
+    ("mqtt", "username"): "--mqtt-username",
+    ("poll", "interval"): "--interval",
+    ("data_dir",): "--data-dir",
+}
 
 
 def cli_layer(args: argparse.Namespace) -> dict[str, Any]:
@@ -229,12 +277,28 @@ def setup_logging(level: str, secrets: Sequence[str] = ()) -> None:
     logging.getLogger("apprise").setLevel(logging.WARNING)
 
 
+def _given(layer: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = layer
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+# Commands that only read local data (the database, the config): no API key needed.
+KEYLESS_COMMANDS = frozenset({"history", "dashboard"})
+
+
 def load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    layer = cli_layer(args)
     return load_config(
         config_path=getattr(args, "config", None),
         env=env,
-        cli=cli_layer(args),
+        cli=layer,
+        cli_sources={path: flag for path, flag in CLI_FLAGS.items() if _given(layer, path)},
         default_key_file=default_key_file(env),
+        need_keys=args.command not in KEYLESS_COMMANDS,
     )
 
 
@@ -250,10 +314,27 @@ def print_config_error(exc: ConfigError) -> int:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     try:
-        return _main(argv, env)
+        code = _main(argv, env)
+        # Short output is still in the buffer: a closed pipe shows only now.
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:  # Ctrl-C before a command could handle it: no traceback
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`check | head -1`): stop quietly, as `git log | head` does.
+        _discard_stdout()
+        return EXIT_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's own flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (a test's capture): nothing to flush
+        pass
 
 
 def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
@@ -306,7 +387,7 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
 
         accounts = {a.id: a for a in config.accounts}
         if args.account is not None and args.account not in accounts:
-            print(f"unknown account {args.account!r}", file=sys.stderr)
+            print(unknown_account(args.account, list(accounts)), file=sys.stderr)
             return EXIT_CONFIG
         acc = accounts[args.account] if args.account else config.accounts[0]
         return asyncio.run(send_test_alert(config, acc, sys.stdout))

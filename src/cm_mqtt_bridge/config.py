@@ -11,12 +11,13 @@ import difflib
 import ipaddress
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
+    BaseModel,
     BeforeValidator,
     Field,
     SecretStr,
@@ -359,17 +360,27 @@ def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None
     node[path[-1]] = value
 
 
-def env_layer(env: Mapping[str, str]) -> dict[str, Any]:
-    """Everything the environment sets, except the CROSSMODEL_* account variables."""
+# Where a value came from, by its config path ("*" for any account index): a flag or an
+# environment variable. A mistake is reported there, not only at the config path: a Docker user
+# looks for MQTT_PORT in .env, not in config.yaml.
+Sources = dict[tuple[str, ...], str]
+
+
+def env_layer(env: Mapping[str, str], sources: Sources | None = None) -> dict[str, Any]:
+    """Everything the environment sets, except the CROSSMODEL_* account variables; `sources`
+    gets the variable behind each value."""
     out: dict[str, Any] = {}
+    sources = {} if sources is None else sources
     for name, path in ENV_ALIASES.items():
         if env.get(name, "") != "":
             _set_path(out, path, env[name])
+            sources[path] = name
     for name, value in env.items():
         if name.upper().startswith(ENV_PREFIX) and value != "":
             path = tuple(p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p)
             if path and path[0] != "accounts":
                 _set_path(out, path, value)
+                sources[path] = name
     return out
 
 
@@ -421,6 +432,7 @@ def _resolve_accounts(
     cli_url: str | None,
     key_file: Path | None,
     problems: list[str],
+    sources: Sources,
 ) -> set[int]:
     """Apply CROSSMODEL_API_KEY/URL and read api_key_file; mutates `merged`. Returns the
     indexes of the accounts whose key could not be read (their "key missing" is no news)."""
@@ -439,7 +451,12 @@ def _resolve_accounts(
         )
         if env_key is None:
             failed.add(0)
+        sources["accounts", "*", "api_key"] = "the key in CROSSMODEL_API_KEY_FILE"
+    elif env_key is not None:
+        sources["accounts", "*", "api_key"] = "CROSSMODEL_API_KEY"
     env_url = cli_url or env.get("CROSSMODEL_API_URL") or None
+    if env_url:
+        sources["accounts", "*", "api_url"] = "--api-url" if cli_url else "CROSSMODEL_API_URL"
     if accounts is None or accounts == []:
         acc: dict[str, Any] = {"id": "default", "name": "Default"}
         if env_key is not None:
@@ -476,6 +493,31 @@ def _resolve_accounts(
             else:
                 acc["api_key"] = content
     return failed
+
+
+# Stands in for every account's key where no key is needed (`history`, `dashboard`); it is
+# never sent anywhere.
+UNUSED_KEY = "cm-unused-by-this-command"
+
+
+def _without_keys(merged: dict[str, Any]) -> set[int]:
+    """For commands that only read local data: the accounts of the file (or the one
+    "default" account the key variables would define), each with a placeholder key, so a
+    missing, unreadable or mistyped key is no reason to refuse. Mutates `merged`."""
+    accounts = merged.get("accounts")
+    if accounts is None or accounts == []:
+        merged["accounts"] = [{"id": "default", "name": "Default", "api_key": UNUSED_KEY}]
+    elif isinstance(accounts, list):
+        for acc in accounts:
+            if isinstance(acc, dict):
+                acc.pop("api_key_file", None)
+                acc["api_key"] = UNUSED_KEY
+    return set()
+
+
+def unknown_account(account_id: str, known: Sequence[str]) -> str:
+    """The one message every command gives for an --account that is not configured."""
+    return f"cm-mqtt-bridge: unknown account {account_id!r} (configured: {', '.join(known)})"
 
 
 def _loc(parts: tuple[int | str, ...]) -> str:
@@ -516,7 +558,27 @@ def _written(node: Any, path: tuple[int | str, ...]) -> bool:
     return True
 
 
-def _user_errors(exc: ValidationError, raw: dict[str, Any], key_failed: set[int]) -> list[str]:
+def _source(loc: tuple[int | str, ...], sources: Sources) -> str | None:
+    """The flag or variable behind the value at `loc` (or behind a section holding it)."""
+    path = tuple("*" if isinstance(p, int) else str(p) for p in loc)
+    for end in range(len(path), 0, -1):
+        if path[:end] in sources:
+            return sources[path[:end]]
+    return None
+
+
+def _where(loc: tuple[int | str, ...], sources: Sources) -> str:
+    at = _loc(loc) or "config"
+    source = _source(loc, sources)
+    if source is None:
+        return at
+    # A key pasted into a variable's name (CM_MQTT_BRIDGE__cm-…) is not echoed either.
+    return f"{_KEY_SHAPED_RE.sub('…', source)} ({at})"
+
+
+def _user_errors(
+    exc: ValidationError, raw: dict[str, Any], key_failed: set[int], sources: Sources
+) -> list[str]:
     """One line per mistake the user made, at the path they wrote it: the top-level `alerts`
     are merged into every account, so their mistakes are reported once, at `alerts…`; an
     account whose key file could not be read is not also "missing its key"."""
@@ -533,13 +595,39 @@ def _user_errors(exc: ValidationError, raw: dict[str, Any], key_failed: set[int]
                 own = accounts[loc[1]].get("alerts") if isinstance(accounts, list) else None
                 if not _written(own, loc[3:]):
                     continue
-        lines.append(redact(f"{_loc(loc) or 'config'}: {_message(err)}"))
+        lines.append(redact(f"{_where(loc, sources)}: {_message(err)}"))
     return lines
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config section (model) a field holds, through Optional, tuple and Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
+
+
+def known_options(path: tuple[int | str, ...]) -> list[str]:
+    """The options the section at `path` accepts (empty when `path` is no section)."""
+    model: type[BaseModel] = Config
+    for part in path:
+        if isinstance(part, int):  # an item of a list (accounts[0])
+            continue
+        field = model.model_fields.get(str(part))
+        sub = _model_in(field.annotation) if field is not None else None
+        if sub is None:
+            return []
+        model = sub
+    names = list(model.model_fields)
+    # Read (and removed) before validation, so the model does not list it.
+    return [*names, "api_key_file"] if model is AccountConfig else names
+
+
 def _pair_typos(errors: list[Any]) -> list[Any]:
-    """A misspelt option is one mistake, not two ("belo: unknown" and "below: missing"):
-    the pair becomes one error that names the option meant."""
+    """A misspelt option is one mistake, not two ("belo: unknown" and "below: missing"): it
+    names the closest option by spelling, and the option it meant is not also "missing"."""
     missing = {
         (tuple(e["loc"][:-1]), str(e["loc"][-1])): e
         for e in errors
@@ -550,10 +638,17 @@ def _pair_typos(errors: list[Any]) -> list[Any]:
     for err in errors:
         loc = tuple(err["loc"])
         if err["type"] == "extra_forbidden" and loc:
-            names = [name for parent, name in missing if parent == loc[:-1]]
-            close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
+            typed = str(loc[-1])
+            close = difflib.get_close_matches(typed, known_options(loc[:-1]), n=1)
+            if not close:
+                # Less alike, but a required option that is missing is likely what was meant.
+                required = [name for parent, name in missing if parent == loc[:-1]]
+                close = difflib.get_close_matches(typed, required, n=1, cutoff=0.5)
             if close:
-                meant.add(id(missing[(loc[:-1], close[0])]))
+                # api_key_file stands for api_key: meaning it, api_key is not missing either.
+                for name in {close[0], close[0].removesuffix("_file")}:
+                    if (loc[:-1], name) in missing:
+                        meant.add(id(missing[(loc[:-1], name)]))
                 err = {**err, "type": "typo", "msg": f"unknown option; did you mean {close[0]}?"}
         out.append(err)
     return [e for e in out if id(e) not in meant]
@@ -564,26 +659,35 @@ def load_config(
     config_path: Path | None = None,
     env: Mapping[str, str],
     cli: Mapping[str, Any] | None = None,
+    cli_sources: Mapping[tuple[str, ...], str] | None = None,
     default_key_file: Path | None = None,
+    need_keys: bool = True,
 ) -> Config:
     """Build the Config: CLI > env > YAML file > defaults. Raises ConfigError.
 
-    `default_key_file` (where `config set-api-key` stores a key) is used only when neither the
-    file nor CROSSMODEL_API_KEY defines an account.
+    `cli_sources` names the flag behind each CLI value (its config path -> "--interval"), so a
+    problem names the flag. `default_key_file` (where `config set-api-key` stores a key) is
+    used only when neither the file nor CROSSMODEL_API_KEY defines an account. Without
+    `need_keys` (commands that only read local data) no key is read or checked.
     """
     cli = dict(cli or {})
     cli_url = cli.pop("api_url", None)
     if config_path is None and env.get(CONFIG_ENV):
         config_path = Path(env[CONFIG_ENV])
-    merged = merge(file_layer(config_path), env_layer(env), cli)
+    sources: Sources = {}
+    merged = merge(file_layer(config_path), env_layer(env, sources), cli)
+    sources.update(cli_sources or {})
     problems: list[str] = []
-    key_failed = _resolve_accounts(merged, env, cli_url, default_key_file, problems)
+    if need_keys:
+        key_failed = _resolve_accounts(merged, env, cli_url, default_key_file, problems, sources)
+    else:
+        key_failed = _without_keys(merged)
     if "accounts" not in merged:
         merged["accounts"] = []
     try:
         config = Config.model_validate(merged)
     except ValidationError as exc:
-        problems.extend(_user_errors(exc, merged, key_failed))
+        problems.extend(_user_errors(exc, merged, key_failed, sources))
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import yaml
 
 from .alerts.rules import LowBalanceRule
-from .config import AccountConfig
+from .config import AccountConfig, unknown_account
 from .entities import Entity, entities_for
 from .exits import EXIT_CONFIG, EXIT_OK
 from .money import micro_to_decimal
@@ -206,8 +206,7 @@ def command(
     if account_id is not None:
         chosen = [acc for acc in accounts if acc.id == account_id]
         if not chosen:
-            known = ", ".join(acc.id for acc in accounts)
-            err.write(f"cm-mqtt-bridge: unknown account {account_id!r} (configured: {known})\n")
+            err.write(unknown_account(account_id, [acc.id for acc in accounts]) + "\n")
             return EXIT_CONFIG
         accounts = chosen
     out.write(render(accounts, overview=overview))

@@ -145,11 +145,13 @@ def _describe(topic: str, payload: bytes) -> str | None:
 class Viewer:
     """Prints every topic of the demo as it changes."""
 
-    def __init__(self, out: TextIO, t0: float, status_topic: str) -> None:
+    def __init__(self, out: TextIO, t0: float, status_topic: str, stop: asyncio.Event) -> None:
         self.out = out
         self.t0 = t0
         self.status_topic = status_topic
         self.offline = asyncio.Event()
+        self.stop = stop  # set when nobody reads the output any more (`demo | head`)
+        self.closed = False
 
     async def run(self, host: str, port: int, base: str) -> None:
         seen: dict[str, bytes] = {}
@@ -162,9 +164,14 @@ class Viewer:
                     continue
                 seen[topic] = payload
                 line = _describe(topic, payload)
-                if line is not None:
-                    self.out.write(f"{time.monotonic() - self.t0:6.1f}s  {topic:<45} {line}\n")
-                    self.out.flush()
+                if line is not None and not self.closed:
+                    try:
+                        self.out.write(f"{time.monotonic() - self.t0:6.1f}s  {topic:<45} {line}\n")
+                        self.out.flush()
+                    except BrokenPipeError:
+                        # Stop the demo cleanly (broker, temp dir); the CLI exits quietly.
+                        self.closed = True
+                        self.stop.set()
                 if topic == self.status_topic and payload == b"offline":
                     self.offline.set()
 
@@ -256,7 +263,7 @@ async def _story(
     )
     out.flush()
     bridge = Bridge(config, readback_seconds=0.2)
-    viewer = Viewer(out, t0, bridge.topics.bridge_status)
+    viewer = Viewer(out, t0, bridge.topics.bridge_status, stop)
     viewing = asyncio.create_task(viewer.run(host, port, config.mqtt.base_topic))
     service = asyncio.create_task(bridge.run(stop))
     try:
@@ -273,6 +280,8 @@ async def _story(
         with contextlib.suppress(BaseException):
             await viewing
         await sim.stop()
+    if viewer.closed:
+        raise BrokenPipeError("the demo's output was closed")
     elapsed = time.monotonic() - t0
     if elapsed < alert_at:
         out.write(

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TextIO
 
 from .alerts.store import DB_NAME, Store, StoreError
-from .config import Config
+from .config import Config, unknown_account
 from .exits import EXIT_CONFIG, EXIT_OK, EXIT_UPSTREAM
 from .money import format_plain
 
@@ -30,8 +30,9 @@ def cmd_history(config: Config, account: str | None, since: datetime | None, out
     if not path.exists():
         print(f"no history yet: {path} does not exist (run the bridge first)", file=sys.stderr)
         return EXIT_UPSTREAM
-    if account is not None and account not in {a.id for a in config.accounts}:
-        print(f"unknown account {account!r}", file=sys.stderr)
+    known = [a.id for a in config.accounts]
+    if account is not None and account not in known:
+        print(unknown_account(account, known), file=sys.stderr)
         return EXIT_CONFIG
     try:
         store = Store.open(path)

@@ -10,7 +10,10 @@ from datetime import datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Literal, get_args
 
-ApiStatus = Literal["ok", "auth_failed", "rate_limited", "unreachable", "invalid_response"]
+# unreachable: no answer (network, DNS, timeout); server_error: the server answered HTTP 5xx.
+ApiStatus = Literal[
+    "ok", "auth_failed", "rate_limited", "unreachable", "server_error", "invalid_response"
+]
 API_STATUSES: tuple[ApiStatus, ...] = get_args(ApiStatus)
 
 

@@ -25,6 +25,7 @@ from paho.mqtt.properties import Properties
 from .clock import Clock
 from .config import MqttConfig
 from .discovery import MAX_DISCOVERY_BYTES
+from .neterror import describe_broker
 from .topics import Kind, Topics
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class Publisher:
                         "MQTT broker %s:%d: %s; reconnecting in %.0f s",
                         self._cfg.host,
                         self._cfg.port,
-                        exc,
+                        describe_broker(exc, self._cfg.host),
                         backoff,
                     )
             except* Exception as group:
@@ -343,7 +344,7 @@ class Publisher:
             async with self.make_client(probe=True):
                 return None
         except aiomqtt.MqttError as exc:
-            return str(exc) or type(exc).__name__
+            return describe_broker(exc, self._cfg.host)
 
     async def close(self, timeout: float = 2.0) -> None:
         """Say `offline` (clean disconnects do not trigger the Will) and stop reconnecting."""

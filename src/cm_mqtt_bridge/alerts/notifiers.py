@@ -10,6 +10,7 @@ X-CM-Bridge-Id) so a receiver can drop the second one."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -73,6 +74,15 @@ async def _post(
         raise DeliveryError(redact(describe(exc), secrets)) from None
 
 
+def header_text(text: str) -> str:
+    """`text` as an HTTP header value that survives any character: HTTP carries only
+    latin-1 (a "☕" would arrive as "?", "ü" as "Ã¼"), so anything else is sent as an
+    RFC 2047 encoded word, which ntfy decodes."""
+    if text.isascii():
+        return text
+    return f"=?UTF-8?B?{base64.b64encode(text.encode()).decode('ascii')}?="
+
+
 class NtfyChannel:
     name = "ntfy"
 
@@ -84,10 +94,9 @@ class NtfyChannel:
         cfg = self._cfg
         tags = list(notice.get("tags") or cfg.tags)
         headers = {
-            # HTTP headers are latin-1: replace what it cannot carry rather than fail delivery.
-            "Title": str(notice["title"]).encode("latin-1", "replace").decode("latin-1"),
+            "Title": header_text(str(notice["title"])),
             "Priority": NTFY_PRIORITY[str(notice.get("priority") or cfg.priority)],
-            "Tags": ",".join(tags),
+            "Tags": header_text(",".join(tags)),
             "User-Agent": USER_AGENT,
             "X-Message-Id": str(notice["id"]),
         }
