@@ -295,3 +295,21 @@ def test_notice_ids_are_unique_across_installs_and_resets(tmp_path: Path) -> Non
         store.close()
     assert len(set(ids)) == 3
     assert all(len(i) == 10 for i in ids)
+
+
+def test_history_names_the_real_cause_when_a_running_bridges_wal_was_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    running_store = Store(data / DB_NAME)  # the bridge's connection, still open
+    try:
+        running_store.check_writable(datetime(2026, 3, 1, tzinfo=UTC))
+        Path(f"{data / DB_NAME}-wal").unlink()  # a cleanup script
+        env = clean_env(tmp_path, CROSSMODEL_API_KEY=KEY)
+        result = run_main(capsys, "history", "--csv", "--data-dir", str(data), env=env)
+    finally:
+        running_store.close()
+    assert result.code == 2
+    assert "disk I/O error" in result.err
+    assert "-wal or -shm file next to it was deleted while a bridge ran" in result.err
+    assert "move the file aside" not in result.err

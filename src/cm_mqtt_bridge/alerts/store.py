@@ -77,6 +77,12 @@ def open_error(path: Path | str, exc: BaseException) -> str:
     hint = ""
     if "readonly" in text or "read-only" in text:
         hint = "; make the file and its directory writable by this user (e.g. chown)"
+    elif "disk I/O error" in text:
+        # Not corruption: moving the file aside would throw a healthy database away.
+        hint = (
+            "; the disk failed a read or write, or the -wal or -shm file next to it was "
+            "deleted while a bridge ran: check the disk (dmesg) and restart the bridge"
+        )
     elif is_locked(exc):
         hint = "; another program holds it (a backup, or sqlite3 open in a terminal?)"
     elif isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
