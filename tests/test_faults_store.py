@@ -22,7 +22,7 @@ import pytest
 
 from cm_mqtt_bridge import service
 from cm_mqtt_bridge.alerts.history import Sample
-from cm_mqtt_bridge.alerts.store import DB_NAME, Store
+from cm_mqtt_bridge.alerts.store import DB_NAME, AsyncStore, Store, StoreError
 from cm_mqtt_bridge.service import Bridge
 from tests.conftest import KEY
 from tests.helpers import bare, clean_env, db_rows, outbox, run_cli, run_main, until
@@ -84,10 +84,12 @@ async def test_a_stalled_disk_keeps_values_publishing_and_the_alert_goes_out_onc
             await publish(mosquitto.port, REFRESH, "PRESS")
             await rec.wait_for(lambda r: balance_doc(r, "4.125"), timeout=3, what="balance 1")
             # /healthz names the stuck store once a call is past its deadline.
+            store = bridge.store
+            assert store is not None
+            await until(lambda: "has not answered" in (store.problem or ""), 5, "stuck store")
             status, report = await healthz(bridge)
-            while "has not answered" not in report["alert_store"]:
-                status, report = await healthz(bridge)
             assert status == 503
+            assert "has not answered" in report["alert_store"]
             assert str(data / DB_NAME) in report["alert_store"]
             # Refreshes still poll and publish while the store is stuck.
             for balance, shown in ((3_500_000, "3.625"), (3_000_000, "3.125")):
@@ -313,3 +315,38 @@ def test_history_names_the_real_cause_when_a_running_bridges_wal_was_deleted(
     assert "disk I/O error" in result.err
     assert "-wal or -shm file next to it was deleted while a bridge ran" in result.err
     assert "move the file aside" not in result.err
+
+
+def test_a_row_with_a_non_text_id_is_failed_not_resent(tmp_path: Path) -> None:
+    store = Store(tmp_path / DB_NAME)
+    payload = (
+        '{"id": "x", "account": "main", "rule": "low_balance", "kind": "fired", '
+        '"title": "t", "message": "m", "at": "2026-01-01T00:00:00+00:00"}'
+    )
+    try:
+        store._db.execute(
+            "INSERT INTO outbox (id, channel, account, payload, created, next_attempt) "
+            "VALUES (?, 'ntfy', 'main', ?, 0, 0)",
+            (b"main.low_balance.1", payload),
+        )
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        assert store.due("ntfy", now) == []
+        assert store.pending("ntfy") == 0
+    finally:
+        store.close()
+
+
+async def test_a_rule_state_row_with_a_wrong_type_is_a_store_error_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / DB_NAME)
+    store._db.execute(
+        "INSERT INTO rule_state VALUES ('main', 'low_balance', 1, 'yesterday', NULL, NULL, 1)"
+    )
+    async_store = AsyncStore(store, deadline=5)
+    try:
+        with pytest.raises(StoreError, match="unreadable data"):
+            await async_store.call(Store.rule_states, "main")
+        assert async_store.problem is not None
+    finally:
+        async_store.close()

@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 # A history row as we write it; one that is not (a hand edit, bit rot) is skipped when read.
 VALID_SAMPLE = (
-    "typeof(at) IN ('real', 'integer') AND typeof(balance) = 'integer' "
+    "typeof(at) IN ('real', 'integer') AND at BETWEEN 0 AND 253402300799 "  # up to 9999
+    "AND typeof(balance) = 'integer' "
     "AND typeof(holds) = 'integer' AND typeof(spent_total) = 'integer' "
     "AND typeof(spend_day) IN ('integer', 'null') AND typeof(spend_week) IN ('integer', 'null') "
     "AND typeof(spend_month) IN ('integer', 'null')"
@@ -298,6 +299,9 @@ class Store:
             if isinstance(next_attempt, int | float) and next_attempt > now.timestamp():
                 break
             payload = decode_notice(p)
+            if not all(isinstance(v, str) for v in (i, c, a)):
+                # Updates match on the id: a non-text id would be sent again every round.
+                payload = "id, channel or account is not text"
             if isinstance(payload, str) or not isinstance(n, int):
                 problem = payload if isinstance(payload, str) else "attempts is not a number"
                 log.error(
@@ -602,6 +606,11 @@ class AsyncStore:
             raise StoreError(text) from None
         except (sqlite3.Error, OSError) as exc:
             self._failed(str(exc) or type(exc).__name__)
+            raise StoreError(self._failure) from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            # A row that is not as we wrote it (a hand edit, bit rot): a failing store, not
+            # a crash of the task that asked.
+            self._failed(f"unreadable data: {type(exc).__name__}: {exc}")
             raise StoreError(self._failure) from None
         if self._failure is not None:
             log.info("alert store works again")
