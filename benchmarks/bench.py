@@ -33,7 +33,7 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from cm_mqtt_bridge.localbroker import Mosquitto
+from cm_mqtt_bridge.cli.localbroker import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -1,6 +1,6 @@
 """A virtual-time clock for the idle-hour benchmark.
 
-Unlike `cm_mqtt_bridge.clock.FakeClock` (whose `sleep` advances time at once), sleepers here
+Unlike `cm_mqtt_bridge.core.clock.FakeClock` (whose `sleep` advances time at once), sleepers here
 wait until a driver moves time forward. The driver advances to the next timer only after real
 I/O (HTTP to the loopback stand-in, MQTT round trips) has settled, so an hour of the bridge's
 life runs in seconds while every poll and publish really happens.

@@ -7,7 +7,7 @@
 `cycle --profile PATH` (without --baselines) writes a cProfile of the measured cycles.
 
 Each prints one JSON line of results on stdout. The bridge is the real `Bridge` from
-`cm_mqtt_bridge.service`; the benchmark only observes it (it wraps each account runtime's
+`cm_mqtt_bridge.service.bridge`; the benchmark only observes it (it wraps each account runtime's
 `poll_once` and the publisher's flush to know when a cycle is complete) and never changes how
 it works.
 """
@@ -33,13 +33,13 @@ import aiohttp
 import aiomqtt
 
 from cm_mqtt_bridge import __version__
-from cm_mqtt_bridge.clock import Clock
-from cm_mqtt_bridge.config import Config, PollConfig
-from cm_mqtt_bridge.entities import ENTITIES
-from cm_mqtt_bridge.publisher import _MQTT_LOG
-from cm_mqtt_bridge.runtime import AccountRuntime
-from cm_mqtt_bridge.service import Bridge
-from cm_mqtt_bridge.topics import Kind
+from cm_mqtt_bridge.config.settings import Config, PollConfig
+from cm_mqtt_bridge.core.clock import Clock
+from cm_mqtt_bridge.ha.entities import ENTITIES
+from cm_mqtt_bridge.ha.topics import Kind
+from cm_mqtt_bridge.service.bridge import Bridge
+from cm_mqtt_bridge.service.publisher import _MQTT_LOG
+from cm_mqtt_bridge.service.runtime import AccountRuntime
 
 
 def third_party_modules() -> list[str]:

@@ -18,8 +18,8 @@ from typing import IO, Any
 
 import pytest
 
-from cm_mqtt_bridge.alerts.store import DB_NAME
-from cm_mqtt_bridge.cli import main
+from cm_mqtt_bridge.cli.main import main
+from cm_mqtt_bridge.store.db import DB_NAME
 
 
 async def until(check: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
@@ -67,7 +67,7 @@ def outbox(data_dir: Path) -> list[tuple[str, str, int, bool]]:
 # ---- the console script ----------------------------------------------------------------------
 
 SCRIPT = Path(sys.executable).with_name("cm-mqtt-bridge")
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "cm_mqtt_bridge.cli"]
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "cm_mqtt_bridge.cli.main"]
 BRIDGE_ENV_PREFIXES = ("CROSSMODEL_", "MQTT_", "CM_MQTT_BRIDGE")
 
 
@@ -142,7 +142,7 @@ def run_main(
     stdin: str | None = None,
     secrets: Sequence[str] = (),
 ) -> Result:
-    """`cm_mqtt_bridge.cli.main(ARGS, env)` in-process: much faster than a subprocess. `stdin`
+    """`cm_mqtt_bridge.cli.main.main(ARGS, env)` in-process: much faster than a subprocess. `stdin`
     is what it reads from standard input; an argparse exit (`--version`, a usage error) is
     its exit code. Commands that call `asyncio.run` (status, check, …) need a thread of their
     own from an async test: `await asyncio.to_thread(run_main, capsys, ...)`."""

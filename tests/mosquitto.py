@@ -1,6 +1,6 @@
 """The test broker: the same private Mosquitto launcher the `demo` command uses."""
 
-from cm_mqtt_bridge.localbroker import Mosquitto, free_port
+from cm_mqtt_bridge.cli.localbroker import Mosquitto, free_port
 
 __all__ = ["Mosquitto", "discard", "free_port"]
 

@@ -14,8 +14,8 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from cm_mqtt_bridge.config import Config, PollConfig
-from cm_mqtt_bridge.publisher import Publisher
+from cm_mqtt_bridge.config.settings import Config, PollConfig
+from cm_mqtt_bridge.service.publisher import Publisher
 
 BARRIER = "test/barrier/"
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from cm_mqtt_bridge.alerts.store import DB_NAME
-from cm_mqtt_bridge.config import Config
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.config.settings import Config
+from cm_mqtt_bridge.service.bridge import Bridge
+from cm_mqtt_bridge.store.db import DB_NAME
 from tests.helpers import bare, db_rows, outbox, until
 from tests.mosquitto import Mosquitto
 from tests.mqtt_helpers import Recorder, barrier, make_config, publish, recording
@@ -283,7 +283,7 @@ async def test_ntfy_down_when_the_alert_fires_delivers_once_it_is_back(
         warnings = [
             r.getMessage()
             for r in caplog.records
-            if r.name == "cm_mqtt_bridge.alerts.dispatch" and r.levelno == logging.WARNING
+            if r.name == "cm_mqtt_bridge.notify.dispatch" and r.levelno == logging.WARNING
         ]
         assert len(warnings) == 1
         assert warnings[0].startswith("ntfy: could not deliver alert main.low_balance.1.")
@@ -466,7 +466,7 @@ async def test_threshold_from_ha_is_validated_applied_persisted_and_survives_res
             rejected = [
                 r.getMessage()
                 for r in caplog.records
-                if r.name == "cm_mqtt_bridge.commands" and r.levelno == logging.WARNING
+                if r.name == "cm_mqtt_bridge.service.inbound" and r.levelno == logging.WARNING
             ]
             assert rejected == [
                 "main: rejected threshold from MQTT: low_balance_below: '-1' is outside 0..1000000",

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from cm_mqtt_bridge import __version__
-from cm_mqtt_bridge.api import (
+from cm_mqtt_bridge.crossmodel.client import (
     MAX_BODY,
     ApiError,
     AuthError,
@@ -23,7 +23,7 @@ from cm_mqtt_bridge.api import (
     TransientError,
     parse_retry_after,
 )
-from cm_mqtt_bridge.wire import CreditsWire, UsageWire
+from cm_mqtt_bridge.crossmodel.wire import CreditsWire, UsageWire
 from tests.conftest import KEY
 from tests.fakes import FakeClock
 from tests.standin import SAMPLE_USAGE, CrossModelStandin, Reply

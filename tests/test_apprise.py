@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from cm_mqtt_bridge.cli import setup_logging
-from cm_mqtt_bridge.config import load_config
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.cli.main import setup_logging
+from cm_mqtt_bridge.config.settings import load_config
+from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import outbox, until
 from tests.mqtt_helpers import make_config, publish, recording

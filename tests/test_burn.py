@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from cm_mqtt_bridge.alerts.engine import AlertAccount, AlertEngine, Observation
-from cm_mqtt_bridge.alerts.evaluate import AlertStatus, Notice
-from cm_mqtt_bridge.alerts.forecast import Burn, burn_rate, runway_days
-from cm_mqtt_bridge.alerts.history import Sample, spent_since
-from cm_mqtt_bridge.alerts.store import AsyncStore, Store, StoreError
-from cm_mqtt_bridge.config import Config
-from cm_mqtt_bridge.entities import entities_for
-from cm_mqtt_bridge.model import Snapshot, Usage, UsageState, WindowUsage
-from cm_mqtt_bridge.render import state_document
-from cm_mqtt_bridge.view import AccountView
+from cm_mqtt_bridge.config.settings import Config
+from cm_mqtt_bridge.core.evaluate import AlertStatus, Notice
+from cm_mqtt_bridge.core.forecast import Burn, burn_rate, runway_days
+from cm_mqtt_bridge.core.model import Snapshot, Usage, UsageState, WindowUsage
+from cm_mqtt_bridge.core.samples import Sample, spent_since
+from cm_mqtt_bridge.core.view import AccountView
+from cm_mqtt_bridge.ha.entities import entities_for
+from cm_mqtt_bridge.ha.render import state_document
+from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine, Observation
+from cm_mqtt_bridge.store.db import AsyncStore, Store, StoreError
 from tests.fakes import FakeClock
 from tests.helpers import bare
 

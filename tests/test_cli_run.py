@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from cm_mqtt_bridge.alerts.rules import BY_NAME
-from cm_mqtt_bridge.discovery import device_payload
-from cm_mqtt_bridge.entities import entities_for
-from cm_mqtt_bridge.topics import Topics
+from cm_mqtt_bridge.core.rules import BY_NAME
+from cm_mqtt_bridge.ha.discovery import device_payload
+from cm_mqtt_bridge.ha.entities import entities_for
+from cm_mqtt_bridge.ha.topics import Topics
 from tests.conftest import KEY
 from tests.helpers import cli_process, run_cli, run_main
 from tests.mosquitto import free_port

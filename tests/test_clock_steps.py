@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cm_mqtt_bridge.alerts.engine import AlertAccount, AlertEngine, Observation
-from cm_mqtt_bridge.alerts.evaluate import Notice, RuleState, evaluate
-from cm_mqtt_bridge.alerts.rules import AlertsConfig, Inputs
-from cm_mqtt_bridge.alerts.store import AsyncStore, Store
-from cm_mqtt_bridge.config import Config
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.config.settings import Config
+from cm_mqtt_bridge.core.evaluate import Notice, RuleState, evaluate
+from cm_mqtt_bridge.core.rules import AlertsConfig, Inputs
+from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine, Observation
+from cm_mqtt_bridge.service.bridge import Bridge
+from cm_mqtt_bridge.store.db import AsyncStore, Store
 from tests.fakes import FakeClock, ManualClock
 from tests.helpers import bare, db_rows, outbox, until
 from tests.mosquitto import Mosquitto

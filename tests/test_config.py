@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from cm_mqtt_bridge.config import (
+from cm_mqtt_bridge.config.settings import (
     DEFAULT_API_URL,
     Config,
     ConfigError,

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
-from cm_mqtt_bridge import dashboard
-from cm_mqtt_bridge.cli import main
-from cm_mqtt_bridge.config import AccountConfig, Config
-from cm_mqtt_bridge.discovery import device_payload
-from cm_mqtt_bridge.entities import entities_for
-from cm_mqtt_bridge.topics import Topics
+from cm_mqtt_bridge.cli.main import main
+from cm_mqtt_bridge.config.settings import AccountConfig, Config
+from cm_mqtt_bridge.ha import dashboard
+from cm_mqtt_bridge.ha.discovery import device_payload
+from cm_mqtt_bridge.ha.entities import entities_for
+from cm_mqtt_bridge.ha.topics import Topics
 
 GOLDEN = Path(__file__).parent / "golden" / "dashboard_all.yaml"
 KEY = "cm-dashboard-0123456789abcdef"

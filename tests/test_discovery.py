@@ -17,21 +17,21 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from cm_mqtt_bridge import __version__
-from cm_mqtt_bridge.alerts.evaluate import AlertStatus
-from cm_mqtt_bridge.alerts.forecast import Burn
-from cm_mqtt_bridge.alerts.rules import RULES, RuleSpec
-from cm_mqtt_bridge.config import AccountConfig, Config
-from cm_mqtt_bridge.discovery import (
+from cm_mqtt_bridge.config.settings import AccountConfig, Config
+from cm_mqtt_bridge.core.evaluate import AlertStatus
+from cm_mqtt_bridge.core.forecast import Burn
+from cm_mqtt_bridge.core.model import Snapshot, Usage, UsageState, WindowUsage
+from cm_mqtt_bridge.core.rules import RULES, RuleSpec
+from cm_mqtt_bridge.core.view import AccountView
+from cm_mqtt_bridge.ha.discovery import (
     announced_components,
     announced_currency,
     device_payload,
 )
-from cm_mqtt_bridge.entities import entities_for
-from cm_mqtt_bridge.model import Snapshot, Usage, UsageState, WindowUsage
-from cm_mqtt_bridge.render import state_document
-from cm_mqtt_bridge.service import Bridge
-from cm_mqtt_bridge.topics import Topics
-from cm_mqtt_bridge.view import AccountView
+from cm_mqtt_bridge.ha.entities import entities_for
+from cm_mqtt_bridge.ha.render import state_document
+from cm_mqtt_bridge.ha.topics import Topics
+from cm_mqtt_bridge.service.bridge import Bridge
 from tests.helpers import until
 from tests.mqtt_helpers import Got, make_config
 

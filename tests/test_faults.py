@@ -19,10 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cm_mqtt_bridge.alerts.store import DB_NAME, Store
-from cm_mqtt_bridge.config import Config
-from cm_mqtt_bridge.runtime import AccountRuntime
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.config.settings import Config
+from cm_mqtt_bridge.service.bridge import Bridge
+from cm_mqtt_bridge.service.runtime import AccountRuntime
+from cm_mqtt_bridge.store.db import DB_NAME, Store
 from tests.helpers import bare, outbox, until
 from tests.mosquitto import Mosquitto
 from tests.mqtt_helpers import make_config, publish, recording
@@ -265,7 +265,7 @@ def test_a_read_only_database_is_a_clear_startup_error(tmp_path: Path) -> None:
         pytest.skip("the filesystem does not support chattr +i")
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "cm_mqtt_bridge.cli", "run", "--data-dir", str(data)],
+            [sys.executable, "-m", "cm_mqtt_bridge.cli.main", "run", "--data-dir", str(data)],
             capture_output=True,
             text=True,
             timeout=30,

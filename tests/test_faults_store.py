@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cm_mqtt_bridge import service
-from cm_mqtt_bridge.alerts.history import Sample
-from cm_mqtt_bridge.alerts.store import DB_NAME, AsyncStore, Store, StoreError
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.core.samples import Sample
+from cm_mqtt_bridge.service import bridge as service
+from cm_mqtt_bridge.service.bridge import Bridge
+from cm_mqtt_bridge.store.db import DB_NAME, AsyncStore, Store, StoreError
 from tests.conftest import KEY
 from tests.helpers import bare, clean_env, db_rows, outbox, run_cli, run_main, until
 from tests.mosquitto import Mosquitto

@@ -17,10 +17,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cm_mqtt_bridge.alerts.config import WebhookConfig
-from cm_mqtt_bridge.alerts.rules import BY_NAME
-from cm_mqtt_bridge.check import CheckFailed, check_webhook
-from cm_mqtt_bridge.entities import entities_for
+from cm_mqtt_bridge.cli.check import CheckFailed, check_webhook
+from cm_mqtt_bridge.config.notify import WebhookConfig
+from cm_mqtt_bridge.core.rules import BY_NAME
+from cm_mqtt_bridge.ha.entities import entities_for
 from tests.conftest import KEY
 from tests.helpers import Result, run_main
 from tests.mosquitto import Mosquitto, discard, free_port

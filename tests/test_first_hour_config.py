@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cm_mqtt_bridge.config import ConfigError, load_config
+from cm_mqtt_bridge.config.settings import ConfigError, load_config
 from tests.conftest import KEY
 from tests.helpers import run_main
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cm_mqtt_bridge.demo import DIR_PREFIX, reap_stale_dirs
+from cm_mqtt_bridge.cli.demo import DIR_PREFIX, reap_stale_dirs
 from tests.helpers import clean_env, cli_process, run_main, until
 
 
@@ -106,5 +106,5 @@ def test_demo_takes_the_global_flags_and_says_when_the_alert_would_come(
     assert "_readback" not in result.out
     assert re.search(r"demo/status +offline", result.out)
     assert "which would have come at about 30 s: run it with --seconds 70" in result.out
-    assert "DEBUG cm_mqtt_bridge.runtime: demo: poll ok in " in result.err
+    assert "DEBUG cm_mqtt_bridge.service.runtime: demo: poll ok in " in result.err
     assert not list(tmp_path.glob(DIR_PREFIX + "*"))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cm_mqtt_bridge.alerts.store import DB_NAME, Store
-from cm_mqtt_bridge.cli import build_parser
+from cm_mqtt_bridge.cli.main import build_parser
+from cm_mqtt_bridge.store.db import DB_NAME, Store
 from tests.conftest import KEY
 from tests.helpers import run_main
 from tests.mosquitto import free_port

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import run_main
 from tests.mosquitto import Mosquitto, free_port
@@ -61,8 +61,9 @@ async def test_status_retries_log_at_debug_and_a_failure_is_one_line(
     standin.queue("credits", Reply(status=503, json={}))
     verbose = await asyncio.to_thread(run_main, capsys, "status", "-v", env=env, secrets=(KEY,))
     assert verbose.code == 0
-    assert "DEBUG cm_mqtt_bridge.api: default: attempt 1 failed (/credits: HTTP 503)" in (
-        verbose.err
+    assert (
+        "DEBUG cm_mqtt_bridge.crossmodel.client: default: attempt 1 failed (/credits: HTTP 503)"
+        in (verbose.err)
     )
     port = free_port()
     down = {

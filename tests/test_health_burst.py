@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import until
 from tests.mosquitto import Mosquitto

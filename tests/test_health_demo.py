@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cm_mqtt_bridge.demo import run_demo
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.cli.demo import run_demo
+from cm_mqtt_bridge.service.bridge import Bridge
 from tests.helpers import clean_env, run_cli, run_main, until
 from tests.mosquitto import free_port
 from tests.mqtt_helpers import make_config, recording

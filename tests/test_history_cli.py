@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cm_mqtt_bridge.alerts.history import Sample
-from cm_mqtt_bridge.alerts.store import DB_NAME, Store
+from cm_mqtt_bridge.core.samples import Sample
+from cm_mqtt_bridge.store.db import DB_NAME, Store
 from tests.helpers import clean_env, run_main
 
 KEY = "cm-history-0123456789abcdef"

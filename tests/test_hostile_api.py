@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cm_mqtt_bridge.cli import main
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.cli.main import main
+from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import until
 from tests.mosquitto import Mosquitto

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cm_mqtt_bridge.cli import main
+from cm_mqtt_bridge.cli.main import main
 from tests.conftest import KEY
 
 ACCOUNT = f"accounts:\n  - id: main\n    api_key: {KEY}\n"
@@ -128,7 +128,7 @@ def test_a_key_pasted_into_id_or_name_is_refused_and_not_echoed(tmp_path: Path, 
 _RUNNER = """
 import contextlib, io, json, resource, sys, time, traceback
 resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
-from cm_mqtt_bridge.cli import main
+from cm_mqtt_bridge.cli.main import main
 results = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()

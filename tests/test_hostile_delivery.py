@@ -21,13 +21,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cm_mqtt_bridge.alerts.config import NtfyConfig, WebhookConfig
-from cm_mqtt_bridge.alerts.dispatch import Dispatcher
-from cm_mqtt_bridge.alerts.evaluate import Kind, Notice
-from cm_mqtt_bridge.alerts.notifiers import Channel, NtfyChannel, WebhookChannel
-from cm_mqtt_bridge.alerts.store import DB_NAME, AsyncStore, Store
-from cm_mqtt_bridge.clock import SystemClock
-from cm_mqtt_bridge.metrics import Metrics
+from cm_mqtt_bridge.config.notify import NtfyConfig, WebhookConfig
+from cm_mqtt_bridge.core.clock import SystemClock
+from cm_mqtt_bridge.core.evaluate import Kind, Notice
+from cm_mqtt_bridge.notify.channels import Channel, NtfyChannel, WebhookChannel
+from cm_mqtt_bridge.notify.dispatch import Dispatcher
+from cm_mqtt_bridge.service.metrics import Metrics
+from cm_mqtt_bridge.store.db import DB_NAME, AsyncStore, Store
 from tests.helpers import db_rows, until
 from tests.receivers import Receivers
 

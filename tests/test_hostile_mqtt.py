@@ -10,8 +10,8 @@ import logging
 import aiomqtt
 import pytest
 
-from cm_mqtt_bridge.commands import Commands, LimitedWarning
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.service.bridge import Bridge
+from cm_mqtt_bridge.service.inbound import Commands, LimitedWarning
 from tests.fakes import FakeClock
 from tests.helpers import db_rows, until
 from tests.mosquitto import Mosquitto

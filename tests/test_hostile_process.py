@@ -12,8 +12,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from cm_mqtt_bridge.clock import SystemClock
-from cm_mqtt_bridge.supervisor import Supervisor
+from cm_mqtt_bridge.core.clock import SystemClock
+from cm_mqtt_bridge.service.supervisor import Supervisor
 from tests.conftest import KEY
 from tests.helpers import bare, clean_env, cli_process, outbox, until
 from tests.mosquitto import Mosquitto

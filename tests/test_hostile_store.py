@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cm_mqtt_bridge.alerts.history import Sample
-from cm_mqtt_bridge.alerts.store import DB_NAME, Store
-from cm_mqtt_bridge.cli import main
+from cm_mqtt_bridge.cli.main import main
+from cm_mqtt_bridge.core.samples import Sample
+from cm_mqtt_bridge.store.db import DB_NAME, Store
 from tests.conftest import KEY
 
 PAGE = 4096

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from cm_mqtt_bridge.money import (
+from cm_mqtt_bridge.core.money import (
     MICRO_PER_UNIT,
     format_money,
     format_plain,

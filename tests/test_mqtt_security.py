@@ -10,7 +10,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.service.bridge import Bridge
 from tests.helpers import until
 from tests.mosquitto import Mosquitto, discard
 from tests.mqtt_helpers import make_config

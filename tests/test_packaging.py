@@ -26,14 +26,14 @@ import pytest
 import yaml
 
 import cm_mqtt_bridge
-from cm_mqtt_bridge.alerts.rules import (
+from cm_mqtt_bridge.config.settings import load_config
+from cm_mqtt_bridge.core.rules import (
     ApiDownRule,
     BudgetRule,
     LowBalanceRule,
     RunwayRule,
     SimpleRule,
 )
-from cm_mqtt_bridge.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

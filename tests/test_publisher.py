@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from cm_mqtt_bridge.clock import SystemClock
-from cm_mqtt_bridge.config import MqttConfig
-from cm_mqtt_bridge.publisher import Publisher
-from cm_mqtt_bridge.topics import Kind, Topics
+from cm_mqtt_bridge.config.settings import MqttConfig
+from cm_mqtt_bridge.core.clock import SystemClock
+from cm_mqtt_bridge.ha.topics import Kind, Topics
+from cm_mqtt_bridge.service.publisher import Publisher
 from tests.helpers import until
 from tests.mqtt_helpers import recording
 

@@ -8,14 +8,14 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from cm_mqtt_bridge.alerts.evaluate import AlertStatus
-from cm_mqtt_bridge.alerts.forecast import Burn
-from cm_mqtt_bridge.alerts.rules import RULES
-from cm_mqtt_bridge.entities import entities_for
-from cm_mqtt_bridge.model import UsageState, WindowUsage
-from cm_mqtt_bridge.render import same_values, state_document
-from cm_mqtt_bridge.runtime import _render_key
-from cm_mqtt_bridge.view import AccountView
+from cm_mqtt_bridge.core.evaluate import AlertStatus
+from cm_mqtt_bridge.core.forecast import Burn
+from cm_mqtt_bridge.core.model import UsageState, WindowUsage
+from cm_mqtt_bridge.core.rules import RULES
+from cm_mqtt_bridge.core.view import AccountView
+from cm_mqtt_bridge.ha.entities import entities_for
+from cm_mqtt_bridge.ha.render import same_values, state_document
+from cm_mqtt_bridge.service.runtime import _render_key
 from tests.test_state import USAGE, full_view, snapshot
 
 ENTITIES = entities_for(RULES)

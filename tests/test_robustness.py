@@ -9,10 +9,10 @@ import socket
 
 import pytest
 
-from cm_mqtt_bridge import runtime
-from cm_mqtt_bridge.cli import setup_logging
-from cm_mqtt_bridge.config import ConfigError, load_config
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.cli.main import setup_logging
+from cm_mqtt_bridge.config.settings import ConfigError, load_config
+from cm_mqtt_bridge.service import runtime
+from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import run_cli
 from tests.mqtt_helpers import make_config, publish, recording

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from cm_mqtt_bridge.alerts.evaluate import Notice, RuleState, evaluate
-from cm_mqtt_bridge.alerts.forecast import Burn
-from cm_mqtt_bridge.alerts.rules import AlertsConfig, Inputs
+from cm_mqtt_bridge.core.evaluate import Notice, RuleState, evaluate
+from cm_mqtt_bridge.core.forecast import Burn
+from cm_mqtt_bridge.core.rules import AlertsConfig, Inputs
 from tests.fakes import FakeClock
 
 T0 = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)  # a Wednesday

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from cm_mqtt_bridge.service import Bridge
+from cm_mqtt_bridge.service.bridge import Bridge
 from tests.mqtt_helpers import make_config, recording
 
 

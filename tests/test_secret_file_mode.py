@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cm_mqtt_bridge.config import load_config
+from cm_mqtt_bridge.config.settings import load_config
 from tests.conftest import KEY
 from tests.helpers import run_main
 from tests.standin import CrossModelStandin

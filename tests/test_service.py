@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from cm_mqtt_bridge.clock import SystemClock
-from cm_mqtt_bridge.config import Config
-from cm_mqtt_bridge.discovery import device_payload
-from cm_mqtt_bridge.model import Window
-from cm_mqtt_bridge.service import Bridge
-from cm_mqtt_bridge.topics import Topics
+from cm_mqtt_bridge.config.settings import Config
+from cm_mqtt_bridge.core.clock import SystemClock
+from cm_mqtt_bridge.core.model import Window
+from cm_mqtt_bridge.ha.discovery import device_payload
+from cm_mqtt_bridge.ha.topics import Topics
+from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import until
 from tests.mqtt_helpers import (

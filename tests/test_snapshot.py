@@ -11,9 +11,14 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
-from cm_mqtt_bridge.api import AuthError, CrossModelClient, InvalidResponse, ServerError
-from cm_mqtt_bridge.fetch import fetch_snapshot
-from cm_mqtt_bridge.model import Snapshot, Usage, UsageState, Window, WindowUsage
+from cm_mqtt_bridge.core.model import Snapshot, Usage, UsageState, Window, WindowUsage
+from cm_mqtt_bridge.crossmodel.client import (
+    AuthError,
+    CrossModelClient,
+    InvalidResponse,
+    ServerError,
+)
+from cm_mqtt_bridge.crossmodel.fetch import fetch_snapshot
 from tests.conftest import KEY
 from tests.fakes import FakeClock
 from tests.standin import CrossModelStandin, Reply

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from cm_mqtt_bridge.entities import ENTITIES
-from cm_mqtt_bridge.model import Snapshot, Usage, UsageState, WindowUsage
-from cm_mqtt_bridge.render import plain_values, same_values
-from cm_mqtt_bridge.render import state_document as render_document
-from cm_mqtt_bridge.view import AccountView
+from cm_mqtt_bridge.core.model import Snapshot, Usage, UsageState, WindowUsage
+from cm_mqtt_bridge.core.view import AccountView
+from cm_mqtt_bridge.ha.entities import ENTITIES
+from cm_mqtt_bridge.ha.render import plain_values, same_values
+from cm_mqtt_bridge.ha.render import state_document as render_document
 
 # Wednesday 7 January 2026 (ISO week starts Monday the 5th).
 USAGE_AT = datetime(2026, 1, 7, 15, 30, 12, 345000, tzinfo=UTC)

@@ -11,12 +11,12 @@ from typing import Any, cast
 
 import pytest
 
-from cm_mqtt_bridge.alerts.engine import AlertAccount, AlertEngine, ThresholdError
-from cm_mqtt_bridge.alerts.evaluate import Notice, RuleState
-from cm_mqtt_bridge.alerts.forecast import WINDOW, Burn, burn_rate
-from cm_mqtt_bridge.alerts.history import Sample
-from cm_mqtt_bridge.alerts.store import AsyncStore, OutboxItem, Store, StoreError
-from cm_mqtt_bridge.config import Config
+from cm_mqtt_bridge.config.settings import Config
+from cm_mqtt_bridge.core.evaluate import Notice, RuleState
+from cm_mqtt_bridge.core.forecast import WINDOW, Burn, burn_rate
+from cm_mqtt_bridge.core.samples import Sample
+from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine, ThresholdError
+from cm_mqtt_bridge.store.db import AsyncStore, OutboxItem, Store, StoreError
 from tests.fakes import FakeClock
 
 KEY = "cm-test-0123456789abcdefSECRET"

@@ -1,1 +1,0 @@
-"""Alerts: rules with hysteresis, durable state and outbox, and the channels that deliver them."""

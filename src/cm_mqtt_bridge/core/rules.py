@@ -1,0 +1,406 @@
+"""The rule registry: every alert rule declared once.
+
+A rule is its name, its label, the config section it reads (with that section's model), its
+check, and the threshold Home Assistant may change (range, step, unit). The config schema,
+the alert entities, the number entities and the settable thresholds are all derived from
+`RULES`; adding a rule touches this file only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+from pydantic import BeforeValidator, Field, create_model
+
+from .configbase import Amount, Duration, StrictModel
+from .forecast import Burn
+from .model import Window
+from .money import CURRENCY, MICRO_PER_UNIT, format_money, parse_amount
+
+WINDOW_GRACE = timedelta(seconds=90)
+Priority = Literal["min", "low", "default", "high", "urgent"]
+
+# ---- config sections ---------------------------------------------------------------------------
+
+
+class RuleCommon(StrictModel):
+    repeat_every: Duration | None = None
+    notify_recovered: bool = False
+    priority: Priority | None = None
+    tags: tuple[str, ...] = ()
+
+
+class LowBalanceRule(RuleCommon):
+    below: Amount
+    # Default: 10 % of `below`. Holds swing with running requests, so "available" wobbles;
+    # without a margin every wobble across the threshold would notify again.
+    margin: Amount | None = None
+
+
+RUNWAY_MAX_DAYS = Decimal(365)
+
+
+class RunwayRule(RuleCommon):
+    below_days: Annotated[Decimal, Field(ge=0, le=RUNWAY_MAX_DAYS)]
+    margin_days: Annotated[Decimal, Field(ge=0, le=RUNWAY_MAX_DAYS)] = Decimal(1)
+
+
+class BudgetRule(RuleCommon):
+    daily: Amount | None = None
+    weekly: Amount | None = None
+    monthly: Amount | None = None
+
+
+class ApiDownRule(RuleCommon):
+    after: Duration = 900.0
+
+
+class SimpleRule(RuleCommon):
+    """auth_failed: `true` in the file, or a mapping for priority and tags."""
+
+
+class TopupRule(RuleCommon):
+    min_amount: Amount = 10_000  # 0.01 units: below that it is rounding, not a top-up
+
+
+# ---- what a rule sees, and what its check says -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    account_id: str
+    account_name: str
+    now: datetime
+    currency: str | None = None
+    balance_micro: int | None = None
+    available_micro: int | None = None
+    # Window spend (by Window.api) from the last good /usage, with the time it was fetched.
+    spend_micro: Mapping[str, int] = field(default_factory=dict)
+    usage_at: datetime | None = None
+    api_status: str | None = None
+    # Seconds without a good poll (since the last one, or since the start), on the monotonic
+    # clock: a step of the wall clock is no outage.
+    down_for: float | None = None
+    # The monotonic clock's reading at `now`: reminders are measured on it.
+    monotonic: float | None = None
+    burn: Burn | None = None
+    runway_days: Decimal | None = None
+    # Top-up detection: balance and month-to-date spend at the previous sample.
+    prev_balance_micro: int | None = None
+    spend_since_prev_micro: int | None = None
+    # Thresholds set from Home Assistant (by Threshold.key, in the threshold's unit).
+    thresholds: Mapping[str, Decimal] = field(default_factory=dict)
+    install_id: str = ""  # the state database's random id, part of every notice id
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """What a rule sees now. `active` None means no data: the state is left as it is.
+    `event` rules (top-up) notify each time they are active and never stay firing."""
+
+    active: bool | None
+    rearm: bool
+    value: str | None = None
+    threshold: str | None = None
+    fired: str = ""
+    recovered: str = ""
+    window: str | None = None  # budgets: the window this figure belongs to
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """A rule threshold Home Assistant may change (a number entity)."""
+
+    key: str  # state-document key and command name
+    name: str
+    unit: str  # CURRENCY or a plain unit
+    low: Decimal
+    high: Decimal
+    step: Decimal
+    icon: str
+    money: bool  # an amount: at most 6 decimals, kept in micro units by the config
+    configured: Callable[[Any], Decimal]  # the section's value, in `unit`
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    name: str
+    label: str
+    section: str  # config key under `alerts:`
+    check: Callable[[Any, Inputs, Any], Check]
+    enabled: Callable[[Any], bool] = lambda _section: True
+    event: bool = False  # a top-up is an event, never a lasting problem
+    threshold: Threshold | None = None
+
+
+def _distinct(value: int, threshold: int, currency: str) -> tuple[str, str]:
+    """Both amounts to the cent, unless that makes different amounts look equal
+    ("5.00 is below 5.00"): then with every decimal they need."""
+    a, b = format_money(value, currency), format_money(threshold, currency)
+    if a == b and value != threshold:
+        return format_money(value, currency, 6, trim=True), format_money(
+            threshold, currency, 6, trim=True
+        )
+    return a, b
+
+
+def _days(d: Decimal) -> str:
+    return str(d.quantize(Decimal("0.1"), rounding=ROUND_HALF_EVEN))
+
+
+def threshold_value(rule: RuleSpec, section: Any, i: Inputs) -> Decimal:
+    assert rule.threshold is not None
+    return i.thresholds.get(rule.threshold.key, rule.threshold.configured(section))
+
+
+# ---- the checks ------------------------------------------------------------------------------
+
+
+def _low_balance(cfg: LowBalanceRule, i: Inputs, state: Any) -> Check:
+    if i.available_micro is None:
+        return Check(None, False)
+    cur = i.currency or ""
+    below = parse_amount(threshold_value(LOW_BALANCE, cfg, i))
+    avail = i.available_micro
+    # Default margin: 10 % of the threshold in force (it may have been set from HA).
+    margin = below // 10 if cfg.margin is None else cfg.margin
+    return Check(
+        active=avail < below,
+        rearm=avail >= below + margin,
+        value=format_money(avail, cur),
+        threshold=format_money(below, cur),
+        fired="available balance {} is below {}".format(*_distinct(avail, below, cur)),
+        recovered=f"available balance is back to {format_money(avail, cur)}",
+    )
+
+
+def _runway(cfg: RunwayRule, i: Inputs, state: Any) -> Check:
+    if i.available_micro is None or i.burn is None:
+        return Check(None, False)
+    below = threshold_value(RUNWAY, cfg, i)
+    days = i.runway_days
+    rate = format_money(int(i.burn.per_day_micro.to_integral_value()), i.currency or "")
+    return Check(
+        active=days is not None and days < below,
+        rearm=days is None or days >= below + cfg.margin_days,
+        value=None if days is None else _days(days),
+        threshold=_days(below),
+        fired=f"about {_days(days or Decimal(0))} days of credit left at {rate}/day",
+        recovered=f"runway is back above {_days(below + cfg.margin_days)} days",
+    )
+
+
+def _budget(window: Window) -> Callable[[BudgetRule, Inputs, Any], Check]:
+    def check(cfg: BudgetRule, i: Inputs, state: Any) -> Check:
+        limit: int = getattr(cfg, window.api)
+        current = window.start(i.now).isoformat()
+        new_window = state.firing and state.window != current
+        spend = i.spend_micro.get(window.api)
+        # The API caches answers for up to ~60 s: just after a window starts, a figure stamped
+        # with the new window may still be the old window's total. Judge it after the grace.
+        fresh = (
+            i.usage_at is not None
+            and window.start(i.usage_at).isoformat() == current
+            and i.usage_at - window.start(i.usage_at) >= WINDOW_GRACE
+        )
+        if spend is None or not fresh:
+            # Old figures belong to an earlier window: only the re-arm can be decided.
+            return Check(None if not new_window else False, new_window, window=current)
+        cur = i.currency or ""
+        spent_text, limit_text = _distinct(spend, limit, cur)
+        return Check(
+            active=spend > limit,
+            rearm=new_window,
+            value=format_money(spend, cur),
+            threshold=format_money(limit, cur),
+            fired=f"spend {window.label} {spent_text} is over the {window.api} budget "
+            f"of {limit_text}",
+            recovered=f"a new {window.api} budget window has started",
+            window=current,
+        )
+
+    return check
+
+
+def _api_down(cfg: ApiDownRule, i: Inputs, state: Any) -> Check:
+    if i.down_for is None:
+        return Check(None, False)
+    minutes = int(i.down_for // 60)
+    return Check(
+        active=i.down_for >= cfg.after,
+        rearm=i.api_status == "ok",
+        value=f"{minutes} min",
+        threshold=f"{int(cfg.after // 60)} min",
+        fired=f"no successful poll for {minutes} min (last error: {i.api_status})",
+        recovered="polling works again",
+    )
+
+
+def _auth_failed(cfg: SimpleRule, i: Inputs, state: Any) -> Check:
+    if i.api_status is None:
+        return Check(None, False)
+    return Check(
+        active=i.api_status == "auth_failed",
+        rearm=i.api_status == "ok",
+        value=i.api_status,
+        fired="the API key was rejected (revoked or wrong): update it to resume monitoring",
+        recovered="the API key works again",
+    )
+
+
+def _topup(cfg: TopupRule, i: Inputs, state: Any) -> Check:
+    if i.balance_micro is None or i.prev_balance_micro is None:
+        return Check(None, False)
+    # Spend only lowers the balance: a rise beyond what was spent meanwhile is money added.
+    # The balance itself must rise: /credits and /usage are cached separately, so the spend
+    # counter can run ahead of the balance, and a spend-adjusted figure alone would invent
+    # top-ups. The spend since the last sample is added back only to report the amount.
+    if i.balance_micro - i.prev_balance_micro <= cfg.min_amount:
+        return Check(None, False)
+    added = i.balance_micro - i.prev_balance_micro + (i.spend_since_prev_micro or 0)
+    cur = i.currency or ""
+    return Check(
+        active=True,
+        rearm=False,
+        value=format_money(added, cur),
+        fired=f"top-up of about {format_money(added, cur)} "
+        f"(balance now {format_money(i.balance_micro, cur)})",
+    )
+
+
+# ---- the registry ----------------------------------------------------------------------------
+
+SECTIONS: dict[str, type[RuleCommon]] = {
+    "low_balance": LowBalanceRule,
+    "runway": RunwayRule,
+    "budget": BudgetRule,
+    "api_down": ApiDownRule,
+    "auth_failed": SimpleRule,
+    "topup": TopupRule,
+}
+
+LOW_BALANCE = RuleSpec(
+    "low_balance",
+    "Low balance",
+    "low_balance",
+    _low_balance,
+    threshold=Threshold(
+        key="low_balance_below",
+        name="Low balance threshold",
+        unit=CURRENCY,
+        low=Decimal(0),
+        high=Decimal(1_000_000),
+        step=Decimal("0.01"),
+        icon="mdi:wallet-outline",
+        money=True,
+        configured=lambda s: Decimal(s.below) / MICRO_PER_UNIT,
+    ),
+)
+RUNWAY = RuleSpec(
+    "runway",
+    "Runway",
+    "runway",
+    _runway,
+    threshold=Threshold(
+        key="runway_below_days",
+        name="Runway threshold",
+        unit="d",
+        low=Decimal(0),
+        high=RUNWAY_MAX_DAYS,
+        step=Decimal("0.5"),
+        icon="mdi:timer-alert-outline",
+        money=False,
+        configured=lambda s: s.below_days,
+    ),
+)
+
+
+def _budget_spec(window: Window, label: str) -> RuleSpec:
+    # A budget of 0 means "any spend", so only an absent amount leaves the rule off.
+    return RuleSpec(
+        f"budget_{window.api}",
+        label,
+        "budget",
+        _budget(window),
+        enabled=lambda s: getattr(s, window.api) is not None,
+    )
+
+
+RULES: tuple[RuleSpec, ...] = (
+    LOW_BALANCE,
+    RUNWAY,
+    _budget_spec(Window.DAY, "Daily budget"),
+    _budget_spec(Window.WEEK, "Weekly budget"),
+    _budget_spec(Window.MONTH, "Monthly budget"),
+    RuleSpec("api_down", "API down", "api_down", _api_down),
+    RuleSpec("auth_failed", "Key rejected", "auth_failed", _auth_failed),
+    RuleSpec("topup", "Top-up", "topup", _topup, event=True),
+)
+BY_NAME: dict[str, RuleSpec] = {r.name: r for r in RULES}
+THRESHOLDS: dict[str, tuple[RuleSpec, Threshold]] = {
+    r.threshold.key: (r, r.threshold) for r in RULES if r.threshold is not None
+}
+
+
+# ---- the `alerts:` config section, generated from the registry ---------------------------------
+
+
+def _flag(value: Any) -> Any:
+    """`true` switches a rule on with its defaults, `false` off."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+S = TypeVar("S", bound=RuleCommon)
+
+
+class AlertsBase(StrictModel):
+    def get(self, model: type[S]) -> S | None:
+        """A section by its model, typed: `alerts.get(LowBalanceRule)`."""
+        for name, section_model in SECTIONS.items():
+            if section_model is model:
+                found = getattr(self, name)
+                return found if isinstance(found, model) else None
+        raise KeyError(model.__name__)
+
+    def section(self, name: str) -> RuleCommon | None:
+        found = getattr(self, name)
+        assert found is None or isinstance(found, RuleCommon)
+        return found
+
+    def rules(self) -> tuple[RuleSpec, ...]:
+        """The enabled rules, in registry order."""
+        out = []
+        for rule in RULES:
+            section = self.section(rule.section)
+            if section is not None and rule.enabled(section):
+                out.append(rule)
+        return tuple(out)
+
+    def rule_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.rules())
+
+    def common(self, rule: str) -> RuleCommon:
+        found = self.section(BY_NAME[rule].section)
+        assert found is not None
+        return found
+
+
+if TYPE_CHECKING:
+    AlertsConfig = AlertsBase
+else:
+    AlertsConfig = create_model(
+        "AlertsConfig",
+        __base__=AlertsBase,
+        **{
+            name: (Annotated[model | None, BeforeValidator(_flag)], None)
+            for name, model in SECTIONS.items()
+        },
+    )

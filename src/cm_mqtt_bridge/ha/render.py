@@ -1,0 +1,126 @@
+"""What is published for an account, as a pure function of its view.
+
+`render` generates, from the entity table, the JSON state document, the plain value topics,
+the availability and the list of active alerts: {topic: (payload, kind)}. What Home Assistant
+sees is testable without a broker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from ..core.view import AccountView
+from .entities import DOCUMENT_ONLY, POLL_TIME_KEYS, Entity
+from .topics import Kind, Topics
+
+Messages = dict[str, tuple[str, Kind]]
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def state_document(view: AccountView, entities: Sequence[Entity]) -> dict[str, Any]:
+    """Every value of the account; entities read it with value templates.
+
+    Money is a decimal string (exact, and HA parses it); a value not known yet is null, which
+    HA shows as unknown."""
+    doc: dict[str, Any] = {}
+    for entity in entities:
+        for value in entity.values():
+            doc[value.key] = value.read(view)
+    for value in DOCUMENT_ONLY:
+        doc[value.key] = value.read(view)
+    return doc
+
+
+def settle(prev: dict[str, Any] | None, doc: dict[str, Any], entities: Sequence[Entity]) -> None:
+    """Keep a published figure while the new one is within the entity's band of it.
+
+    Spend per elapsed time drifts slowly even when nothing is spent; without this band an idle
+    wallet would republish its state every time a rounded figure ticks over."""
+    if prev is None:
+        return
+    for entity in entities:
+        if entity.band is None or entity.value is None:
+            continue
+        key = entity.value.key
+        old, new = prev.get(key), doc.get(key)
+        if old is None or new is None or old == new:
+            continue
+        before, after = Decimal(old), Decimal(new)
+        if before != 0 and abs(after - before) <= abs(before) * entity.band:
+            doc[key] = old
+
+
+def same_values(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """Equal but for the poll time: an unchanged poll publishes nothing."""
+    if a is None:
+        return False
+    return {k: v for k, v in a.items() if k not in POLL_TIME_KEYS} == {
+        k: v for k, v in b.items() if k not in POLL_TIME_KEYS
+    }
+
+
+def plain_values(doc: dict[str, Any], entities: Sequence[Entity]) -> dict[str, str]:
+    """Plain retained topics (`balance` -> '8.059489'); unknown values are left out."""
+    out: dict[str, str] = {}
+    for entity in entities:
+        if not entity.plain or entity.value is None:
+            continue
+        value = doc.get(entity.value.key)
+        if value is None:
+            continue
+        out[entity.value.key] = (
+            ("ON" if value else "OFF") if isinstance(value, bool) else str(value)
+        )
+    return out
+
+
+def active_alerts(view: AccountView) -> list[dict[str, str]]:
+    """The retained `alerts/active` list."""
+    if view.alerts is None:
+        return []
+    return [
+        {"rule": rule, "since": since.isoformat()}
+        for rule, since in sorted(view.alerts.active.items())
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    doc: dict[str, Any]  # the state document now published (kept for the next render)
+    messages: Messages
+
+
+def render(
+    account_id: str,
+    view: AccountView,
+    entities: Sequence[Entity],
+    topics: Topics,
+    *,
+    published: dict[str, Any] | None,
+    alerts: bool,
+) -> Rendered:
+    """Every retained topic of the account but its discovery. `published` is the document
+    published last; while only the poll time differs, that one stays (nothing is resent)."""
+    messages: Messages = {
+        topics.availability(account_id): (
+            "online" if view.fresh else "offline",
+            Kind.AVAILABILITY,
+        )
+    }
+    doc = state_document(view, entities)
+    settle(published, doc, entities)
+    if published is not None and same_values(published, doc):
+        doc = published
+    messages[topics.state(account_id)] = (dumps(doc), Kind.STATE)
+    for key, text in plain_values(doc, entities).items():
+        messages[topics.value(account_id, key)] = (text, Kind.STATE)
+    if alerts:
+        messages[topics.alerts_active(account_id)] = (dumps(active_alerts(view)), Kind.STATE)
+    return Rendered(doc, messages)

@@ -1,0 +1,273 @@
+"""Glue between a poll and the alert rules: history samples, burn rate, thresholds set from
+Home Assistant, and the atomic rule-state + outbox commit.
+
+In-memory state changes only after the database has committed, so a failed commit (a locked
+database) loses nothing: the same observation, evaluated again, gives the same notices. A
+commit that timed out may still land later (a stalled disk that thaws): the account's state
+is then read back from the database before its next evaluation, so it is not fired twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+from ..core.clock import Clock
+from ..core.evaluate import AlertStatus, Notice, RuleState, evaluate
+from ..core.forecast import WINDOW, burn_rate, runway_days
+from ..core.model import Snapshot, Usage, Window
+from ..core.money import MICRO_PER_UNIT, parse_amount
+from ..core.rules import THRESHOLDS, AlertsBase, Inputs
+from ..core.samples import Sample, next_sample
+from ..store.db import AsyncStore, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+_Loaded = tuple[dict[str, RuleState], Sample | None, dict[str, Decimal]]
+
+
+class ThresholdError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AlertAccount:
+    id: str
+    name: str
+    alerts: AlertsBase
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the rules see of an account after a poll (or a failed one)."""
+
+    snapshot: Snapshot | None
+    usage: Usage | None  # the last good /usage
+    usage_at: datetime | None
+    usage_current: bool  # `usage` came with `snapshot` (a full, good poll)
+    api_status: str | None
+    last_success: float | None  # monotonic time of the last good poll in this process
+
+
+class AlertEngine:
+    def __init__(
+        self, store: AsyncStore, accounts: Sequence[AlertAccount], clock: Clock, channels: list[str]
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.channels = channels
+        self.started_at = clock.now()  # shown as "since" of a restored alert
+        # The api_down grace after a start, on the monotonic clock.
+        self.started_mono = clock.monotonic()
+        self._accounts = {a.id: a for a in accounts}
+        self._states: dict[str, dict[str, RuleState]] = {a.id: {} for a in accounts}
+        self._last: dict[str, Sample | None] = {a.id: None for a in accounts}
+        self._thresholds: dict[str, dict[str, Decimal]] = {a.id: {} for a in accounts}
+        # The burn rate's 7-day anchor changes only when `now - 7 d` passes the next sample:
+        # cached with that time, it costs no database call on most polls.
+        self._anchors: dict[str, tuple[Sample | None, datetime | None]] = {}
+        # Accounts whose state must be read from the database before they are evaluated:
+        # all at start, and one whose commit failed (it may have landed after all).
+        self._unloaded: set[str] = set(self._accounts)
+        self.install_id = ""
+
+    async def load(self) -> bool:
+        """Rule states, the last sample and thresholds set from HA, from the database. False
+        when the store does not answer (locked by another program): each account is then
+        loaded before its first evaluation, which is owed until then."""
+        for acc in self._accounts.values():
+            try:
+                await self._load_account(acc.id)
+            except StoreError:
+                return False
+        return True
+
+    async def _load_account(self, account_id: str) -> None:
+        loaded = await self.store.call(self._load, self._accounts[account_id])
+        states, self._last[account_id], self._thresholds[account_id] = loaded
+        self._states[account_id] = {r: self._anchored(s) for r, s in states.items()}
+        self._anchors.pop(account_id, None)
+        self._unloaded.discard(account_id)
+
+    def _anchored(self, state: RuleState) -> RuleState:
+        """A restored state's last notice on this process's monotonic clock. Only its wall
+        time was stored, so the wall clock is read once, now, and never again: a reminder
+        overdue by that reading goes at once, and a last notice the clock puts in the future
+        (a Pi booted with an old time) counts as just sent, so the reminder comes at most
+        `repeat_every` after the start, whatever NTP does to the clock later."""
+        if state.last_notified is None:
+            return state
+        elapsed = max(0.0, (self.clock.now() - state.last_notified).total_seconds())
+        return replace(state, notified_mono=self.clock.monotonic() - elapsed)
+
+    def _load(self, store: Store, acc: AlertAccount) -> _Loaded:
+        self.install_id = store.install_id
+        overrides: dict[str, Decimal] = {}
+        for key, (value, config_value) in store.overrides(acc.id).items():
+            current = self._configured(acc, key)
+            try:
+                parsed = Decimal(value)
+            except (InvalidOperation, TypeError):
+                parsed = None
+            if current is None or config_value != str(current) or parsed is None:
+                # The file changed since HA set this: the file is the newer word. (Or the row
+                # is not one we wrote: the file's value is the one we can trust.)
+                store.drop_override(acc.id, key)
+                continue
+            overrides[key] = parsed
+        return store.rule_states(acc.id), store.latest_sample(acc.id), overrides
+
+    # ---- thresholds ----------------------------------------------------------------------
+
+    @staticmethod
+    def _configured(acc: AlertAccount, key: str) -> Decimal | None:
+        rule, threshold = THRESHOLDS[key]
+        section = acc.alerts.section(rule.section)
+        return None if section is None else threshold.configured(section)
+
+    def thresholds(self, account_id: str) -> dict[str, Decimal]:
+        """Every threshold in force for the account's enabled rules."""
+        acc = self._accounts[account_id]
+        out: dict[str, Decimal] = {}
+        for key in THRESHOLDS:
+            configured = self._configured(acc, key)
+            if configured is not None:
+                out[key] = self._thresholds[account_id].get(key, configured)
+        return out
+
+    def parse_threshold(self, account_id: str, key: str, raw: bytes) -> Decimal:
+        """A threshold sent from HA, validated; raises ThresholdError when it is not
+        acceptable (nothing changes)."""
+        acc = self._accounts[account_id]
+        if key not in THRESHOLDS:
+            raise ThresholdError(f"{key} cannot be set")
+        _rule, spec = THRESHOLDS[key]
+        configured = self._configured(acc, key)
+        if configured is None:
+            raise ThresholdError(f"{key}: the rule is not enabled for account {account_id}")
+        text = raw.decode("utf-8", "replace").strip()
+        if len(text) > 40:
+            raise ThresholdError(f"{key}: payload too long ({len(text)} characters)")
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            raise ThresholdError(f"{key}: {text!r} is not a number") from None
+        if not value.is_finite() or not spec.low <= value <= spec.high:
+            raise ThresholdError(f"{key}: {text!r} is outside {spec.low}..{spec.high}")
+        if spec.money:
+            try:
+                value = Decimal(parse_amount(value)) / MICRO_PER_UNIT
+            except ValueError as exc:
+                raise ThresholdError(f"{key}: {exc}") from None
+        return value
+
+    async def set_threshold(self, account_id: str, key: str, value: Decimal) -> None:
+        """Persist and apply a parsed threshold; StoreError changes nothing."""
+        configured = self._configured(self._accounts[account_id], key)
+        await self.store.call(Store.set_override, account_id, key, str(value), str(configured))
+        self._thresholds[account_id][key] = value
+
+    # ---- evaluation ----------------------------------------------------------------------
+
+    async def _anchor(self, account_id: str, at: datetime) -> Sample | None:
+        cached = self._anchors.get(account_id)
+        if (
+            cached is not None
+            and (cached[1] is None or at < cached[1])
+            and (cached[0] is None or cached[0].at <= at)
+        ):
+            return cached[0]
+        found = await self.store.call(Store.anchor, account_id, at)
+        self._anchors[account_id] = found
+        return found[0]
+
+    def history_changed(self) -> None:
+        """History was thinned: anchors are read again."""
+        self._anchors.clear()
+
+    def status(self, account_id: str) -> AlertStatus:
+        """What is known without evaluating (at start, from the database)."""
+        acc = self._accounts[account_id]
+        states = self._states[account_id]
+        return AlertStatus(
+            rules=acc.alerts.rule_names(),
+            active={r: s.since or self.started_at for r, s in states.items() if s.firing},
+            thresholds=self.thresholds(account_id),
+        )
+
+    async def observe(
+        self, account_id: str, seen: Observation, *, record: bool
+    ) -> tuple[AlertStatus, list[Notice]]:
+        """Evaluate the account's rules; `record` adds a history sample (a full poll with
+        fresh usage). Notices are in the outbox when this returns; StoreError otherwise."""
+        acc = self._accounts[account_id]
+        if account_id in self._unloaded:
+            await self._load_account(account_id)
+        now = self.clock.now()
+        mono = self.clock.monotonic()
+        # No good poll in this process yet (a restart): the outage counts from the start.
+        since = self.started_mono if seen.last_success is None else seen.last_success
+        prev = self._last[account_id]
+        snap = seen.snapshot
+        sample: Sample | None = None
+        if record and snap is not None and seen.usage is not None and seen.usage_current:
+            sample = next_sample(prev, snap, seen.usage)
+        latest = sample or prev
+        anchor = await self._anchor(account_id, now - WINDOW)
+        burn = burn_rate(latest, anchor, now)
+        available = snap.available_micro if snap else None
+        runway = runway_days(available, burn) if available is not None else None
+        thresholds = self.thresholds(account_id)
+        usage = seen.usage
+        inputs = Inputs(
+            account_id=account_id,
+            account_name=acc.name,
+            now=now,
+            currency=snap.currency if snap else None,
+            balance_micro=snap.balance_micro if snap else None,
+            available_micro=available,
+            spend_micro={w.api: usage.get(w).cost_micro for w in Window} if usage else {},
+            usage_at=seen.usage_at,
+            api_status=seen.api_status,
+            down_for=max(0.0, mono - since),
+            monotonic=mono,
+            burn=burn,
+            runway_days=runway,
+            prev_balance_micro=prev.balance_micro if sample and prev else None,
+            spend_since_prev_micro=sample.spent_total_micro - prev.spent_total_micro
+            if sample and prev
+            else None,
+            thresholds=thresholds,
+            install_id=self.install_id,
+        )
+        states = self._states[account_id]
+        changed, notices = evaluate(acc.alerts, inputs, states)
+        if changed or notices or sample is not None:
+            channels = self.channels
+            try:
+                await self.store.call(
+                    Store.commit, account_id, changed, notices, channels, now, sample
+                )
+            except StoreError:
+                self._unloaded.add(account_id)
+                raise
+        states.update(changed)
+        if sample is not None:
+            self._last[account_id] = sample
+            cached = self._anchors.get(account_id)
+            if cached is not None and cached[1] is None:
+                self._anchors[account_id] = (cached[0], sample.at)
+        for n in notices:
+            log.info("%s: alert %s %s: %s", account_id, n.rule, n.kind, n.message)
+        status = AlertStatus(
+            rules=acc.alerts.rule_names(),
+            active={r: s.since or now for r, s in states.items() if s.firing},
+            burn=burn,
+            runway_days=runway,
+            thresholds=thresholds,
+        )
+        return status, notices

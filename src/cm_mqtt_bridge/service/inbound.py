@@ -1,0 +1,169 @@
+"""What arrives over MQTT: Home Assistant's birth message and the `…/set` commands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+
+from ..core.clock import Clock
+from ..core.rules import THRESHOLDS
+from ..ha.topics import REFRESH, Topics
+from .alerting import ThresholdError
+from .runtime import AccountRuntime
+
+log = logging.getLogger(__name__)
+
+
+class Births:
+    """Home Assistant announces itself `online` after a restart and has then lost every
+    entity: resend after a short random delay (spreading many bridges' load). Births that
+    arrive meanwhile push the resend back a little, up to `cap`, so a storm is one resend."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        rng: random.Random,
+        resend: Callable[[], None],
+        *,
+        delay: tuple[float, float] = (0.5, 3.0),
+        cap: float = 10.0,
+    ) -> None:
+        self._clock = clock
+        self._rng = rng
+        self._resend = resend
+        self._delay = delay
+        self._cap = cap
+        self._last = 0.0
+        self._pending: asyncio.Task[None] | None = None
+        self.resends = 0
+
+    def birth(self) -> None:
+        self._last = self._clock.monotonic()
+        if self._pending is None:
+            self._pending = asyncio.create_task(self._later())
+
+    async def _later(self) -> None:
+        first = self._clock.monotonic()
+        delay = self._rng.uniform(*self._delay)
+        try:
+            while True:
+                due = min(self._last + delay, first + self._cap)
+                wait = due - self._clock.monotonic()
+                if wait <= 0:
+                    break
+                await self._clock.sleep(wait)
+        finally:
+            self._pending = None
+        log.info("Home Assistant restarted: resending discovery and state")
+        self.resends += 1
+        self._resend()
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+
+
+class LimitedWarning:
+    """A warning anyone on the broker can trigger at will: at most `burst` lines a minute,
+    then one line with the count of those suppressed meanwhile, so a flood of commands
+    cannot flood the log."""
+
+    def __init__(self, clock: Clock, what: str, every: float = 60.0, burst: int = 1) -> None:
+        self._clock = clock
+        self._what = what
+        self._every = every
+        self._burst = burst
+        self._window: float | None = None
+        self._logged = 0
+        self._suppressed = 0
+
+    def warn(self, message: str, *args: object) -> None:
+        now = self._clock.monotonic()
+        if self._window is None or now - self._window >= self._every:
+            if self._suppressed:
+                message += f" ({self._suppressed} more {self._what} ignored in the last minute)"
+            self._window, self._logged, self._suppressed = now, 0, 0
+        if self._logged >= self._burst:
+            self._suppressed += 1
+            return
+        self._logged += 1
+        log.warning(message, *args)
+
+
+class Commands:
+    def __init__(
+        self,
+        topics: Topics,
+        accounts: Mapping[str, AccountRuntime],
+        births: Births,
+        clock: Clock,
+    ) -> None:
+        self._topics = topics
+        self._accounts = accounts
+        self._births = births
+        self._running: set[asyncio.Task[None]] = set()
+        self._latest: dict[tuple[str, str], Decimal] = {}
+        self._rejected = LimitedWarning(clock, "rejected thresholds", burst=10)
+        self._unknown_account = LimitedWarning(clock, "commands for unknown accounts")
+        self._unknown_command = LimitedWarning(clock, "unknown commands")
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        if topic == self._topics.ha_status:
+            if payload.strip().lower() == b"online":
+                self._births.birth()
+            return
+        command = self._topics.parse_command(topic)
+        if command is None:
+            return
+        if command.account is None:
+            for each in self._accounts.values():
+                each.refresh()
+            return
+        acc = self._accounts.get(command.account)
+        if acc is None:
+            self._unknown_account.warn(
+                "command for unknown account %r ignored", command.account[:40]
+            )
+        elif command.name == REFRESH:
+            log.info("%s: refresh requested", acc.id)
+            acc.refresh()
+        elif command.name in THRESHOLDS:
+            try:
+                value = acc.parse_threshold(command.name, payload)
+            except ThresholdError as exc:
+                self._rejected.warn("%s: rejected threshold from MQTT: %s", acc.id, exc)
+                return
+            self._save(acc, command.name, value)
+        else:
+            self._unknown_command.warn("%s: unknown command %r ignored", acc.id, command.name[:40])
+
+    def _save(self, acc: AccountRuntime, key: str, value: Decimal) -> None:
+        """Saving waits for the alert store, so it runs off the receive loop; values that
+        arrive meanwhile replace each other (only the latest one counts), so a flood of
+        commands is one save at a time, not one task each."""
+        slot = (acc.id, key)
+        first = slot not in self._latest
+        self._latest[slot] = value
+        if first:
+            task = asyncio.create_task(self._save_latest(acc, key, slot))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _save_latest(self, acc: AccountRuntime, key: str, slot: tuple[str, str]) -> None:
+        try:
+            while True:
+                value = self._latest[slot]
+                await acc.set_threshold(key, value)
+                if self._latest[slot] is value:
+                    return
+        finally:
+            del self._latest[slot]
+
+    async def close(self) -> None:
+        """Stop saving (shutdown): what was not saved yet is dropped, as if never sent."""
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)

@@ -1,0 +1,87 @@
+"""Prometheus metrics of one bridge (its own registry, so several bridges never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..core.model import Snapshot, Window
+from ..core.money import micro_to_decimal
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.polls = Counter(
+            "cm_bridge_polls", "Polls of /credits by result", ["account", "result"], registry=r
+        )
+        self.latency = Histogram(
+            "cm_bridge_poll_seconds",
+            "Time for a poll's /credits answer",
+            ["account"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        # Gauges are floats: exact money stays in MQTT and the CLI; this is for graphs.
+        self.balance = Gauge(
+            "cm_bridge_balance", "Wallet balance", ["account", "currency"], registry=r
+        )
+        self.available = Gauge(
+            "cm_bridge_available", "Balance minus holds", ["account", "currency"], registry=r
+        )
+        self.spend = Gauge(
+            "cm_bridge_spend",
+            "Spend in the current window",
+            ["account", "currency", "window"],
+            registry=r,
+        )
+        self.connected = Gauge("cm_bridge_mqtt_connected", "1 while connected", registry=r)
+        self.restarts = Counter(
+            "cm_bridge_task_restarts",
+            "Restarts of a background task after it failed",
+            ["task"],
+            registry=r,
+        )
+        self.alert_failed = Counter(
+            "cm_bridge_alert_failed",
+            "Alert notices a receiver refused for good (HTTP 4xx): not retried",
+            ["channel"],
+            registry=r,
+        )
+
+        # Per account: its currency and that currency's gauges.
+        self._gauges: dict[str, tuple[str, Gauge, Gauge, tuple[Gauge, ...]]] = {}
+
+    def poll(self, account: str, result: str, seconds: float) -> None:
+        self.polls.labels(account, result).inc()
+        if result == "ok":
+            self.latency.labels(account).observe(seconds)
+
+    def snapshot(self, snap: Snapshot) -> None:
+        account, cur = snap.account_id, snap.currency
+        gauges = self._gauges.get(account)
+        if gauges is None or gauges[0] != cur:
+            if gauges is not None:
+                # The account's currency changed: its old series would stay at their last
+                # value beside the new ones.
+                old = gauges[0]
+                self.balance.remove(account, old)
+                self.available.remove(account, old)
+                for w in Window:
+                    self.spend.remove(account, old, w.api)
+            # Looking a labelled child up costs more than setting it: once per account.
+            gauges = self._gauges[account] = (
+                cur,
+                self.balance.labels(account, cur),
+                self.available.labels(account, cur),
+                tuple(self.spend.labels(account, cur, w.api) for w in Window),
+            )
+        _, balance, available, spend = gauges
+        balance.set(float(micro_to_decimal(snap.balance_micro)))
+        available.set(float(micro_to_decimal(snap.available_micro)))
+        if snap.usage is not None:
+            for window, gauge in zip(Window, spend, strict=True):
+                gauge.set(float(micro_to_decimal(snap.usage.get(window).cost_micro)))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,360 @@
+"""The MQTT side: one connection, a reconnect loop, and a reconciler for retained topics.
+
+Callers say what each retained topic should hold (`set`); the publisher sends only what this
+connection has not sent yet, in priority order (bridge status, discovery, availability, state).
+A reconnect starts a fresh connection record, so everything is republished after a broker
+restart; an unchanged value is never sent twice on one connection. Non-retained messages
+(alerts) go through `publish_now`, which fails without a connection so the outbox keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import aiomqtt
+from paho.mqtt import client as paho_client
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..config.settings import MqttConfig
+from ..core.clock import Clock
+from ..core.neterror import describe_broker
+from ..ha.discovery import MAX_DISCOVERY_BYTES
+from ..ha.topics import Kind, Topics
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+IN_FLIGHT = 20  # paho's default limit of QoS > 0 messages in flight
+# The largest packet (MQTT 5) the broker may send us; it drops bigger ones, so anyone allowed to
+# publish on a topic we read cannot make us hold 100 MB. Far above what we read legitimately:
+# commands and HA's birth are bytes, a retained discovery document at most MAX_DISCOVERY_BYTES.
+MAX_PACKET_BYTES = 1024 * 1024
+
+
+class _QuietPending(logging.Filter):
+    # aiomqtt warns once more than 10 publishes await their ack; we keep up to 20 on purpose.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pending publish calls" not in record.getMessage()
+
+
+_MQTT_LOG = logging.getLogger("cm_mqtt_bridge.mqtt")
+_MQTT_LOG.addFilter(_QuietPending())
+
+
+@dataclass(slots=True)
+class _Entry:
+    kind: Kind
+    payload: bytes
+    once: bool = False  # e.g. a device removal: send once, then forget
+
+
+class PublishError(Exception):
+    """A message could not be published (no connection, or the broker did not take it)."""
+
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+ReadbackHandler = Callable[[dict[str, bytes]], Awaitable[None]]
+
+
+class Publisher:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        topics: Topics,
+        clock: Clock,
+        *,
+        subscriptions: Iterable[str],
+        on_message: MessageHandler,
+        on_readback: ReadbackHandler | None = None,
+        on_connection: Callable[[bool], None] | None = None,
+        readback_seconds: float = 3.0,
+        rng: random.Random | None = None,
+        reconnect_backoff: tuple[float, float] = (1.0, MAX_BACKOFF),
+    ) -> None:
+        self._cfg = cfg
+        self._topics = topics
+        self._clock = clock
+        self._subscriptions = list(subscriptions)
+        self._on_message = on_message
+        self._on_readback = on_readback
+        self._on_connection = on_connection
+        self._readback_seconds = readback_seconds
+        self._reconnect = reconnect_backoff
+        self._rng = rng or random.Random()
+        self._desired: dict[str, _Entry] = {}
+        self._sent: dict[str, bytes] = {}
+        # Topics that may differ from what this connection sent (an ordered set): a flush
+        # looks at these only, not at every retained topic.
+        self._unsent: dict[str, None] = {}
+        self._dirty = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._readback_done = False
+        self._readback: dict[str, bytes] = {}
+        self._retained_commands = 0  # on this connection
+        self._barrier = asyncio.Event()
+        self._barrier_topic = topics.readback(uuid.uuid4().hex)
+        self._stopping = False
+        self._flushing = False
+        self.connected = asyncio.Event()
+        self.publish_count = 0
+        self.connections = 0
+
+    # ---- what should be on the broker --------------------------------------------------
+
+    def set(self, topic: str, payload: str | bytes, kind: Kind, *, once: bool = False) -> None:
+        data = payload.encode() if isinstance(payload, str) else payload
+        entry = self._desired.get(topic)
+        if entry is None or entry.payload != data or entry.kind != kind:
+            self._desired[topic] = _Entry(kind, data, once)
+            self._unsent[topic] = None
+            self._dirty.set()
+
+    def resend(self, *kinds: Kind) -> None:
+        """Forget that these kinds were sent on this connection (HA restarted and lost them)."""
+        for topic, entry in self._desired.items():
+            if entry.kind in kinds:
+                self._sent.pop(topic, None)
+                self._unsent[topic] = None
+        self._dirty.set()
+
+    # ---- connection --------------------------------------------------------------------
+
+    def _tls(self) -> aiomqtt.TLSParameters | None:
+        if not self._cfg.tls:
+            return None
+        return aiomqtt.TLSParameters(
+            ca_certs=str(self._cfg.ca_file) if self._cfg.ca_file else None,
+            certfile=str(self._cfg.certfile) if self._cfg.certfile else None,
+            keyfile=str(self._cfg.keyfile) if self._cfg.keyfile else None,
+            cert_reqs=ssl.CERT_NONE if self._cfg.tls_insecure else ssl.CERT_REQUIRED,
+        )
+
+    def make_client(self, *, probe: bool = False) -> aiomqtt.Client:
+        """The bridge's connection; a `probe` (the `check` command) gets its own client id and
+        no Will, so it never takes over a running bridge's session or says it is offline."""
+        cfg = self._cfg
+        v5 = cfg.protocol == "5"
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.MaximumPacketSize = MAX_PACKET_BYTES
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            identifier=f"{cfg.client_id}-check-{uuid.uuid4().hex[:8]}" if probe else cfg.client_id,
+            logger=_MQTT_LOG,
+            keepalive=cfg.keepalive,
+            will=None
+            if probe
+            else aiomqtt.Will(self._topics.bridge_status, "offline", qos=1, retain=True),
+            tls_params=self._tls(),
+            tls_insecure=cfg.tls_insecure if cfg.tls else None,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            # A fresh session each time: MQTT 5 says so with clean start (its session expiry
+            # defaults to 0), 3.1.1 with clean session.
+            clean_session=None if v5 else True,
+            clean_start=True if v5 else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+            timeout=10,
+        )
+
+    async def run(self) -> None:
+        """Connect, and reconnect with capped exponential backoff, until cancelled."""
+        first, cap = self._reconnect
+        backoff = first
+        while not self._stopping:
+            try:
+                async with self.make_client() as client:
+                    backoff = first
+                    await self._serve(client)
+            except* aiomqtt.MqttError as group:
+                exc = group.exceptions[0]
+                if not self._stopping:
+                    log.warning(
+                        "MQTT broker %s:%d: %s; reconnecting in %.0f s",
+                        self._cfg.host,
+                        self._cfg.port,
+                        describe_broker(exc, self._cfg.host),
+                        backoff,
+                    )
+            except* Exception as group:
+                # A bug or a hostile message must not end MQTT for good: log, reconnect.
+                log.error(
+                    "MQTT connection failed unexpectedly; reconnecting in %.0f s",
+                    backoff,
+                    exc_info=group.exceptions[0],
+                )
+            finally:
+                self._client = None
+                if self.connected.is_set():
+                    self.connected.clear()
+                    if self._on_connection is not None:
+                        self._on_connection(False)
+            if self._stopping:
+                return
+            await self._clock.sleep(backoff * (0.8 + 0.4 * self._rng.random()))
+            backoff = min(cap, backoff * 2)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._sent.clear()
+        self._unsent = dict.fromkeys(self._desired)
+        self._retained_commands = 0
+        self.connections += 1
+        log.info("connected to MQTT broker %s:%d", self._cfg.host, self._cfg.port)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._receive(client))
+            for topic in self._subscriptions:
+                await client.subscribe(topic, qos=1)
+            if not self._readback_done and self._on_readback is not None:
+                # What we announced last time (retained), to remove what is gone since.
+                # Retained messages are queued to us when we subscribe; a message we send to
+                # ourselves afterwards arrives after all of them, so it marks the end.
+                await client.subscribe(self._topics.device_wildcard, qos=1)
+                await client.subscribe(self._barrier_topic, qos=1)
+                await client.publish(self._barrier_topic, b"end", qos=1)
+                try:
+                    await asyncio.wait_for(self._barrier.wait(), self._readback_seconds)
+                except TimeoutError:
+                    log.debug("retained discovery read-back ended by timeout")
+                await client.unsubscribe(self._barrier_topic)
+                await client.unsubscribe(self._topics.device_wildcard)
+                self._readback_done = True
+                await self._on_readback(dict(self._readback))
+                self._readback.clear()
+            self.connected.set()
+            self._dirty.set()
+            tg.create_task(self._sync(client))
+            if self._on_connection is not None:
+                self._on_connection(True)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if topic == self._barrier_topic:
+                self._barrier.set()
+                continue
+            if message.topic.matches(self._topics.device_wildcard):
+                if not self._readback_done and message.retain:
+                    # Kept only up to just past the limit: read_back refuses it by its size.
+                    self._readback[topic] = payload[: MAX_DISCOVERY_BYTES + 1]
+                continue
+            if message.retain and self._topics.parse_command(topic) is not None:
+                self._ignore_retained(topic)
+                continue
+            try:
+                await self._on_message(topic, payload)
+            except Exception:
+                # A bad command must never take the connection down.
+                log.exception("error handling message on %s", topic)
+
+    def _ignore_retained(self, topic: str) -> None:
+        """A retained command is stale by the time we (re)connect: applying it would undo
+        what was set from Home Assistant since. One line a connection says how to clear it."""
+        self._retained_commands += 1
+        if self._retained_commands == 1:
+            log.warning(
+                "ignored a retained command on %s (commands count only when sent live; "
+                "clear it: mosquitto_pub -r -n -t '%s')",
+                topic[:200],
+                topic[:200],
+            )
+        else:
+            log.debug("ignored a retained command on %s", topic[:200])
+
+    async def _sync(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._flush(client)
+
+    async def _flush(self, client: aiomqtt.Client) -> None:
+        self._flushing = True
+        todo, self._unsent = self._unsent, {}
+        pending = [
+            (topic, entry)
+            for topic in todo
+            if (entry := self._desired.get(topic)) is not None
+            and self._sent.get(topic) != entry.payload
+        ]
+        try:
+            for kind in Kind:
+                batch = [(topic, entry) for topic, entry in pending if entry.kind == kind]
+                if batch:
+                    # A few workers share one iterator: about as many publishes in flight as
+                    # paho allows. Starting thousands at once only queues them, and aiomqtt's
+                    # bookkeeping of pending calls then grows with the square of their number.
+                    work = iter(batch)
+                    workers = min(IN_FLIGHT, len(batch))
+                    await asyncio.gather(
+                        *(self._publish_from(client, work) for _ in range(workers))
+                    )
+        finally:
+            self._flushing = False
+
+    async def _publish_from(
+        self, client: aiomqtt.Client, work: Iterator[tuple[str, _Entry]]
+    ) -> None:
+        for topic, entry in work:
+            await client.publish(topic, entry.payload, qos=self._cfg.qos, retain=True)
+            self.publish_count += 1
+            if entry.once and self._desired.get(topic) is entry:
+                del self._desired[topic]
+            else:
+                self._sent[topic] = entry.payload
+
+    def all_sent(self) -> bool:
+        """Connected, and every retained topic holds what it should (benchmarks, tests)."""
+        return (
+            self.connected.is_set()
+            and not self._dirty.is_set()
+            and not self._flushing
+            and all(self._sent.get(t) == e.payload for t, e in self._desired.items())
+        )
+
+    def retained(self) -> list[tuple[str, bytes]]:
+        """What the broker should hold, in publish order within each kind."""
+        return [(t, e.payload) for t, e in sorted(self._desired.items(), key=lambda i: i[1].kind)]
+
+    async def publish_now(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1 and return once the broker acknowledged it; raise PublishError
+        when there is no connection or the broker did not take it (the caller keeps it)."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise PublishError("not connected to the MQTT broker")
+        try:
+            await client.publish(topic, payload, qos=1, retain=False)
+        except aiomqtt.MqttError as exc:
+            raise PublishError(str(exc) or type(exc).__name__) from None
+        self.publish_count += 1
+
+    async def probe(self) -> str | None:
+        """None when a connection to the broker works, else the reason (`check`)."""
+        try:
+            async with self.make_client(probe=True):
+                return None
+        except aiomqtt.MqttError as exc:
+            return describe_broker(exc, self._cfg.host)
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Say `offline` (clean disconnects do not trigger the Will) and stop reconnecting."""
+        self._stopping = True
+        client = self._client
+        if client is None:
+            return
+        try:
+            await asyncio.wait_for(
+                client.publish(self._topics.bridge_status, "offline", qos=1, retain=True), timeout
+            )
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.warning("could not publish offline status: %s", str(exc) or type(exc).__name__)
