@@ -10,26 +10,33 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from cm_mqtt_bridge.core.evaluate import Notice
+from cm_mqtt_bridge.core.rules import AlertsConfig
 from cm_mqtt_bridge.core.samples import Sample
 from cm_mqtt_bridge.service import bridge as service
+from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine
 from cm_mqtt_bridge.service.bridge import Bridge
 from cm_mqtt_bridge.store.db import DB_NAME, AsyncStore, Store, StoreError
 from tests.conftest import KEY
+from tests.fakes import FakeClock
 from tests.helpers import bare, clean_env, db_rows, outbox, run_cli, run_main, until
 from tests.mosquitto import Mosquitto
 from tests.mqtt_helpers import publish, recording
 from tests.receivers import Receivers
 from tests.standin import CrossModelStandin
+from tests.test_clock_steps import T0, down, rules_of
 from tests.test_faults import (
     HOLDS,
     REFRESH,
@@ -190,7 +197,7 @@ async def test_a_second_run_on_the_same_data_directory_exits_naming_it_and_the_p
     assert second.code == 2
     (line,) = second.err.splitlines()
     assert f"with the data directory {data};" in line
-    assert f"(process {os.getpid()})" in line
+    assert f"(process {os.getpid()} on {socket.gethostname()})" in line
     assert (data / "cm_mqtt_bridge.lock").exists()
     # Once the first has stopped, the next start runs (the lock went with it).
     async with running(config) as again:
@@ -350,3 +357,66 @@ async def test_a_rule_state_row_with_a_wrong_type_is_a_store_error_not_a_crash(
         assert async_store.problem is not None
     finally:
         async_store.close()
+
+
+async def test_a_threshold_save_that_timed_out_is_read_back_and_reminders_stay_monotonic(
+    tmp_path: Path,
+) -> None:
+    """A save that failed may land once the disk answers again: the account is read back
+    before its next evaluation. The read-back keeps the reminder on the monotonic clock (a
+    wall-clock step in between sends no early reminder)."""
+    data = tmp_path
+    clock = FakeClock(T0)
+    store = AsyncStore(Store(data / DB_NAME, busy_ms=50), deadline=5)
+    alerts = {"low_balance": {"below": 5}, "auth_failed": {"repeat_every": "12h"}}
+    cfg = AlertsConfig.model_validate(alerts)
+    engine = AlertEngine(store, [AlertAccount("main", "Main", cfg)], clock, ["mqtt"])
+    try:
+        assert await engine.load()
+        rejected = down("auth_failed", None)
+        assert await rules_of(engine, rejected) == ["auth_failed.fired"]
+        configured = str(engine.thresholds("main")["low_balance_below"])
+        with exclusive_lock(data), pytest.raises(StoreError):
+            await engine.set_threshold("main", "low_balance_below", Decimal(4))
+        assert engine.thresholds("main")["low_balance_below"] == Decimal(configured)
+        # The stuck write lands after all (as it would after a thaw).
+        late = Store(data / DB_NAME)
+        late.set_override("main", "low_balance_below", "4", configured)
+        late.close()
+        clock.step_wall(13 * 3600.0)  # NTP steps the wall clock; no time has passed
+        assert await rules_of(engine, rejected) == []
+        assert engine.thresholds("main")["low_balance_below"] == Decimal(4)
+        clock.advance(12 * 3600.0)
+        assert await rules_of(engine, rejected) == ["auth_failed.reminder"]
+    finally:
+        store.close()
+
+
+def test_an_unreadable_row_under_a_lock_does_not_hold_the_good_notices_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    Store(tmp_path / DB_NAME).close()
+    _bad_outbox_row(tmp_path, "ntfy", "{not json")
+    store = Store(tmp_path / DB_NAME, busy_ms=50)
+    notice = Notice(
+        id="main.low_balance.1.abc",
+        account_id="main",
+        rule="low_balance",
+        kind="fired",
+        title="t",
+        message="m",
+        value=None,
+        threshold=None,
+        at=T0,
+    )
+    store.commit("main", {}, [notice], ["ntfy"], T0)
+    try:
+        with exclusive_lock(tmp_path):
+            due = store.due("ntfy", T0 + timedelta(days=1))
+        assert [item.id for item in due] == ["main.low_balance.1.abc"]
+        assert "could not be marked failed yet" in caplog.text
+        assert store.pending("ntfy") == 2  # the bad row is marked on a later round
+        store.due("ntfy", T0 + timedelta(days=1))
+        assert store.pending("ntfy") == 1
+    finally:
+        store.close()

@@ -89,9 +89,22 @@ class AlertEngine:
     async def _load_account(self, account_id: str) -> None:
         loaded = await self.store.call(self._load, self._accounts[account_id])
         states, self._last[account_id], self._thresholds[account_id] = loaded
-        self._states[account_id] = {r: self._anchored(s) for r, s in states.items()}
+        known = self._states[account_id]
+        self._states[account_id] = {r: self._kept(known.get(r), s) for r, s in states.items()}
         self._anchors.pop(account_id, None)
         self._unloaded.discard(account_id)
+
+    def _kept(self, known: RuleState | None, state: RuleState) -> RuleState:
+        """A reload after a failed commit: a last notice this process already knows keeps
+        its monotonic time; only one it has not seen (the commit landed after all, or the
+        first load) is anchored on the wall clock."""
+        if (
+            known is not None
+            and known.notified_mono is not None
+            and known.last_notified == state.last_notified
+        ):
+            return replace(state, notified_mono=known.notified_mono)
+        return self._anchored(state)
 
     def _anchored(self, state: RuleState) -> RuleState:
         """A restored state's last notice on this process's monotonic clock. Only its wall
@@ -168,7 +181,13 @@ class AlertEngine:
     async def set_threshold(self, account_id: str, key: str, value: Decimal) -> None:
         """Persist and apply a parsed threshold; StoreError changes nothing."""
         configured = self._configured(self._accounts[account_id], key)
-        await self.store.call(Store.set_override, account_id, key, str(value), str(configured))
+        try:
+            await self.store.call(Store.set_override, account_id, key, str(value), str(configured))
+        except StoreError:
+            # A save that timed out may still land: read the account back before its next
+            # evaluation, so the bridge acts on what the database holds.
+            self._unloaded.add(account_id)
+            raise
         self._thresholds[account_id][key] = value
 
     # ---- evaluation ----------------------------------------------------------------------

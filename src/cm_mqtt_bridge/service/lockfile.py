@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 from pathlib import Path
 
 LOCK_NAME = "cm_mqtt_bridge.lock"
@@ -31,9 +32,14 @@ class DataDirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").split()
             os.close(fd)
-            who = f"process {holder}" if holder.isdigit() else "another process"
+            # A pid alone means nothing in another container or on another host: name both.
+            who = "another process"
+            if holder and holder[0].isdigit():
+                who = f"process {holder[0]}"
+                if len(holder) > 1:
+                    who += f" on {holder[1][:253]}"
             raise AlreadyRunning(
                 f"another cm-mqtt-bridge ({who}) is already running with the data directory "
                 f"{self.path.parent}; stop it first, or give this one its own --data-dir"
@@ -44,7 +50,7 @@ class DataDirLock:
         self._fd = fd
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         except OSError:
             pass  # the pid only helps the message; the lock itself is held (a full disk)
 

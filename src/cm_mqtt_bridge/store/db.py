@@ -304,16 +304,29 @@ class Store:
                 payload = "id, channel or account is not text"
             if isinstance(payload, str) or not isinstance(n, int):
                 problem = payload if isinstance(payload, str) else "attempts is not a number"
+                try:
+                    self._db.execute(  # the date it was given up, whatever cut-off `now` is
+                        "UPDATE outbox SET failed = ?, last_error = ? WHERE rowid = ?",
+                        (time.time(), f"unreadable: {problem}", rowid),
+                    )
+                except sqlite3.OperationalError as exc:
+                    # Locked or busy: the good notices of this batch still go; the row is
+                    # marked on a later round.
+                    log.warning(
+                        "%s: outbox row %s is unreadable (%s) and could not be marked failed "
+                        "yet (%s); skipped",
+                        channel,
+                        rowid,
+                        problem,
+                        exc,
+                    )
+                    continue
                 log.error(
                     "%s: outbox row %s (notice %r) is unreadable (%s); marked failed, not sent",
                     channel,
                     rowid,
                     i,
                     problem,
-                )
-                self._db.execute(  # the date it was given up, whatever cut-off `now` is
-                    "UPDATE outbox SET failed = ?, last_error = ? WHERE rowid = ?",
-                    (time.time(), f"unreadable: {problem}", rowid),
                 )
                 continue
             out.append(OutboxItem(str(i), str(c), str(a), payload, n))
