@@ -420,3 +420,35 @@ def test_an_unreadable_row_under_a_lock_does_not_hold_the_good_notices_back(
         assert store.pending("ntfy") == 1
     finally:
         store.close()
+
+
+async def test_a_database_that_hangs_at_start_is_a_clear_error_within_the_deadline(
+    standin: CrossModelStandin,
+    mosquitto: Mosquitto,
+    ntfy: Receivers,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The data directory on a disk that does not answer when `run` starts (SQLite refuses a
+    FIFO, so the open itself is made to block, as a read on a frozen disk does): `run` stops
+    with an error naming the file, instead of hanging forever."""
+    data = tmp_path / "data"
+    config = alert_config(standin, mosquitto, ntfy, data)
+    thaw = threading.Event()
+    real_open = Store.open
+
+    def frozen_open(*args: Any, **kwargs: Any) -> Store:
+        thaw.wait(30)  # bounded: a failing test must not hang the suite
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Store, "open", frozen_open)
+    bridge = Bridge(config, lock_wait=0.2, store_deadline=0.3)
+    try:
+        with pytest.raises(service.StartupError) as err:
+            await asyncio.wait_for(bridge.run(asyncio.Event()), 10)
+    finally:
+        thaw.set()
+    assert str(err.value) == (
+        f"data_dir: the state database {data / DB_NAME} did not answer within 0.5 s; "
+        "the disk or network share it is on may hang"
+    )

@@ -22,7 +22,7 @@ from ..ha.discovery import read_back
 from ..ha.topics import Kind, Topics
 from ..notify.channels import DeliveryError, build_channels
 from ..notify.dispatch import Dispatcher
-from ..store.db import DB_NAME, LOCK_WAIT, STORE_DEADLINE, AsyncStore, Store, StoreError
+from ..store.db import DB_NAME, LOCK_WAIT, STORE_DEADLINE, AsyncStore, Store, StoreError, in_thread
 from .alerting import AlertAccount, AlertEngine
 from .health import HealthServer, accounts_report, build_report
 from .inbound import Births, Commands
@@ -116,7 +116,7 @@ class Bridge:
             ) from None
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
-                self.store = AsyncStore(self._open_store(), deadline=self.store_deadline)
+                self.store = AsyncStore(await self._open_store(), deadline=self.store_deadline)
                 log.info("starting version %s: %s", __version__, self.config.summary())
                 try:
                     await self._start_health()
@@ -137,11 +137,19 @@ class Bridge:
         finally:
             lock.release()
 
-    def _open_store(self) -> Store:
+    async def _open_store(self) -> Store:
         path = self.config.data_dir / DB_NAME
+        now = self.clock.now()
+
+        def open_store() -> tuple[Store, int]:
+            store = Store.open(path, now, lock_wait=self.lock_wait)
+            return store, store.unreadable_samples() if store.ready else 0
+
         try:
-            store = Store.open(path, self.clock.now(), lock_wait=self.lock_wait)
-            skipped = store.unreadable_samples() if store.ready else 0
+            # Opening reads the whole file once (quick_check): bounded like every store call.
+            store, skipped = await in_thread(
+                open_store, self.lock_wait + self.store_deadline, f"the state database {path}"
+            )
         except StoreError as exc:
             raise StartupError(f"data_dir: {exc}") from None
         if skipped:

@@ -573,6 +573,21 @@ class _Worker:
         return not self._thread.is_alive()
 
 
+async def in_thread(fn: Callable[[], T], deadline: float, what: str) -> T:
+    """`fn` on a daemon thread of its own, awaited for at most `deadline` seconds: opening a
+    database on a hung disk must not hang the start (nor, being a daemon, the exit)."""
+    worker = _Worker()
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(worker.submit(fn)), deadline)
+    except TimeoutError:
+        raise StoreError(
+            f"{what} did not answer within {deadline:g} s; the disk or network share it is on "
+            "may hang"
+        ) from None
+    finally:
+        worker.stop(0)
+
+
 class AsyncStore:
     """The store for the event loop: every call runs on one dedicated thread, with a deadline.
 
