@@ -79,6 +79,8 @@ class Publisher:
         reconnect_backoff: tuple[float, float] = (1.0, MAX_BACKOFF),
     ) -> None:
         self._cfg = cfg
+        # MQTT 5 unless configured otherwise, or until the broker refuses it (then 3.1.1).
+        self.v5 = cfg.protocol == "5"
         self._topics = topics
         self._clock = clock
         self._subscriptions = list(subscriptions)
@@ -140,7 +142,7 @@ class Publisher:
         """The bridge's connection; a `probe` (the `check` command) gets its own client id and
         no Will, so it never takes over a running bridge's session or says it is offline."""
         cfg = self._cfg
-        v5 = cfg.protocol == "5"
+        v5 = self.v5
         properties = None
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -178,7 +180,9 @@ class Publisher:
                     await self._serve(client)
             except* aiomqtt.MqttError as group:
                 exc = group.exceptions[0]
-                if not self._stopping:
+                if self._fall_back(exc):
+                    backoff = 0.0  # the next try is the older protocol, at once
+                elif not self._stopping:
                     log.warning(
                         "MQTT broker %s:%d: %s; reconnecting in %.0f s",
                         self._cfg.host,
@@ -201,8 +205,9 @@ class Publisher:
                         self._on_connection(False)
             if self._stopping:
                 return
-            await self._clock.sleep(backoff * (0.8 + 0.4 * self._rng.random()))
-            backoff = min(cap, backoff * 2)
+            if backoff:
+                await self._clock.sleep(backoff * (0.8 + 0.4 * self._rng.random()))
+            backoff = min(cap, max(first, backoff * 2))
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._client = client
@@ -338,13 +343,30 @@ class Publisher:
             raise PublishError(str(exc) or type(exc).__name__) from None
         self.publish_count += 1
 
+    def _fall_back(self, exc: BaseException) -> bool:
+        """A broker without MQTT 5 (an old Mosquitto, Aedes, VerneMQ by default) answers the
+        CONNECT with "unsupported protocol version": speak 3.1.1 to it from now on, once."""
+        if not (self.v5 and isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in (1, 132)):
+            return False
+        self.v5 = False
+        log.warning(
+            "MQTT broker %s:%d does not speak MQTT 5; using MQTT 3.1.1 (without the client-side "
+            'message size bound; set mqtt.protocol: "3.1.1" to skip this try)',
+            self._cfg.host,
+            self._cfg.port,
+        )
+        return True
+
     async def probe(self) -> str | None:
         """None when a connection to the broker works, else the reason (`check`)."""
-        try:
-            async with self.make_client(probe=True):
-                return None
-        except aiomqtt.MqttError as exc:
-            return describe_broker(exc, self._cfg.host)
+        for _ in range(2):
+            try:
+                async with self.make_client(probe=True):
+                    return None
+            except aiomqtt.MqttError as exc:
+                if not self._fall_back(exc):
+                    return describe_broker(exc, self._cfg.host)
+        return None  # not reached: the second try is 3.1.1, which cannot fall back
 
     async def close(self, timeout: float = 2.0) -> None:
         """Say `offline` (clean disconnects do not trigger the Will) and stop reconnecting."""
