@@ -427,6 +427,12 @@ def _ambiguous(names: list[str], count: int) -> str:
         f"{'it applies' if len(names) == 1 else 'they apply'} to a single account: unset "
         f"{'it' if len(names) == 1 else 'them'} and give each account its own api_key_file "
         "(and api_url)"
+        + (
+            " (with Docker Compose: leave CROSSMODEL_API_KEY in .env and the file "
+            "secrets/crossmodel_api_key empty)"
+            if "CROSSMODEL_API_KEY_FILE" in names
+            else ""
+        )
     )
 
 
@@ -442,17 +448,28 @@ def _resolve_accounts(
     indexes of the accounts whose key could not be read (their "key missing" is no news)."""
     failed: set[int] = set()
     accounts = merged.get("accounts")
+    file_key: str | None = None
+    file_problems: list[str] = []
+    if not env.get("CROSSMODEL_API_KEY") and env.get("CROSSMODEL_API_KEY_FILE"):
+        # The Docker-secrets convention: the variable names a file holding the key.
+        file_key = _read_key_file(
+            env["CROSSMODEL_API_KEY_FILE"], "CROSSMODEL_API_KEY_FILE", file_problems
+        )
+        if file_key is not None and not file_key.strip():
+            # Compose needs the secret file to exist even when the keys are elsewhere (in
+            # config.yaml, or one file per account): an empty one means "not given".
+            env = {k: v for k, v in env.items() if k != "CROSSMODEL_API_KEY_FILE"}
+            file_key = None
     settings = _single_account_settings(env, cli_url)
     if isinstance(accounts, list) and len(accounts) > 1 and settings:
         # One mistake, one message: the accounts' own key files are still read below.
         problems.append(_ambiguous(settings, len(accounts)))
         env, cli_url = {}, None
+    else:
+        problems.extend(file_problems)
     env_key = env.get("CROSSMODEL_API_KEY") or None
     if env_key is None and env.get("CROSSMODEL_API_KEY_FILE"):
-        # The Docker-secrets convention: the variable names a file holding the key.
-        env_key = _read_key_file(
-            env["CROSSMODEL_API_KEY_FILE"], "CROSSMODEL_API_KEY_FILE", problems
-        )
+        env_key = file_key
         if env_key is None:
             failed.add(0)
         sources["accounts", "*", "api_key"] = "the key in CROSSMODEL_API_KEY_FILE"
