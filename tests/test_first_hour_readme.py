@@ -35,3 +35,24 @@ async def test_readme_status_example_is_real(
     )
     assert result.code == 0, result.err
     assert result.out == readme_status_block()
+
+
+def test_the_quick_start_leads_with_the_safe_steps_and_says_how_ci_runs_the_tests() -> None:
+    text = README.read_text()
+    quick = text[text.index("## Quick start") : text.index("## Commands")]
+    commands = re.findall(r"```bash\n\s*(.*?)\n\s*```", quick)
+    assert commands == [
+        "./scripts/cm-mqtt-bridge demo",
+        "CROSSMODEL_API_KEY=cm-your-key MQTT_HOST=localhost ./scripts/cm-mqtt-bridge check",
+        "CROSSMODEL_API_KEY=cm-your-key MQTT_HOST=localhost ./scripts/cm-mqtt-bridge run",
+        "./scripts/test",
+    ]
+    root = README.parent
+    ci_run = (root / ".ci" / "run").read_text()
+    assert ci_run.rstrip().endswith("exec ./scripts/test")
+    assert "`.ci/run`, the check a change must pass to land, runs exactly this command" in quick
+    workflow = (root / ".github" / "workflows" / "ci.yml").read_text()
+    assert 'python: ["3.11", "3.12", "3.13"]' in workflow
+    assert "run: ./scripts/test" in workflow
+    assert "--resolution lowest-direct" in workflow
+    assert "run: .venv/bin/pytest -q" in workflow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -57,3 +57,8 @@ async def wait_event(clock: Clock, event: asyncio.Event, timeout: float) -> bool
 def backoff(first: float, cap: float, failures: int) -> float:
     """Exponential backoff: `first`, doubled per failure so far, at most `cap`."""
     return min(cap, first * 2.0 ** min(failures, 30))
+
+
+def format_until(clock: Clock, seconds: float) -> str:
+    """The wall time `seconds` from now, for a log line: `14:05:09 UTC`."""
+    return (clock.now() + timedelta(seconds=seconds)).astimezone(UTC).strftime("%H:%M:%S UTC")

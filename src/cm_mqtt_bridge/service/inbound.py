@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 
-from ..core.clock import Clock
+from ..core.clock import Clock, format_until
 from ..core.rules import THRESHOLDS
 from ..ha.topics import REFRESH, Topics
 from .alerting import ThresholdError
@@ -104,6 +104,7 @@ class Commands:
         self._topics = topics
         self._accounts = accounts
         self._births = births
+        self._clock = clock
         self._running: set[asyncio.Task[None]] = set()
         self._latest: dict[tuple[str, str], Decimal] = {}
         self._rejected = LimitedWarning(clock, "rejected thresholds", burst=10)
@@ -119,8 +120,18 @@ class Commands:
         if command is None:
             return
         if command.account is None:
+            # One line for the whole bridge, not one per account (there may be hundreds).
+            waits = [d[0] for each in self._accounts.values() if (d := each.deferred())]
             for each in self._accounts.values():
-                each.refresh()
+                each.refresh(announce=False)
+            deferred = ""
+            if waits:
+                until = format_until(self._clock, max(waits))
+                deferred = (
+                    f"; {len(waits)} deferred (refresh spacing, Retry-After), the last "
+                    f"until {until}"
+                )
+            log.info("refresh requested for every account (%d)%s", len(self._accounts), deferred)
             return
         acc = self._accounts.get(command.account)
         if acc is None:

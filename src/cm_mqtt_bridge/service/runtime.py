@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..config.settings import AccountConfig, PollConfig
-from ..core.clock import Clock, backoff, wait_event
+from ..core.clock import Clock, backoff, format_until, wait_event
 from ..core.model import Snapshot, Window
 from ..core.money import format_money
 from ..core.view import AccountView, AlertsEvaluated, Event, Polled, PollFailed, WentStale, reduce
@@ -82,6 +82,7 @@ class AccountRuntime:
         self.not_before: float | None = None  # Retry-After: no request before this
         self.usage_not_before: float | None = None  # Retry-After of /usage alone
         self.refresh_requested = asyncio.Event()
+        self._announce = True
         self._changed = asyncio.Event()  # wakes `watch`
         self._eval_lock = asyncio.Lock()
         self._alerts_owed: bool | None = None  # an evaluation to retry (its `record` flag)
@@ -91,8 +92,25 @@ class AccountRuntime:
 
     # ---- scheduling ------------------------------------------------------------------------
 
-    def refresh(self) -> None:
+    def refresh(self, *, announce: bool = True) -> None:
+        """Poll as soon as allowed; `announce` logs when that is later (one account's
+        command: the bridge-wide one logs a line of its own)."""
+        self._announce = announce
         self.refresh_requested.set()
+
+    def deferred(self) -> tuple[float, str] | None:
+        """How long a refresh asked for now waits, and why; None when it runs at once."""
+        now = self._clock.monotonic()
+        spacing = retry_after = 0.0
+        if self.last_poll_start is not None:
+            spacing = self.last_poll_start + self._poll.min_refresh_interval - now
+        if self.not_before is not None:
+            retry_after = self.not_before - now
+        if max(spacing, retry_after) <= 0:
+            return None
+        if retry_after >= spacing:
+            return retry_after, "the API's Retry-After"
+        return spacing, f"poll.min_refresh_interval {self._poll.min_refresh_interval:g} s"
 
     async def run(self) -> None:
         """Poll every interval, or sooner on a refresh, never faster than the refresh spacing
@@ -113,14 +131,19 @@ class AccountRuntime:
     async def _wait_until_allowed(self) -> None:
         # A refresh inside the spacing or a Retry-After window is deferred to its end;
         # several collapse into one.
-        earliest = 0.0
-        if self.last_poll_start is not None:
-            earliest = self.last_poll_start + self._poll.min_refresh_interval
-        if self.not_before is not None:
-            earliest = max(earliest, self.not_before)
-        wait = earliest - self._clock.monotonic()
-        if wait > 0:
-            await self._clock.sleep(wait)
+        deferred = self.deferred()
+        if deferred is None:
+            return
+        wait, why = deferred
+        if self.refresh_requested.is_set() and self._announce:
+            log.info(
+                "%s: refresh deferred until %s (in %.0f s: %s)",
+                self.id,
+                format_until(self._clock, wait),
+                wait,
+                why,
+            )
+        await self._clock.sleep(wait)
 
     async def watch(self) -> None:
         """Staleness and owed alert bookkeeping, on a timer of their own."""
