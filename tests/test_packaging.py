@@ -878,3 +878,74 @@ def test_run_sh_stops_without_an_api_key(tmp_path, addon_config):
     assert result.returncode != 0
     assert "api_key" in result.stderr
     assert not config_file.exists()
+
+
+# ---- (e) the local add-on folder, for installs before a release ---------------------------
+
+
+@pytest.fixture(scope="module")
+def local_addon(tmp_path_factory) -> Path:
+    """`python3 addon/build_repository.py --local DIR`, as a user runs it (system Python,
+    standard library only)."""
+    output: Path = tmp_path_factory.mktemp("local-addon") / "out"
+    result = subprocess.run(
+        [shutil.which("python3") or sys.executable, "addon/build_repository.py", "--local", output],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {output / 'cm_mqtt_bridge'}/" in result.stdout
+    return output
+
+
+def _copy_sources(dockerfile: str) -> list[str]:
+    joined = dockerfile.replace("\\\n", " ")
+    sources: list[str] = []
+    for line in re.findall(r"^(?:COPY|ADD)\s+(.+)$", joined, re.M):
+        words = [w for w in line.split() if not w.startswith("--")]
+        sources += words[:-1]
+    return sources
+
+
+@pytest.mark.parametrize("supervisor", [SUPERVISOR_2024_11, SUPERVISOR_CURRENT])
+def test_the_local_addon_is_a_folder_the_supervisor_builds(local_addon, supervisor):
+    addon = local_addon / "cm_mqtt_bridge"
+    assert supervisor_scan(local_addon) == [addon / "config.yaml"]
+    config = _load_yaml(addon / "config.yaml")
+    assert "image" not in config  # no image: the Supervisor builds the Dockerfile here
+    assert supervisor_config_problems(config) == []
+    assert config["options"] == _load_yaml(ADDON / "config.yaml")["options"]
+    options = {**config["options"], "api_key": KEY}
+    assert supervisor_validate_options(config["schema"], options, supervisor)
+    sources = _copy_sources((addon / "Dockerfile").read_text(encoding="utf-8"))
+    assert "package/src" in sources
+    assert "run.sh" in sources
+    for source in sources:
+        path = (addon / source).resolve()
+        assert path.is_relative_to(addon.resolve()), source
+        assert path.exists(), source
+    package = addon / "package"
+    for name in ("pyproject.toml", "README.md", "LICENSE", "requirements.lock"):
+        assert (package / name).is_file(), name
+    assert (package / "src" / "cm_mqtt_bridge" / "cli" / "main.py").is_file()
+    assert not list(package.rglob("__pycache__"))
+    for name in ("README.md", "DOCS.md", "CHANGELOG.md", "icon.png", "logo.png", "run.sh"):
+        assert (addon / name).is_file(), name
+
+
+def test_the_local_addon_dockerfile_passes_hadolint(local_addon, hadolint, tmp_path):
+    test_hadolint_finds_nothing(hadolint, local_addon / "cm_mqtt_bridge" / "Dockerfile", tmp_path)
+
+
+@pytest.mark.parametrize("doc", [ROOT / "README.md", ADDON / "DOCS.md"], ids=lambda p: p.name)
+def test_the_docs_give_both_install_routes_with_both_menu_names(doc):
+    text = doc.read_text(encoding="utf-8")
+    assert "python3 addon/build_repository.py --local" in text
+    assert "/addons" in text
+    assert "#addon-repository" in text
+    assert "after the first release" in text
+    assert "**Settings → Apps → Install app**" in text  # Home Assistant 2026.2 and newer
+    assert "**Settings → Add-ons → Add-on store**" in text  # before 2026.2
