@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cm_mqtt_bridge.config import file as file_module
 from cm_mqtt_bridge.config.settings import load_config
 from tests.conftest import KEY
 from tests.helpers import run_main
@@ -70,3 +71,24 @@ def test_one_warning_for_a_key_file_shared_by_accounts(
         f"restrict it with: chmod 600 {key_file}"
     ]
     assert KEY not in caplog.text
+
+
+def test_a_container_secret_mount_is_not_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Docker Swarm and Kubernetes mount secrets 0444 by design: /run/secrets stands in here.
+    mounts = tmp_path / "run" / "secrets"
+    mounts.mkdir(parents=True)
+    monkeypatch.setattr(file_module, "SECRET_MOUNTS", (mounts,))
+    key_file = mounts / "crossmodel_api_key"
+    key_file.write_text(KEY)
+    key_file.chmod(0o444)
+    caplog.set_level(logging.WARNING)
+    config = load_config(config_path=None, env={"CROSSMODEL_API_KEY_FILE": str(key_file)}, cli={})
+    assert config.accounts[0].api_key.get_secret_value() == KEY
+    assert WARNING not in caplog.text
+    outside = tmp_path / "api_key"
+    outside.write_text(KEY)
+    outside.chmod(0o444)
+    load_config(config_path=None, env={"CROSSMODEL_API_KEY_FILE": str(outside)}, cli={})
+    assert f"{outside} {WARNING} (mode 0444)" in caplog.text

@@ -76,9 +76,16 @@ def read_secret(path: Path, what: str) -> str:
     return text
 
 
+# Where container runtimes mount secrets (Docker, Compose, Kubernetes' convention): often 0444
+# and root-owned by design, inside a container nobody else logs into, so no warning there.
+SECRET_MOUNTS: tuple[Path, ...] = (Path("/run/secrets"),)
+
+
 def warn_if_open(path: Path, what: str) -> None:
     """One warning per file and process when other users may read (or write) a secret file.
     A group is left alone: 0640 with a service group is a deliberate setup."""
+    if any(path.absolute().is_relative_to(mount) for mount in SECRET_MOUNTS):
+        return
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
