@@ -29,8 +29,8 @@ from pydantic import (
 from ..core.configbase import StrictModel
 from ..core.redact import redact
 from ..core.rules import AlertsConfig
+from ..notify.channels import NotifyConfig
 from .file import FileProblem, parse_yaml, read_secret
-from .notify import NotifyConfig, merge_alerts
 
 DEFAULT_API_URL = "https://api.crossmodel.ai/v1"
 ENV_PREFIX = "CM_MQTT_BRIDGE__"
@@ -259,6 +259,18 @@ class HealthConfig(StrictModel):
 
 
 SECTIONS = frozenset({"poll", "mqtt", "alerts", "notify", "health"})
+
+
+def merge_alerts(defaults: dict[str, Any] | None, own: dict[str, Any] | None) -> dict[str, Any]:
+    """Per-account `alerts` over the top-level defaults, rule by rule (a rule set to false or
+    null in the account switches the default off)."""
+    out = dict(defaults or {})
+    for rule, value in (own or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(rule), dict):
+            out[rule] = {**out[rule], **value}
+        else:
+            out[rule] = value
+    return out
 
 
 class Config(StrictModel):
@@ -675,6 +687,29 @@ def _pair_typos(errors: list[Any]) -> list[Any]:
     return [e for e in out if id(e) not in meant]
 
 
+def _read_secret_files(merged: dict[str, Any], problems: list[str]) -> None:
+    """A channel's `X_file` option: the secret X, read from that file here, so no config
+    model reads a file. Mutates `merged`."""
+    notify = merged.get("notify")
+    if not isinstance(notify, dict):
+        return
+    for name, section in notify.items():
+        if not isinstance(section, dict):
+            continue
+        options = known_options(("notify", name))
+        for key, path in list(section.items()):
+            secret = key.removesuffix("_file")
+            if secret == key or secret not in options or not isinstance(path, str):
+                continue  # not a secret file (a wrong type is the model's to report)
+            if section.get(secret) is not None:
+                problems.append(f"notify.{name}: give {secret} or {key}, not both")
+                continue
+            try:
+                section[secret] = read_secret(Path(path), key).strip()
+            except FileProblem as exc:
+                problems.append(f"notify.{name}: {exc}")
+
+
 def load_config(
     *,
     config_path: Path | None = None,
@@ -705,11 +740,13 @@ def load_config(
         key_failed = _without_keys(merged)
     if "accounts" not in merged:
         merged["accounts"] = []
+    secret_problems: list[str] = []  # reported after the sections before `notify`
+    _read_secret_files(merged, secret_problems)
     try:
         config = Config.model_validate(merged)
     except ValidationError as exc:
         problems.extend(_user_errors(exc, merged, key_failed, sources))
-        raise ConfigError(problems) from None
-    if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems + secret_problems) from None
+    if problems or secret_problems:
+        raise ConfigError(problems + secret_problems)
     return config

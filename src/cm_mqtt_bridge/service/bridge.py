@@ -20,7 +20,7 @@ from ..core.clock import Clock, SystemClock
 from ..crossmodel.fetch import make_client
 from ..ha.discovery import read_back
 from ..ha.topics import Kind, Topics
-from ..notify.channels import DeliveryError, build_channels
+from ..notify.channels import DeliveryError, Wiring, build_channels
 from ..notify.dispatch import Dispatcher
 from ..store.db import DB_NAME, LOCK_WAIT, STORE_DEADLINE, AsyncStore, Store, StoreError, in_thread
 from .alerting import AlertAccount, AlertEngine
@@ -186,7 +186,8 @@ class Bridge:
             except PublishError as exc:
                 raise DeliveryError(str(exc)) from None
 
-        channels = build_channels(self.config.notify, session, publish, self.topics.alerts)
+        wiring = Wiring(session, publish, self.topics.alerts)
+        channels = build_channels(self.config.notify, wiring)
         dispatcher = Dispatcher(
             store,
             channels,
