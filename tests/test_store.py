@@ -451,4 +451,5 @@ def test_a_notice_reads_back_from_its_stored_form_as_it_was_written() -> None:
         ("title", None, "payload field 'title' is missing or not text"),
     ]:
         got = Notice.from_json(json.dumps({**stored, field: bad}))
-        assert isinstance(got, str) and got.startswith(problem), got
+        assert isinstance(got, str)
+        assert got.startswith(problem), got

@@ -25,7 +25,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, Protocol, Self, TypeVar
 
 import aiohttp
 from pydantic import AfterValidator, BaseModel, Field, SecretStr, create_model, field_validator
@@ -71,16 +71,18 @@ class Wiring:
 @dataclass(frozen=True, slots=True)
 class ChannelSpec:
     name: str
-    # The `notify.<name>` option: (type, value when not given). None: always on, no option.
-    option: tuple[Any, Any] | None
+    # The type of the `notify.<name>` option; None: always on, no option.
+    option: Any
     build: Callable[[Any, Wiring], Channel]
     # `check`: a line saying the receiver would accept a notice, without sending one; raises
     # DeliveryError. None: checked elsewhere (MQTT: the broker line).
     probe: Callable[[Any, aiohttp.ClientSession], Awaitable[str]] | None = None
-    label: Callable[[Any], str] | None = None  # how `check` names it; default: its name
+    default: Any = None  # the option's value when not given: the channel is off
 
     def title(self, cfg: Any) -> str:
-        return self.name if self.label is None else self.label(cfg)
+        """How `check` names the channel: its options' `label()`, if they have one."""
+        label = getattr(cfg, "label", None)
+        return str(label()) if callable(label) else self.name
 
 
 # ---- shared by the HTTP channels ---------------------------------------------------------------
@@ -94,6 +96,24 @@ def _check_http_url(url: str) -> str:
     if not re.fullmatch(r"https?://[^\s/@]+(/[^\s]*)?", url):
         raise ValueError("must be an http(s) URL without credentials or spaces")
     return url.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+C = TypeVar("C", bound=StrictModel)
+
+
+class HttpChannel(Generic[C]):
+    """A channel that POSTs each notice to a receiver, with its options."""
+
+    name: str
+
+    def __init__(self, session: aiohttp.ClientSession, cfg: C) -> None:
+        self._session = session
+        self._cfg = cfg
+
+    @classmethod
+    def build(cls, cfg: C, wiring: Wiring) -> Self:
+        return cls(wiring.session, cfg)
 
 
 async def _request(
@@ -187,18 +207,13 @@ MQTT = ChannelSpec("mqtt", None, lambda _cfg, w: MqttChannel(w.publish, w.topic_
 
 
 class NtfyConfig(StrictModel):
-    url: str = "https://ntfy.sh"
+    url: HttpUrl = "https://ntfy.sh"
     topic: str
     token: SecretStr | None = None
     token_file: Path | None = None  # read into `token` by the config loader
     priority: Literal["min", "low", "default", "high", "urgent"] = "high"
     tags: tuple[str, ...] = ("moneybag",)
     timeout: DeliveryTimeout = 30.0
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return _check_http_url(v)
 
     @field_validator("topic")
     @classmethod
@@ -207,13 +222,12 @@ class NtfyConfig(StrictModel):
             raise ValueError("ntfy topics use letters, digits, '_' and '-' (1-64)")
         return v
 
+    def label(self) -> str:
+        return f"ntfy {self.url}/{self.topic}"
 
-class NtfyChannel:
+
+class NtfyChannel(HttpChannel[NtfyConfig]):
     name = "ntfy"
-
-    def __init__(self, session: aiohttp.ClientSession, cfg: NtfyConfig) -> None:
-        self._session = session
-        self._cfg = cfg
 
     async def deliver(self, notice: Notice) -> None:
         cfg = self._cfg
@@ -253,40 +267,28 @@ async def probe_ntfy(cfg: NtfyConfig, session: aiohttp.ClientSession) -> str:
     return "the server answers and accepts the access token"
 
 
-NTFY = ChannelSpec(
-    "ntfy",
-    (NtfyConfig | None, None),
-    lambda cfg, w: NtfyChannel(w.session, cfg),
-    probe_ntfy,
-    lambda cfg: f"ntfy {cfg.url}/{cfg.topic}",
-)
+NTFY = ChannelSpec("ntfy", NtfyConfig | None, NtfyChannel.build, probe_ntfy)
 
 
 # ---- a generic webhook -------------------------------------------------------------------------
 
 
 class WebhookConfig(StrictModel):
-    url: str
+    url: HttpUrl
     secret: SecretStr | None = None
     secret_file: Path | None = None  # read into `secret` by the config loader
     timeout: DeliveryTimeout = 30.0
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return _check_http_url(v)
+    def label(self) -> str:
+        return f"webhook {self.url}"
 
 
 def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class WebhookChannel:
+class WebhookChannel(HttpChannel[WebhookConfig]):
     name = "webhook"
-
-    def __init__(self, session: aiohttp.ClientSession, cfg: WebhookConfig) -> None:
-        self._session = session
-        self._cfg = cfg
 
     async def deliver(self, notice: Notice) -> None:
         body = json.dumps(notice.to_json(), sort_keys=True, separators=(",", ":")).encode()
@@ -318,13 +320,7 @@ async def probe_webhook(cfg: WebhookConfig, session: aiohttp.ClientSession) -> s
     return f"the receiver answers (HTTP {status} to HEAD)"
 
 
-WEBHOOK = ChannelSpec(
-    "webhook",
-    (WebhookConfig | None, None),
-    lambda cfg, w: WebhookChannel(w.session, cfg),
-    probe_webhook,
-    lambda cfg: f"webhook {cfg.url}",
-)
+WEBHOOK = ChannelSpec("webhook", WebhookConfig | None, WebhookChannel.build, probe_webhook)
 
 
 # ---- Apprise (optional extra): a list of URLs --------------------------------------------------
@@ -353,6 +349,10 @@ class AppriseChannel:
             self._apprise.add(url)
         self._secrets = list(urls)
 
+    @classmethod
+    def build(cls, urls: tuple[SecretStr, ...], _wiring: Wiring) -> AppriseChannel:
+        return cls([u.get_secret_value() for u in urls])
+
     async def deliver(self, notice: Notice) -> None:
         try:
             ok = await self._apprise.async_notify(body=notice.message, title=notice.title)
@@ -373,12 +373,7 @@ async def probe_apprise(cfg: tuple[SecretStr, ...], _session: aiohttp.ClientSess
     return f"{len(urls)} URL{'s' if len(urls) > 1 else ''} parse{'s' if len(urls) == 1 else ''}"
 
 
-APPRISE = ChannelSpec(
-    "apprise",
-    (AppriseUrls, ()),
-    lambda cfg, _w: AppriseChannel([u.get_secret_value() for u in cfg]),
-    probe_apprise,
-)
+APPRISE = ChannelSpec("apprise", AppriseUrls, AppriseChannel.build, probe_apprise, default=())
 
 
 # ---- the registry, and the `notify:` config section generated from it --------------------------
@@ -407,27 +402,19 @@ class NotifyBase(StrictModel):
         out = []
         for spec in CHANNELS:
             cfg = None if spec.option is None else getattr(self, spec.name)
-            if spec.option is None or cfg != spec.option[1]:
+            if spec.option is None or cfg != spec.default:
                 out.append((spec, cfg))
         return out
 
     def get(self, model: type[M]) -> M | None:
         """A channel's options by their model, typed: `notify.get(NtfyConfig)`."""
-        for spec in CHANNELS:
-            if spec.option is not None and model in (spec.option[0], *_union(spec.option[0])):
-                found = getattr(self, spec.name)
-                return found if isinstance(found, model) else None
-        raise KeyError(model.__name__)
+        return next((c for _spec, c in self.configured() if isinstance(c, model)), None)
 
     def channel_names(self) -> list[str]:
         return [spec.name for spec, _cfg in self.configured()]
 
     def secrets(self) -> list[str]:
         return [s for _spec, cfg in self.configured() for s in _secret_values(cfg)]
-
-
-def _union(annotation: Any) -> tuple[Any, ...]:
-    return tuple(getattr(annotation, "__args__", ()))
 
 
 def build_channels(notify: NotifyBase, wiring: Wiring) -> list[Channel]:
@@ -441,5 +428,5 @@ else:
     NotifyConfig = create_model(
         "NotifyConfig",
         __base__=NotifyBase,
-        **{spec.name: spec.option for spec in CHANNELS if spec.option is not None},
+        **{spec.name: (spec.option, spec.default) for spec in CHANNELS if spec.option is not None},
     )
