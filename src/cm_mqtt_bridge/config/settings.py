@@ -550,7 +550,7 @@ def _without_keys(merged: dict[str, Any]) -> set[int]:
 
 def unknown_account(account_id: str, known: Sequence[str]) -> str:
     """The one message every command gives for an --account that is not configured."""
-    return f"cm-mqtt-bridge: unknown account {account_id!r} (configured: {', '.join(known)})"
+    return f"unknown account {account_id!r} (configured: {', '.join(known)})"
 
 
 def _loc(parts: tuple[int | str, ...]) -> str:
