@@ -1,9 +1,10 @@
 """`cm-mqtt-bridge check`: does it work? One line per check (the config, each account's API,
 the broker, each notification channel), ok or FAILED with the reason, then a summary.
 
-Nothing is published and no notice is sent: channels are asked whether they would accept one
-(ntfy: the server answers and the token is accepted; a webhook: something answers at its
-path; Apprise: every URL parses). Discovery payloads are printed only with `--show-discovery`."""
+Nothing is published and no notice is sent: each channel's probe (`notify/channels.py`) asks
+whether it would accept one (ntfy: the server answers and the token is accepted; a webhook:
+something answers at its path; Apprise: every URL parses). Discovery payloads are printed only
+with `--show-discovery`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """`cm-mqtt-bridge test-alert`: one clearly marked test notice through every configured
-channel (MQTT: the `alerts` topic and Home Assistant's Alert event, type `test`; ntfy; the
-webhook; Apprise), so a user learns that the phone push works before the wallet runs low.
+channel of the registry (MQTT: the `alerts` topic and Home Assistant's Alert event, type
+`test`; ntfy; the webhook; Apprise), so a user learns that the phone push works before the
+wallet runs low.
 
 It goes straight to the channels, never through the outbox: no rule state, no history, and
 nothing is sent again later."""

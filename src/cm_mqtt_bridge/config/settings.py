@@ -258,7 +258,8 @@ class HealthConfig(StrictModel):
     port: Annotated[int, Field(ge=0, le=65535)] = 8099
 
 
-SECTIONS = frozenset({"poll", "mqtt", "alerts", "notify", "health"})
+# The sections that may be written empty (`notify:` with every option commented out).
+OPTIONAL_SECTIONS = frozenset({"poll", "mqtt", "alerts", "notify", "health"})
 
 
 def merge_alerts(defaults: dict[str, Any] | None, own: dict[str, Any] | None) -> dict[str, Any]:
@@ -288,7 +289,7 @@ class Config(StrictModel):
     def _account_alerts(cls, data: Any) -> Any:
         if isinstance(data, dict):
             # A section whose options are all commented out (`notify:` alone) is empty.
-            data = {k: v for k, v in data.items() if not (v is None and k in SECTIONS)}
+            data = {k: v for k, v in data.items() if not (v is None and k in OPTIONAL_SECTIONS)}
         # Top-level `alerts` are defaults; an account's own `alerts` override them rule by rule.
         if not isinstance(data, dict) or not isinstance(data.get("accounts"), list | tuple):
             return data

@@ -128,8 +128,9 @@ class Store:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        # Only our own process writes; a short wait keeps a stray lock from stalling the
-        # alert bookkeeping for long (a failed call is owed and retried).
+        # Another program may hold a lock (a backup, a VACUUM, an open `sqlite3` shell): wait
+        # `busy_ms` at most, so the alert bookkeeping does not stall behind it; a failed call
+        # is owed and retried. `open(lock_wait=…)` waits longer, once, at start.
         self._db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         self.ready = False
         self.install_id = ""
