@@ -83,22 +83,13 @@ def test_commit_writes_state_and_outbox_together(store: Store, path: Path) -> No
     assert item == OutboxItem(
         id="main.low_balance.1", channel="ntfy", account="main", notice=notice(), attempts=0
     )
-    # The stored form, which MQTT publishes and the webhook posts as it is.
+    # The stored form, which MQTT publishes (in this key order) and the webhook posts.
     (stored,) = raw(path, "SELECT payload FROM outbox WHERE channel = 'ntfy'")
-    assert json.loads(stored[0]) == {
-        "id": "main.low_balance.1",
-        "account": "main",
-        "event_type": "low_balance",
-        "rule": "low_balance",
-        "kind": "fired",
-        "title": "CrossModel Main",
-        "message": "CrossModel Main: low_balance 1",
-        "value": "4.00 USD",
-        "threshold": "5.00 USD",
-        "at": "2026-03-04T12:00:00+00:00",
-        "priority": "high",
-        "tags": ["warning"],
-    }
+    doc = json.loads(stored[0])
+    assert doc == {**notice().to_json(), "at": "2026-03-04T12:00:00+00:00", "tags": ["warning"]}
+    assert " ".join(doc) == (
+        "id account event_type rule kind title message value threshold at priority tags"
+    )
 
 
 def test_commit_is_all_or_nothing(store: Store, path: Path) -> None:
