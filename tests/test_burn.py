@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from cm_mqtt_bridge.config.settings import Config
-from cm_mqtt_bridge.core.evaluate import AlertStatus, Notice
+from cm_mqtt_bridge.core.evaluate import AlertStatus
 from cm_mqtt_bridge.core.forecast import Burn, burn_rate, runway_days
 from cm_mqtt_bridge.core.model import Snapshot, Usage, UsageState, WindowUsage
+from cm_mqtt_bridge.core.notice import Notice
 from cm_mqtt_bridge.core.samples import Sample, spent_since
 from cm_mqtt_bridge.core.view import AccountView
 from cm_mqtt_bridge.ha.entities import entities_for

@@ -405,7 +405,7 @@ async def test_set_api_key_refuses_a_bad_key(
         await set_key(main, p, typed, base_env) for p, (typed, _) in zip(paths, cases, strict=True)
     ]
     for path, (_, message), result in zip(paths, cases, results, strict=True):
-        assert (result.code, result.out, result.err) == (2, "", f"error: {message}\n")
+        assert (result.code, result.out, result.err) == (2, "", f"cm-mqtt-bridge: {message}\n")
         assert not path.exists()
     assert list(tmp_path.iterdir()) == [tmp_path / "home"]
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cm_mqtt_bridge.config.settings import Config
-from cm_mqtt_bridge.core.evaluate import Notice, RuleState, evaluate
+from cm_mqtt_bridge.core.evaluate import RuleState, evaluate
+from cm_mqtt_bridge.core.notice import Notice
 from cm_mqtt_bridge.core.rules import AlertsConfig, Inputs
 from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine, Observation
 from cm_mqtt_bridge.service.bridge import Bridge

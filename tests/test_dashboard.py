@@ -118,20 +118,20 @@ def view(doc: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def test_parses_as_yaml_with_one_view_per_account(config: Config) -> None:
-    doc = yaml.safe_load(dashboard.render(config.accounts))
+    doc = yaml.safe_load(dashboard.render_yaml(config.accounts))
     assert doc["title"] == "CrossModel"
     assert [(v["title"], v["path"]) for v in doc["views"]] == [("Main", "main"), ("Team", "team-2")]
 
 
 def test_only_built_in_card_types(config: Config) -> None:
-    doc = yaml.safe_load(dashboard.render(config.accounts, overview=True))
+    doc = yaml.safe_load(dashboard.render_yaml(config.accounts, overview=True))
     used = {card["type"] for v in doc["views"] for card in cards(v)}
     assert used <= BUILT_IN_CARDS, used - BUILT_IN_CARDS
     assert {"entities", "gauge", "statistics-graph", "history-graph", "logbook"} <= used
 
 
 def test_every_entity_id_is_one_discovery_creates_for_that_account(config: Config) -> None:
-    doc = yaml.safe_load(dashboard.render(config.accounts, overview=True))
+    doc = yaml.safe_load(dashboard.render_yaml(config.accounts, overview=True))
     everything: set[str] = set()
     for acc in config.accounts:
         created = created_entity_ids(acc)

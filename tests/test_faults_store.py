@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cm_mqtt_bridge.core.evaluate import Notice
+from cm_mqtt_bridge.core.notice import Notice
 from cm_mqtt_bridge.core.rules import AlertsConfig
 from cm_mqtt_bridge.core.samples import Sample
 from cm_mqtt_bridge.service import bridge as service

@@ -17,10 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cm_mqtt_bridge.cli.check import CheckFailed, check_webhook
-from cm_mqtt_bridge.config.notify import WebhookConfig
 from cm_mqtt_bridge.core.rules import BY_NAME
 from cm_mqtt_bridge.ha.entities import entities_for
+from cm_mqtt_bridge.notify.channels import DeliveryError, WebhookConfig, probe_webhook
 from tests.conftest import KEY
 from tests.helpers import Result, run_main
 from tests.mosquitto import Mosquitto, discard, free_port
@@ -285,8 +284,8 @@ async def test_check_webhook_status_meanings(hook: Receivers, status: int, ok: b
     cfg = WebhookConfig(url=hook.webhook_url)
     async with aiohttp.ClientSession() as session:
         try:
-            detail = await check_webhook(session, cfg)
-        except CheckFailed as exc:
+            detail = await probe_webhook(cfg, session)
+        except DeliveryError as exc:
             detail, passed = str(exc), False
         else:
             passed = True

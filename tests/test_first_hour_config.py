@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cm_mqtt_bridge.config.settings import ConfigError, load_config
+from cm_mqtt_bridge.notify.channels import NtfyConfig
 from tests.conftest import KEY
 from tests.helpers import run_main
 
@@ -172,7 +173,7 @@ def test_every_commented_block_of_the_example_is_valid_where_it_stands(tmp_path:
         assert config.accounts[0].id == "main"
     ntfy = uncomment(lines, *next(b for b in blocks if "# ntfy:" in lines[b[0]]))
     path.write_text("\n".join(ntfy) + "\n")
-    assert load_config(config_path=path, env={}).notify.ntfy is not None
+    assert load_config(config_path=path, env={}).notify.get(NtfyConfig) is not None
 
 
 @pytest.mark.parametrize(

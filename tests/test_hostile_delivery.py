@@ -21,10 +21,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cm_mqtt_bridge.config.notify import NtfyConfig, WebhookConfig
 from cm_mqtt_bridge.core.clock import SystemClock
-from cm_mqtt_bridge.core.evaluate import Kind, Notice
-from cm_mqtt_bridge.notify.channels import Channel, NtfyChannel, WebhookChannel
+from cm_mqtt_bridge.core.notice import Notice, NoticeKind
+from cm_mqtt_bridge.notify.channels import (
+    Channel,
+    NtfyChannel,
+    NtfyConfig,
+    WebhookChannel,
+    WebhookConfig,
+)
 from cm_mqtt_bridge.notify.dispatch import Dispatcher
 from cm_mqtt_bridge.service.metrics import Metrics
 from cm_mqtt_bridge.store.db import DB_NAME, AsyncStore, Store
@@ -101,12 +106,12 @@ class Watched:
         self.name = channel.name
         self.calls = 0
 
-    async def deliver(self, notice: dict[str, Any]) -> None:
+    async def deliver(self, notice: Notice) -> None:
         self.calls += 1
         await self.channel.deliver(notice)
 
 
-def notice(n: int, kind: Kind = "fired") -> Notice:
+def notice(n: int, kind: NoticeKind = "fired") -> Notice:
     return Notice(
         f"n{n}-{kind}",
         "main",
@@ -281,11 +286,11 @@ class Odd:
         self.got: list[str] = []
         self.failed = False
 
-    async def deliver(self, notice: dict[str, Any]) -> None:
+    async def deliver(self, notice: Notice) -> None:
         if not self.failed:
             self.failed = True
             raise RuntimeError("surprise")
-        self.got.append(str(notice["id"]))
+        self.got.append(notice.id)
 
 
 async def test_an_unforeseen_failure_is_retried_and_stalls_nothing(tmp_path: Path) -> None:

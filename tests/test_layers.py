@@ -11,8 +11,10 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "cm_mqtt_bridge"
 # Lowest first. A module may import its own layer and those before it; the top-level modules
-# (`__init__` for the version, `exits` for exit codes) are below everything.
-LAYERS = ["core", "config", "ha", "crossmodel", "store", "notify", "service", "cli"]
+# (`__init__` for the version, `exits` for exit codes) are below everything. `notify` (with the
+# `store` its dispatcher drains) sits below `config`: each channel declares its own config
+# model, and the config reads them from the channel registry, as it reads the rules from `core`.
+LAYERS = ["core", "store", "notify", "config", "ha", "crossmodel", "service", "cli"]
 
 
 def _modules() -> dict[str, Path]:

@@ -34,6 +34,7 @@ from cm_mqtt_bridge.core.rules import (
     RunwayRule,
     SimpleRule,
 )
+from cm_mqtt_bridge.notify.channels import NtfyConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -858,11 +859,12 @@ def test_run_sh_writes_a_config_the_bridge_accepts(tmp_path):
     assert float(runway.below_days) == 4.5
     assert budget is not None
     assert (budget.daily, budget.weekly, budget.monthly) == (2_000_000, 10_000_000, 30_500_000)
-    assert config.notify.ntfy is not None
-    assert config.notify.ntfy.url == "https://ntfy.example.org"
-    assert config.notify.ntfy.topic == "wallet-3f9a"
-    assert config.notify.ntfy.token is not None
-    assert config.notify.ntfy.token.get_secret_value() == "tk_secret_token"
+    ntfy = config.notify.get(NtfyConfig)
+    assert ntfy is not None
+    assert ntfy.url == "https://ntfy.example.org"
+    assert ntfy.topic == "wallet-3f9a"
+    assert ntfy.token is not None
+    assert ntfy.token.get_secret_value() == "tk_secret_token"
 
 
 def test_run_sh_stops_without_an_mqtt_service(tmp_path):

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from cm_mqtt_bridge.core.evaluate import Notice, RuleState, evaluate
+from cm_mqtt_bridge.core.evaluate import RuleState, evaluate
 from cm_mqtt_bridge.core.forecast import Burn
+from cm_mqtt_bridge.core.notice import Notice
 from cm_mqtt_bridge.core.rules import AlertsConfig, Inputs
 from tests.fakes import FakeClock
 

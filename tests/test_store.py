@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,8 +13,9 @@ from typing import Any, cast
 import pytest
 
 from cm_mqtt_bridge.config.settings import Config
-from cm_mqtt_bridge.core.evaluate import Notice, RuleState
+from cm_mqtt_bridge.core.evaluate import RuleState
 from cm_mqtt_bridge.core.forecast import WINDOW, Burn, burn_rate
+from cm_mqtt_bridge.core.notice import Notice
 from cm_mqtt_bridge.core.samples import Sample
 from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine, ThresholdError
 from cm_mqtt_bridge.store.db import AsyncStore, OutboxItem, Store, StoreError
@@ -79,24 +81,14 @@ def test_commit_writes_state_and_outbox_together(store: Store, path: Path) -> No
     ]
     (item,) = store.due("ntfy", T0)
     assert item == OutboxItem(
-        id="main.low_balance.1",
-        channel="ntfy",
-        account="main",
-        payload={
-            "id": "main.low_balance.1",
-            "account": "main",
-            "event_type": "low_balance",
-            "rule": "low_balance",
-            "kind": "fired",
-            "title": "CrossModel Main",
-            "message": "CrossModel Main: low_balance 1",
-            "value": "4.00 USD",
-            "threshold": "5.00 USD",
-            "at": "2026-03-04T12:00:00+00:00",
-            "priority": "high",
-            "tags": ["warning"],
-        },
-        attempts=0,
+        id="main.low_balance.1", channel="ntfy", account="main", notice=notice(), attempts=0
+    )
+    # The stored form, which MQTT publishes (in this key order) and the webhook posts.
+    (stored,) = raw(path, "SELECT payload FROM outbox WHERE channel = 'ntfy'")
+    doc = json.loads(stored[0])
+    assert doc == {**notice().to_json(), "at": "2026-03-04T12:00:00+00:00", "tags": ["warning"]}
+    assert " ".join(doc) == (
+        "id account event_type rule kind title message value threshold at priority tags"
     )
 
 
@@ -398,7 +390,7 @@ def test_notices_of_one_commit_are_delivered_in_the_order_they_were_produced(
     recovered = notice("budget_daily", 9, kind="recovered")
     fired = notice("budget_daily", 10)
     store.commit("main", {}, [recovered, fired], ["ntfy"], T0)
-    assert [(i.id, i.payload["kind"]) for i in store.due("ntfy", T0)] == [
+    assert [(i.id, i.notice.kind) for i in store.due("ntfy", T0)] == [
         ("main.budget_daily.9", "recovered"),
         ("main.budget_daily.10", "fired"),
     ]
@@ -438,3 +430,17 @@ def test_open_checks_that_the_file_can_be_written(path: Path) -> None:
         ]
     finally:
         store.close()
+
+
+def test_a_notice_reads_back_from_its_stored_form_as_it_was_written() -> None:
+    for n in (notice(), notice(kind="recovered", value=None, priority=None, tags=())):
+        assert Notice.from_json(n.dumps()) == n
+    stored = json.loads(notice().dumps())
+    for field, bad, problem in [
+        ("kind", "exploded", "payload field 'kind' is not one of"),
+        ("at", "yesterday", "payload field 'at' is not a date"),
+        ("title", None, "payload field 'title' is missing or not text"),
+    ]:
+        got = Notice.from_json(json.dumps({**stored, field: bad}))
+        assert isinstance(got, str)
+        assert got.startswith(problem), got

@@ -1,9 +1,10 @@
 """`cm-mqtt-bridge check`: does it work? One line per check (the config, each account's API,
 the broker, each notification channel), ok or FAILED with the reason, then a summary.
 
-Nothing is published and no notice is sent: channels are asked whether they would accept one
-(ntfy: the server answers and the token is accepted; a webhook: something answers at its
-path; Apprise: every URL parses). Discovery payloads are printed only with `--show-discovery`."""
+Nothing is published and no notice is sent: each channel's probe (`notify/channels.py`) asks
+whether it would accept one (ntfy: the server answers and the token is accepted; a webhook:
+something answers at its path; Apprise: every URL parses). Discovery payloads are printed only
+with `--show-discovery`."""
 
 from __future__ import annotations
 
@@ -13,25 +14,17 @@ from typing import TextIO
 
 import aiohttp
 
-from ..config.notify import NtfyConfig, WebhookConfig
 from ..config.settings import Config
 from ..core.clock import SystemClock
 from ..core.model import Snapshot
 from ..core.money import format_money
-from ..core.neterror import describe
 from ..exits import EXIT_OK, EXIT_UPSTREAM
 from ..ha.discovery import device_payload
 from ..ha.entities import entities_for
 from ..ha.topics import Topics
-from ..notify.channels import USER_AGENT
+from ..notify.channels import DeliveryError
 from ..service.publisher import Publisher
 from .status import poll_all
-
-TIMEOUT = 10.0
-
-
-class CheckFailed(Exception):
-    pass
 
 
 @dataclass
@@ -58,69 +51,6 @@ async def broker_problem(config: Config) -> str | None:
     return await publisher.probe()
 
 
-async def _get(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], method: str = "GET"
-) -> int:
-    try:
-        async with session.request(
-            method,
-            url,
-            headers={"User-Agent": USER_AGENT, **headers},
-            timeout=aiohttp.ClientTimeout(total=TIMEOUT),
-            allow_redirects=False,
-        ) as resp:
-            return resp.status
-    except TimeoutError:
-        raise CheckFailed(f"no answer within {TIMEOUT:g} s") from None
-    except aiohttp.ClientError as exc:
-        raise CheckFailed(describe(exc)) from None
-
-
-async def check_ntfy(session: aiohttp.ClientSession, cfg: NtfyConfig) -> str:
-    if cfg.token is None:
-        status = await _get(session, f"{cfg.url}/v1/health", {})
-        if status != 200:
-            raise CheckFailed(f"HTTP {status} from {cfg.url}/v1/health: is it an ntfy server?")
-        return "the server answers (no token configured)"
-    auth = {"Authorization": f"Bearer {cfg.token.get_secret_value()}"}
-    status = await _get(session, f"{cfg.url}/v1/account", auth)
-    if status in (401, 403):
-        raise CheckFailed(f"the access token was rejected (HTTP {status})")
-    if status != 200:
-        raise CheckFailed(f"HTTP {status} from {cfg.url}/v1/account: is it an ntfy server?")
-    return "the server answers and accepts the access token"
-
-
-# What a receiver's answer to HEAD says about it. Many receivers implement only POST: 405 (not
-# allowed) and 501 (not implemented, as Python's http.server answers) still show one is there,
-# as do 401/403 (it wants credentials a POST would carry). 404/410 mean a mistyped path.
-WEBHOOK_THERE = frozenset({401, 403, 405, 501})
-WEBHOOK_MISSING = frozenset({404, 410})
-
-
-async def check_webhook(session: aiohttp.ClientSession, cfg: WebhookConfig) -> str:
-    # A HEAD sends no notice.
-    status = await _get(session, cfg.url, {}, method="HEAD")
-    if status in WEBHOOK_MISSING:
-        raise CheckFailed(f"nothing at this path (HTTP {status} to HEAD)")
-    if 300 <= status < 400:
-        # The notice is POSTed without following redirects: it would not arrive.
-        raise CheckFailed(f"HTTP {status} to HEAD: a redirect; give the final URL")
-    if status >= 500 and status not in WEBHOOK_THERE:
-        raise CheckFailed(f"HTTP {status} to HEAD: the receiver has a server error")
-    return f"the receiver answers (HTTP {status} to HEAD)"
-
-
-def check_apprise(urls: list[str]) -> str:
-    import apprise  # optional extra; config validation checked it is installed
-
-    bad = [i for i, url in enumerate(urls, 1) if not apprise.Apprise().add(url)]
-    if bad:
-        # The URLs carry tokens: name them by position, never print them.
-        raise CheckFailed(f"URL {', '.join(map(str, bad))} of {len(urls)} does not parse")
-    return f"{len(urls)} URL{'s' if len(urls) > 1 else ''} parse{'s' if len(urls) == 1 else ''}"
-
-
 async def run_check(config: Config, out: TextIO, *, show_discovery: bool, source: str) -> int:
     report = Report(out, [])
     n = len(config.accounts)
@@ -138,25 +68,14 @@ async def run_check(config: Config, out: TextIO, *, show_discovery: bool, source
     where = f"{config.mqtt.host}:{config.mqtt.port}"
     problem = await broker_problem(config)
     report.line(f"broker {where}", problem or "connected", ok=problem is None)
-    notify = config.notify
     async with aiohttp.ClientSession() as session:
-        if notify.ntfy is not None:
-            name = f"ntfy {notify.ntfy.url}/{notify.ntfy.topic}"
+        for spec, cfg in config.notify.configured():
+            if spec.probe is None:
+                continue
             try:
-                report.line(name, await check_ntfy(session, notify.ntfy))
-            except CheckFailed as exc:
-                report.line(name, str(exc), ok=False)
-        if notify.webhook is not None:
-            name = f"webhook {notify.webhook.url}"
-            try:
-                report.line(name, await check_webhook(session, notify.webhook))
-            except CheckFailed as exc:
-                report.line(name, str(exc), ok=False)
-    if notify.apprise:
-        try:
-            report.line("apprise", check_apprise([u.get_secret_value() for u in notify.apprise]))
-        except CheckFailed as exc:
-            report.line("apprise", str(exc), ok=False)
+                report.line(spec.title(cfg), await spec.probe(cfg, session))
+            except DeliveryError as exc:
+                report.line(spec.title(cfg), str(exc), ok=False)
     if show_discovery:
         _print_discovery(config, currencies, out)
     if report.failed:

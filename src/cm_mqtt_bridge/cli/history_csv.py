@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-import sys
 from datetime import datetime
 from typing import TextIO
 
 from ..config.settings import Config, unknown_account
 from ..core.money import format_plain
-from ..exits import EXIT_CONFIG, EXIT_OK, EXIT_UPSTREAM
+from ..exits import EXIT_OK, EXIT_UPSTREAM
 from ..store.db import DB_NAME, Store, StoreError
+from .errors import fail
 
 HISTORY_COLUMNS = (
     "account",
@@ -28,33 +28,27 @@ HISTORY_COLUMNS = (
 def cmd_history(config: Config, account: str | None, since: datetime | None, out: TextIO) -> int:
     path = config.data_dir / DB_NAME
     if not path.exists():
-        print(f"no history yet: {path} does not exist (run the bridge first)", file=sys.stderr)
-        return EXIT_UPSTREAM
+        return fail(f"no history yet: {path} does not exist (run the bridge first)", EXIT_UPSTREAM)
     known = [a.id for a in config.accounts]
     if account is not None and account not in known:
-        print(unknown_account(account, known), file=sys.stderr)
-        return EXIT_CONFIG
+        return fail(unknown_account(account, known))
     try:
         store = Store.open(path)
     except StoreError as exc:
-        print(f"cm-mqtt-bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return fail(str(exc))
     try:
         skipped = store.unreadable_samples()
         if skipped:
-            print(
-                f"cm-mqtt-bridge: skipped {skipped} history row(s) in {path} that are not as the "
-                "bridge wrote them (a hand edit or a damaged disk?)",
-                file=sys.stderr,
+            fail(
+                f"skipped {skipped} history row(s) in {path} that are not as the bridge wrote "
+                "them (a hand edit or a damaged disk?)"
             )
         return _write_history(store, account, since, out)
     except StoreError as exc:  # corrupt beyond what the quick check at open sees
-        print(
-            f"cm-mqtt-bridge: cannot read the state database {path}: {exc}; move the file "
-            "aside and the bridge starts with a fresh one",
-            file=sys.stderr,
+        return fail(
+            f"cannot read the state database {path}: {exc}; move the file aside and the "
+            "bridge starts with a fresh one"
         )
-        return EXIT_CONFIG
     finally:
         store.close()
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
 from ..config.settings import normalize_api_key
-from ..exits import EXIT_CONFIG, EXIT_OK
+from ..exits import EXIT_OK
+from .errors import fail
 
 
 def default_key_file(env: Mapping[str, str]) -> Path:
@@ -47,13 +47,11 @@ def cmd_set_api_key(args: argparse.Namespace, env: Mapping[str, str], stdin: Tex
     try:
         key = normalize_api_key(raw)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return fail(str(exc))
     path = args.file or default_key_file(env)
     try:
         write_secret_file(path, key)
     except OSError as exc:
-        print(f"error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return fail(f"cannot write {path}: {exc.strerror or exc}")
     print(f"API key stored in {path} (mode 0600). Point api_key_file at it, or leave it there.")
     return EXIT_OK

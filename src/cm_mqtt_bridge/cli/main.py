@@ -27,6 +27,7 @@ from ..config.settings import (
 from ..core.redact import RedactingFilter
 from ..exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE
 from ..service.bridge import StartupError, run_service
+from .errors import fail
 from .keyfile import cmd_set_api_key, default_key_file
 
 log = logging.getLogger("cm_mqtt_bridge")
@@ -306,7 +307,7 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
 
 
 def print_config_error(exc: ConfigError) -> int:
-    print("cm-mqtt-bridge: invalid configuration:", file=sys.stderr)
+    fail("invalid configuration:")
     for problem in exc.problems:
         print(f"  - {problem}", file=sys.stderr)
     return EXIT_CONFIG
@@ -368,8 +369,7 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
         try:
             asyncio.run(run_service(config))
         except StartupError as exc:
-            print(f"cm-mqtt-bridge: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+            return fail(str(exc))
         return EXIT_OK
     if args.command == "history":
         from .history_csv import cmd_history
@@ -387,14 +387,13 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
 
         accounts = {a.id: a for a in config.accounts}
         if args.account is not None and args.account not in accounts:
-            print(unknown_account(args.account, list(accounts)), file=sys.stderr)
-            return EXIT_CONFIG
+            return fail(unknown_account(args.account, list(accounts)))
         acc = accounts[args.account] if args.account else config.accounts[0]
         return asyncio.run(send_test_alert(config, acc, sys.stdout))
     if args.command == "dashboard":
-        from ..ha import dashboard
+        from .dashboard import cmd_dashboard
 
-        return dashboard.command(config.accounts, args.account, args.all, sys.stdout, sys.stderr)
+        return cmd_dashboard(config.accounts, args.account, args.all, sys.stdout)
     raise AssertionError(f"unhandled command {args.command}")
 
 

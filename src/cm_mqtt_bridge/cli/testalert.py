@@ -1,6 +1,7 @@
 """`cm-mqtt-bridge test-alert`: one clearly marked test notice through every configured
-channel (MQTT: the `alerts` topic and Home Assistant's Alert event, type `test`; ntfy; the
-webhook; Apprise), so a user learns that the phone push works before the wallet runs low.
+channel of the registry (MQTT: the `alerts` topic and Home Assistant's Alert event, type
+`test`; ntfy; the webhook; Apprise), so a user learns that the phone push works before the
+wallet runs low.
 
 It goes straight to the channels, never through the outbox: no rule state, no history, and
 nothing is sent again later."""
@@ -11,41 +12,41 @@ import asyncio
 import contextlib
 import uuid
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
 import aiohttp
 import aiomqtt
 
 from ..config.settings import AccountConfig, Config
 from ..core.clock import SystemClock
+from ..core.notice import Notice
 from ..exits import EXIT_OK, EXIT_UPSTREAM
 from ..ha.entities import TEST_EVENT
 from ..ha.topics import Topics
-from ..notify.channels import Channel, DeliveryError, build_channels
+from ..notify.channels import Channel, DeliveryError, Wiring, build_channels
 from ..service.publisher import Publisher
 
 
-def test_notice(acc: AccountConfig, now: datetime) -> dict[str, Any]:
-    return {
-        "id": f"test-{uuid.uuid4().hex[:12]}",
-        "account": acc.id,
-        "event_type": TEST_EVENT,
-        "rule": TEST_EVENT,
-        "kind": TEST_EVENT,
-        "title": f"[TEST] CrossModel {acc.name}",
-        "message": (
+def test_notice(acc: AccountConfig, now: datetime) -> Notice:
+    return Notice(
+        id=f"test-{uuid.uuid4().hex[:12]}",
+        account_id=acc.id,
+        rule=TEST_EVENT,
+        kind="test",
+        title=f"[TEST] CrossModel {acc.name}",
+        message=(
             f"TEST notice from cm-mqtt-bridge for CrossModel {acc.name}: alerts for this "
             "account will arrive here. Nothing to do."
         ),
-        "value": None,
-        "threshold": None,
-        "at": now.isoformat(),
-        "priority": "default",
-        "tags": ["test_tube"],
-    }
+        value=None,
+        threshold=None,
+        at=now,
+        priority="default",
+        tags=("test_tube",),
+    )
 
 
-async def _deliver(channel: Channel, notice: dict[str, Any]) -> str | None:
+async def _deliver(channel: Channel, notice: Notice) -> str | None:
     try:
         await channel.deliver(notice)
     except DeliveryError as exc:
@@ -79,9 +80,9 @@ async def send_test_alert(config: Config, acc: AccountConfig, out: TextIO) -> in
                 raise DeliveryError(str(exc) or type(exc).__name__) from None
 
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        channels = build_channels(config.notify, session, publish, topics.alerts)
+        channels = build_channels(config.notify, Wiring(session, publish, topics.alerts))
         problems = await asyncio.gather(*(_deliver(c, notice) for c in channels))
-    out.write(f"Test notice {notice['id']} for account {acc.id}:\n")
+    out.write(f"Test notice {notice.id} for account {acc.id}:\n")
     failed = []
     for channel, problem in zip(channels, problems, strict=True):
         name = channel.name

@@ -29,8 +29,8 @@ from pydantic import (
 from ..core.configbase import StrictModel
 from ..core.redact import redact
 from ..core.rules import AlertsConfig
+from ..notify.channels import NotifyConfig
 from .file import FileProblem, parse_yaml, read_secret
-from .notify import NotifyConfig, merge_alerts
 
 DEFAULT_API_URL = "https://api.crossmodel.ai/v1"
 ENV_PREFIX = "CM_MQTT_BRIDGE__"
@@ -258,7 +258,20 @@ class HealthConfig(StrictModel):
     port: Annotated[int, Field(ge=0, le=65535)] = 8099
 
 
-SECTIONS = frozenset({"poll", "mqtt", "alerts", "notify", "health"})
+# The sections that may be written empty (`notify:` with every option commented out).
+OPTIONAL_SECTIONS = frozenset({"poll", "mqtt", "alerts", "notify", "health"})
+
+
+def merge_alerts(defaults: dict[str, Any] | None, own: dict[str, Any] | None) -> dict[str, Any]:
+    """Per-account `alerts` over the top-level defaults, rule by rule (a rule set to false or
+    null in the account switches the default off)."""
+    out = dict(defaults or {})
+    for rule, value in (own or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(rule), dict):
+            out[rule] = {**out[rule], **value}
+        else:
+            out[rule] = value
+    return out
 
 
 class Config(StrictModel):
@@ -276,7 +289,7 @@ class Config(StrictModel):
     def _account_alerts(cls, data: Any) -> Any:
         if isinstance(data, dict):
             # A section whose options are all commented out (`notify:` alone) is empty.
-            data = {k: v for k, v in data.items() if not (v is None and k in SECTIONS)}
+            data = {k: v for k, v in data.items() if not (v is None and k in OPTIONAL_SECTIONS)}
         # Top-level `alerts` are defaults; an account's own `alerts` override them rule by rule.
         if not isinstance(data, dict) or not isinstance(data.get("accounts"), list | tuple):
             return data
@@ -538,7 +551,7 @@ def _without_keys(merged: dict[str, Any]) -> set[int]:
 
 def unknown_account(account_id: str, known: Sequence[str]) -> str:
     """The one message every command gives for an --account that is not configured."""
-    return f"cm-mqtt-bridge: unknown account {account_id!r} (configured: {', '.join(known)})"
+    return f"unknown account {account_id!r} (configured: {', '.join(known)})"
 
 
 def _loc(parts: tuple[int | str, ...]) -> str:
@@ -675,6 +688,29 @@ def _pair_typos(errors: list[Any]) -> list[Any]:
     return [e for e in out if id(e) not in meant]
 
 
+def _read_secret_files(merged: dict[str, Any], problems: list[str]) -> None:
+    """A channel's `X_file` option: the secret X, read from that file here, so no config
+    model reads a file. Mutates `merged`."""
+    notify = merged.get("notify")
+    if not isinstance(notify, dict):
+        return
+    for name, section in notify.items():
+        if not isinstance(section, dict):
+            continue
+        options = known_options(("notify", name))
+        for key, path in list(section.items()):
+            secret = key.removesuffix("_file")
+            if secret == key or secret not in options or not isinstance(path, str):
+                continue  # not a secret file (a wrong type is the model's to report)
+            if section.get(secret) is not None:
+                problems.append(f"notify.{name}: give {secret} or {key}, not both")
+                continue
+            try:
+                section[secret] = read_secret(Path(path), key).strip()
+            except FileProblem as exc:
+                problems.append(f"notify.{name}: {exc}")
+
+
 def load_config(
     *,
     config_path: Path | None = None,
@@ -705,11 +741,13 @@ def load_config(
         key_failed = _without_keys(merged)
     if "accounts" not in merged:
         merged["accounts"] = []
+    secret_problems: list[str] = []  # reported after the sections before `notify`
+    _read_secret_files(merged, secret_problems)
     try:
         config = Config.model_validate(merged)
     except ValidationError as exc:
         problems.extend(_user_errors(exc, merged, key_failed, sources))
-        raise ConfigError(problems) from None
-    if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems + secret_problems) from None
+    if problems or secret_problems:
+        raise ConfigError(problems + secret_problems)
     return config

@@ -12,12 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
 
 from .forecast import Burn
+from .notice import Notice, NoticeKind
 from .rules import AlertsBase, Check, Inputs, RuleSpec
-
-Kind = Literal["fired", "reminder", "recovered", "event"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,35 +31,6 @@ class RuleState:
 
 
 @dataclass(frozen=True, slots=True)
-class Notice:
-    id: str
-    account_id: str
-    rule: str
-    kind: Kind
-    title: str
-    message: str
-    value: str | None
-    threshold: str | None
-    at: datetime
-    priority: str | None = None
-    tags: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "account": self.account_id,
-            "event_type": self.rule,
-            "rule": self.rule,
-            "kind": self.kind,
-            "title": self.title,
-            "message": self.message,
-            "value": self.value,
-            "threshold": self.threshold,
-            "at": self.at.isoformat(),
-        }
-
-
-@dataclass(frozen=True, slots=True)
 class AlertStatus:
     """What Home Assistant shows of an account's alerts (the state document reads it)."""
 
@@ -73,7 +42,7 @@ class AlertStatus:
 
 
 def _notice(
-    rule: RuleSpec, kind: Kind, text: str, check: Check, cfg: AlertsBase, i: Inputs, seq: int
+    rule: RuleSpec, kind: NoticeKind, text: str, check: Check, cfg: AlertsBase, i: Inputs, seq: int
 ) -> Notice:
     common = cfg.common(rule.name)
     title = f"CrossModel {i.account_name}"

@@ -3,7 +3,8 @@
 A rule is its name, its label, the config section it reads (with that section's model), its
 check, and the threshold Home Assistant may change (range, step, unit). The config schema,
 the alert entities, the number entities and the settable thresholds are all derived from
-`RULES`; adding a rule touches this file only.
+`RULES`. A rule over the existing `Inputs` is added in this source file only; one that needs
+data no rule reads yet also fills it in where `service/alerting.py` builds the `Inputs`.
 """
 
 from __future__ import annotations

@@ -9,14 +9,13 @@ Only cards that ship with Home Assistant 2024.11+ are used (no custom cards).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any
 
 import yaml
 
-from ..config.settings import AccountConfig, unknown_account
+from ..config.settings import AccountConfig
 from ..core.money import micro_to_decimal
 from ..core.rules import LowBalanceRule
-from ..exits import EXIT_CONFIG, EXIT_OK
 from .entities import Entity, entities_for
 from .topics import default_entity_id
 
@@ -178,7 +177,7 @@ def dashboard(accounts: Sequence[AccountConfig], *, overview: bool = False) -> d
     return {"title": TITLE, "views": views}
 
 
-def render(accounts: Sequence[AccountConfig], *, overview: bool = False) -> str:
+def render_yaml(accounts: Sequence[AccountConfig], *, overview: bool = False) -> str:
     """YAML for the raw configuration editor of a new dashboard."""
     header = (
         "# cm-mqtt-bridge dashboard: paste into a new dashboard's raw configuration editor\n"
@@ -193,21 +192,3 @@ def render(accounts: Sequence[AccountConfig], *, overview: bool = False) -> str:
         width=100,
     )
     return header + body
-
-
-def command(
-    accounts: Sequence[AccountConfig],
-    account_id: str | None,
-    overview: bool,
-    out: TextIO,
-    err: TextIO,
-) -> int:
-    """`cm-mqtt-bridge dashboard [--account ID | --all]`: 0, or 2 for an unknown account."""
-    if account_id is not None:
-        chosen = [acc for acc in accounts if acc.id == account_id]
-        if not chosen:
-            err.write(unknown_account(account_id, [acc.id for acc in accounts]) + "\n")
-            return EXIT_CONFIG
-        accounts = chosen
-    out.write(render(accounts, overview=overview))
-    return EXIT_OK

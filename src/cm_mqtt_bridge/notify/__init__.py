@@ -1,4 +1,6 @@
-"""Push channels (ntfy, webhook, Apprise) and the dispatcher that drains the outbox to them.
+"""Notification channels and the dispatcher that drains the outbox to them. `channels.py` is
+the channel registry: each channel (MQTT, ntfy, webhook, Apprise) with its config model, its
+factory and its probe for `check`, declared once.
 
-May import `core`, `config` and `store`.
+May import `core` and `store`.
 """

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ..core.clock import Clock, backoff, wait_event
+from ..core.notice import Notice
 from ..store.db import STORE_RETRY, AsyncStore, OutboxItem, Store, StoreError
 from .channels import Channel, DeliveryError, RefusedError
 
@@ -175,7 +176,7 @@ class Dispatcher:
                     with attempt:
                         if self._stopping.is_set() and attempt.retry_state.attempt_number > 1:
                             raise _Stopping("not retried: the bridge is stopping")
-                        await _deliver(channel, item.payload)
+                        await _deliver(channel, item.notice)
             except RefusedError as exc:
                 log.error(
                     "%s: alert %s refused by the receiver (%s); not retried", name, item.id, exc
@@ -214,11 +215,11 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, DeliveryError) and not isinstance(exc, RefusedError | _Stopping)
 
 
-async def _deliver(channel: Channel, payload: dict[str, object]) -> None:
+async def _deliver(channel: Channel, notice: Notice) -> None:
     """One attempt. A failure a channel did not foresee is logged with its traceback and
     retried like any other, so one odd notice cannot stall its channel for good."""
     try:
-        await channel.deliver(payload)
+        await channel.deliver(notice)
     except DeliveryError:
         raise
     except Exception as exc:

@@ -16,10 +16,11 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from ..core.clock import Clock
-from ..core.evaluate import AlertStatus, Notice, RuleState, evaluate
+from ..core.evaluate import AlertStatus, RuleState, evaluate
 from ..core.forecast import WINDOW, burn_rate, runway_days
 from ..core.model import Snapshot, Usage, Window
 from ..core.money import MICRO_PER_UNIT, parse_amount
+from ..core.notice import Notice
 from ..core.rules import THRESHOLDS, AlertsBase, Inputs
 from ..core.samples import Sample, next_sample
 from ..store.db import AsyncStore, Store, StoreError

@@ -18,9 +18,9 @@ from .. import __version__
 from ..config.settings import Config
 from ..core.clock import Clock, SystemClock
 from ..crossmodel.fetch import make_client
-from ..ha.discovery import read_back
+from ..ha.discovery import MAX_DISCOVERY_BYTES, read_back
 from ..ha.topics import Kind, Topics
-from ..notify.channels import DeliveryError, build_channels
+from ..notify.channels import DeliveryError, Wiring, build_channels
 from ..notify.dispatch import Dispatcher
 from ..store.db import DB_NAME, LOCK_WAIT, STORE_DEADLINE, AsyncStore, Store, StoreError, in_thread
 from .alerting import AlertAccount, AlertEngine
@@ -28,7 +28,7 @@ from .health import HealthServer, accounts_report, build_report
 from .inbound import Births, Commands
 from .lockfile import AlreadyRunning, DataDirLock
 from .metrics import Metrics
-from .publisher import Publisher, PublishError
+from .publisher import Publisher, PublishError, RetainedRead
 from .runtime import AccountRuntime
 from .supervisor import Supervisor
 
@@ -85,7 +85,10 @@ class Bridge:
             self.clock,
             subscriptions=self.topics.subscriptions,
             on_message=self.commands.handle,
-            on_readback=self._on_readback,
+            # What an earlier run announced (retained), to remove what is gone since.
+            read_retained=RetainedRead(
+                self.topics.device_wildcard, MAX_DISCOVERY_BYTES, self._on_readback
+            ),
             on_connection=self._on_connection,
             readback_seconds=readback_seconds,
             rng=self.rng,
@@ -186,7 +189,8 @@ class Bridge:
             except PublishError as exc:
                 raise DeliveryError(str(exc)) from None
 
-        channels = build_channels(self.config.notify, session, publish, self.topics.alerts)
+        wiring = Wiring(session, publish, self.topics.alerts)
+        channels = build_channels(self.config.notify, wiring)
         dispatcher = Dispatcher(
             store,
             channels,

@@ -25,7 +25,6 @@ from paho.mqtt.properties import Properties
 from ..config.settings import MqttConfig
 from ..core.clock import Clock
 from ..core.neterror import describe_broker
-from ..ha.discovery import MAX_DISCOVERY_BYTES
 from ..ha.topics import Kind, Topics
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ MAX_BACKOFF = 30.0
 IN_FLIGHT = 20  # paho's default limit of QoS > 0 messages in flight
 # The largest packet (MQTT 5) the broker may send us; it drops bigger ones, so anyone allowed to
 # publish on a topic we read cannot make us hold 100 MB. Far above what we read legitimately:
-# commands and HA's birth are bytes, a retained discovery document at most MAX_DISCOVERY_BYTES.
+# commands and HA's birth are bytes, what a `RetainedRead` keeps is bounded by its `max_bytes`.
 MAX_PACKET_BYTES = 1024 * 1024
 
 
@@ -60,7 +59,17 @@ class PublishError(Exception):
 
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
-ReadbackHandler = Callable[[dict[str, bytes]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetainedRead:
+    """Read the retained messages under `filter` once, before the first flush of the first
+    connection, and hand them to `handler` ({topic: payload}). A payload is kept only up to
+    `max_bytes` + 1 bytes, so the handler can tell one that is too long without holding it."""
+
+    filter: str
+    max_bytes: int
+    handler: Callable[[dict[str, bytes]], Awaitable[None]]
 
 
 class Publisher:
@@ -72,7 +81,7 @@ class Publisher:
         *,
         subscriptions: Iterable[str],
         on_message: MessageHandler,
-        on_readback: ReadbackHandler | None = None,
+        read_retained: RetainedRead | None = None,
         on_connection: Callable[[bool], None] | None = None,
         readback_seconds: float = 3.0,
         rng: random.Random | None = None,
@@ -85,7 +94,7 @@ class Publisher:
         self._clock = clock
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
-        self._on_readback = on_readback
+        self._read_retained = read_retained
         self._on_connection = on_connection
         self._readback_seconds = readback_seconds
         self._reconnect = reconnect_backoff
@@ -220,21 +229,21 @@ class Publisher:
             tg.create_task(self._receive(client))
             for topic in self._subscriptions:
                 await client.subscribe(topic, qos=1)
-            if not self._readback_done and self._on_readback is not None:
-                # What we announced last time (retained), to remove what is gone since.
+            read = self._read_retained
+            if not self._readback_done and read is not None:
                 # Retained messages are queued to us when we subscribe; a message we send to
                 # ourselves afterwards arrives after all of them, so it marks the end.
-                await client.subscribe(self._topics.device_wildcard, qos=1)
+                await client.subscribe(read.filter, qos=1)
                 await client.subscribe(self._barrier_topic, qos=1)
                 await client.publish(self._barrier_topic, b"end", qos=1)
                 try:
                     await asyncio.wait_for(self._barrier.wait(), self._readback_seconds)
                 except TimeoutError:
-                    log.debug("retained discovery read-back ended by timeout")
+                    log.debug("retained read-back of %s ended by timeout", read.filter)
                 await client.unsubscribe(self._barrier_topic)
-                await client.unsubscribe(self._topics.device_wildcard)
+                await client.unsubscribe(read.filter)
                 self._readback_done = True
-                await self._on_readback(dict(self._readback))
+                await read.handler(dict(self._readback))
                 self._readback.clear()
             self.connected.set()
             self._dirty.set()
@@ -249,10 +258,10 @@ class Publisher:
             if topic == self._barrier_topic:
                 self._barrier.set()
                 continue
-            if message.topic.matches(self._topics.device_wildcard):
+            read = self._read_retained
+            if read is not None and message.topic.matches(read.filter):
                 if not self._readback_done and message.retain:
-                    # Kept only up to just past the limit: read_back refuses it by its size.
-                    self._readback[topic] = payload[: MAX_DISCOVERY_BYTES + 1]
+                    self._readback[topic] = payload[: read.max_bytes + 1]
                 continue
             if message.retain and self._topics.parse_command(topic) is not None:
                 self._ignore_retained(topic)

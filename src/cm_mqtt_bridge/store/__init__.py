@@ -1,4 +1,4 @@
 """The state database (SQLite): alert rule state, the notice outbox, thresholds and samples.
 
-May import `core` and `config`. Blocking calls run on the store's own thread (`AsyncStore`).
+May import `core`. Blocking calls run on the store's own thread (`AsyncStore`).
 """

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 import queue
@@ -29,7 +28,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from ..core.evaluate import Notice, RuleState
+from ..core.evaluate import RuleState
+from ..core.notice import Notice
 from ..core.samples import Sample
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class OutboxItem:
     id: str
     channel: str
     account: str
-    payload: dict[str, object]
+    notice: Notice
     attempts: int
 
 
@@ -128,8 +128,9 @@ class Store:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        # Only our own process writes; a short wait keeps a stray lock from stalling the
-        # alert bookkeeping for long (a failed call is owed and retried).
+        # Another program may hold a lock (a backup, a VACUUM, an open `sqlite3` shell): wait
+        # `busy_ms` at most, so the alert bookkeeping does not stall behind it; a failed call
+        # is owed and retried. `open(lock_wait=…)` waits longer, once, at start.
         self._db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         self.ready = False
         self.install_id = ""
@@ -271,7 +272,7 @@ class Store:
                 "INSERT OR IGNORE INTO outbox (id, channel, account, payload, created, "
                 "next_attempt) VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (n.id, ch, account, json.dumps(_payload(n)), now.timestamp(), now.timestamp())
+                    (n.id, ch, account, n.dumps(), now.timestamp(), now.timestamp())
                     for n in notices
                     for ch in channels
                 ],
@@ -298,12 +299,12 @@ class Store:
         for rowid, i, c, a, p, n, next_attempt in rows:
             if isinstance(next_attempt, int | float) and next_attempt > now.timestamp():
                 break
-            payload = decode_notice(p)
+            notice = Notice.from_json(p)
             if not all(isinstance(v, str) for v in (i, c, a)):
                 # Updates match on the id: a non-text id would be sent again every round.
-                payload = "id, channel or account is not text"
-            if isinstance(payload, str) or not isinstance(n, int):
-                problem = payload if isinstance(payload, str) else "attempts is not a number"
+                notice = "id, channel or account is not text"
+            if isinstance(notice, str) or not isinstance(n, int):
+                problem = notice if isinstance(notice, str) else "attempts is not a number"
                 try:
                     self._db.execute(  # the date it was given up, whatever cut-off `now` is
                         "UPDATE outbox SET failed = ?, last_error = ? WHERE rowid = ?",
@@ -329,7 +330,7 @@ class Store:
                     problem,
                 )
                 continue
-            out.append(OutboxItem(str(i), str(c), str(a), payload, n))
+            out.append(OutboxItem(str(i), str(c), str(a), notice, n))
         return out
 
     def make_due(self, channel: str, now: datetime) -> int:
@@ -481,35 +482,6 @@ class Store:
 def _sample(row: tuple[Any, ...]) -> Sample:
     _acc, at, balance, holds, day, week, month, total = row
     return Sample(datetime.fromtimestamp(at, UTC), balance, holds, day, week, month, total)
-
-
-def _payload(n: Notice) -> dict[str, object]:
-    return {**n.as_dict(), "priority": n.priority, "tags": list(n.tags)}
-
-
-_TEXT_FIELDS = ("id", "account", "rule", "kind", "title", "message", "at")
-
-
-def decode_notice(raw: object) -> dict[str, object] | str:
-    """A stored notice as the channels read it, or what is wrong with it."""
-    if not isinstance(raw, str | bytes):
-        return f"payload is {type(raw).__name__}, not JSON text"
-    try:
-        payload = json.loads(raw)
-    except ValueError as exc:
-        return f"payload is not JSON ({exc})"
-    if not isinstance(payload, dict):
-        return "payload is not a JSON object"
-    for key in _TEXT_FIELDS:
-        if not isinstance(payload.get(key), str):
-            return f"payload field {key!r} is missing or not text"
-    for key in ("priority", "value", "threshold"):
-        if payload.get(key) is not None and not isinstance(payload[key], str):
-            return f"payload field {key!r} is not text"
-    tags = payload.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        return "payload field 'tags' is not a list of text"
-    return payload
 
 
 class _Tx:
