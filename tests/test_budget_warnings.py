@@ -328,3 +328,13 @@ def test_window_ends() -> None:
         2026, 2, 1, tzinfo=UTC
     )
     assert Window.MONTH.end(datetime(2026, 12, 1, tzinfo=UTC)) == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def test_the_readme_example_is_what_the_rules_send() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("the 24th sends:\n\n```text\n", 1)[1].split("```", 1)[0]
+    acc = Account({"budget": {"monthly": "30.00", "warn_at": [50, 80], "forecast": True}})
+    for day, spend in ((13, 16_800_000), (20, 25 * USD), (24, 31 * USD)):
+        at = datetime(2026, 12, day, tzinfo=UTC)
+        acc.step(at=at, spend_micro={"monthly": spend}, usage_at=at)
+    assert block.splitlines() == [n.message for n in acc.notices]
