@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -99,7 +100,7 @@ async def test_ladder_50_80_then_over_budget_once_each_and_nothing_after_a_resta
             await month_spend(bridge, standin, spend * USD)
             sent += notices
             # Three channels a notice (MQTT, ntfy, webhook), all delivered: nothing pending.
-            await until(lambda n=sent: all_delivered(data, 3 * n), what=f"spend {spend}")
+            await until(functools.partial(all_delivered, data, 3 * sent), what=f"spend {spend}")
             assert pushes(ntfy) == expected[:sent], f"after month spend {spend}"
         await barrier(rec, bridge.publisher)
         doc = await wait_doc(rec, lambda d: d.get("alert_budget_monthly") is True)
