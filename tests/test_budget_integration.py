@@ -4,15 +4,11 @@ is fixed (mid-month), so the windows and the pace do not depend on the day the t
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cm_mqtt_bridge.config.settings import Config
 from cm_mqtt_bridge.core.clock import SystemClock
 from cm_mqtt_bridge.service.bridge import Bridge
 from tests.helpers import outbox, until
@@ -25,6 +21,7 @@ from tests.test_alerts_integration import (
     TOPIC,
     alert_config,
     all_delivered,
+    running,
     wait_doc,
 )
 
@@ -39,27 +36,6 @@ class WallAt(SystemClock):
 
     def now(self) -> datetime:
         return self.at
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config, clock: SystemClock) -> AsyncIterator[Bridge]:
-    bridge = Bridge(
-        config,
-        clock=clock,
-        readback_seconds=0.1,
-        dispatch_backoff=0.5,
-        restart_backoff=(0.1, 1.0),
-        retry_backoff=(0.1, 1.0),
-        reconnect_backoff=(0.05, 0.2),
-        delivery_retry_wait=(0.02, 0.05),
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(bridge.run(stop))
-    try:
-        yield bridge
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def month_spend(bridge: Bridge, standin: CrossModelStandin, micro: int) -> None:
