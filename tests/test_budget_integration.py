@@ -90,10 +90,13 @@ async def test_ladder_50_80_then_over_budget_once_each_and_nothing_after_a_resta
         assert {e["resets_at"] for e in events} == {"2027-01-01T00:00:00+00:00"}
         assert [h.json()["step"] for h in hook.webhook()[:2]] == [50, 80]
 
-    # A restart, with the same spend: the database remembers every step.
+    # A restart: the database remembers every step. (The broker still holds the first run's
+    # retained state document: wait for one with the new spend, which this run published.)
+    standin.usage["monthly"]["cost_micro"] = 33 * USD
     async with recording(mosquitto.port) as rec, running(config, clock=clock) as bridge:
-        await wait_doc(rec, lambda d: d.get("warn_step_budget_monthly") == 80)
-        await month_spend(bridge, standin, 32 * USD)
+        doc = await wait_doc(rec, lambda d: d.get("spend_month") == "33")
+        assert doc["warn_step_budget_monthly"] == 80
+        await month_spend(bridge, standin, 33 * USD)  # returns once its evaluation is stored
         await until(lambda: all_delivered(data, 9), what="nothing new in the outbox")
         await barrier(rec, bridge.publisher)
         assert rec.on(ALERTS) == []
