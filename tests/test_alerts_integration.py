@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from cm_mqtt_bridge.config.settings import Config
+from cm_mqtt_bridge.core.clock import Clock
 from cm_mqtt_bridge.service.bridge import Bridge
 from cm_mqtt_bridge.store.db import DB_NAME
 from tests.helpers import bare, db_rows, outbox, until
@@ -68,10 +69,11 @@ def alert_config(
 
 @contextlib.asynccontextmanager
 async def running(
-    config: Config, dispatch_backoff: float = DISPATCH_BACKOFF
+    config: Config, dispatch_backoff: float = DISPATCH_BACKOFF, clock: Clock | None = None
 ) -> AsyncIterator[Bridge]:
     bridge = Bridge(
         config,
+        clock=clock,
         readback_seconds=0.1,
         dispatch_backoff=dispatch_backoff,
         restart_backoff=(0.1, 1.0),

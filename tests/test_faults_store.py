@@ -348,7 +348,7 @@ async def test_a_rule_state_row_with_a_wrong_type_is_a_store_error_not_a_crash(
 ) -> None:
     store = Store(tmp_path / DB_NAME)
     store._db.execute(
-        "INSERT INTO rule_state VALUES ('main', 'low_balance', 1, 'yesterday', NULL, NULL, 1)"
+        "INSERT INTO rule_state VALUES ('main', 'low_balance', 1, 'yesterday', NULL, NULL, 1, NULL)"
     )
     async_store = AsyncStore(store, deadline=5)
     try:

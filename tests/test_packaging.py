@@ -534,6 +534,12 @@ def test_addon_options_are_accepted_by_the_supervisor(addon_config, supervisor):
         ("poll_interval", 29, False),
         ("runway_below_days", 366, False),
         ("log_level", "TRACE", False),
+        ("budget_warn_at", "50,80", True),
+        ("budget_warn_at", " 25 , 50, 99 ", True),
+        ("budget_warn_at", "100", False),
+        ("budget_warn_at", "0", False),
+        ("budget_warn_at", "50;80", False),
+        ("budget_warn_at", "50.5", False),
     ],
 )
 def test_addon_option_lengths_and_patterns_are_checked(addon_config, key, value, accepted):
@@ -690,6 +696,8 @@ OPTION_PATHS: dict[str, tuple[str | int, ...]] = {
     "budget_daily": ("alerts", "budget", "daily"),
     "budget_weekly": ("alerts", "budget", "weekly"),
     "budget_monthly": ("alerts", "budget", "monthly"),
+    "budget_warn_at": ("alerts", "budget", "warn_at"),
+    "budget_forecast": ("alerts", "budget", "forecast"),
     "ntfy_url": ("notify", "ntfy", "url"),
     "ntfy_topic": ("notify", "ntfy", "topic"),
     "ntfy_token": ("notify", "ntfy", "token"),
@@ -706,12 +714,16 @@ FULL_OPTIONS: dict[str, Any] = {
     "budget_daily": 2.0,
     "budget_weekly": 10.0,
     "budget_monthly": 30.5,
+    "budget_warn_at": "50, 80",
+    "budget_forecast": True,
     "ntfy_url": "https://ntfy.example.org",
     "ntfy_topic": "wallet-3f9a",
     "ntfy_token": "tk_secret_token",
     "poll_interval": 120,
     "log_level": "DEBUG",
 }
+# Options the generated config holds in another form: the text option as the bridge's list.
+CONVERTED: dict[str, Any] = {"budget_warn_at": [50, 80]}
 BROKER = {
     "host": "core-mosquitto",
     "port": "1883",
@@ -796,7 +808,7 @@ def test_every_option_reaches_the_generated_config(addon_config):
     assert set(FULL_OPTIONS) == set(addon_config["schema"])
     config = _make_config_module().build_config(FULL_OPTIONS, BROKER)
     for key, path in OPTION_PATHS.items():
-        assert _at(config, path) == FULL_OPTIONS[key], key
+        assert _at(config, path) == CONVERTED.get(key, FULL_OPTIONS[key]), key
     assert config["data_dir"] == "/data"
     assert config["mqtt"] == {
         "host": "core-mosquitto",
@@ -830,7 +842,7 @@ def test_run_sh_writes_a_config_the_bridge_accepts(tmp_path):
 
     generated = _load_yaml(config_file)
     for key, path in OPTION_PATHS.items():
-        assert _at(generated, path) == FULL_OPTIONS[key], key
+        assert _at(generated, path) == CONVERTED.get(key, FULL_OPTIONS[key]), key
     assert generated["data_dir"] == "/data"
 
     # The bridge's own loader accepts it, with every value where the options put it.
@@ -859,6 +871,7 @@ def test_run_sh_writes_a_config_the_bridge_accepts(tmp_path):
     assert float(runway.below_days) == 4.5
     assert budget is not None
     assert (budget.daily, budget.weekly, budget.monthly) == (2_000_000, 10_000_000, 30_500_000)
+    assert (budget.warn_at, budget.forecast) == ((50, 80), True)
     ntfy = config.notify.get(NtfyConfig)
     assert ntfy is not None
     assert ntfy.url == "https://ntfy.example.org"

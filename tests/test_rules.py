@@ -290,7 +290,8 @@ def test_daily_budget_fires_once_and_re_arms_at_midnight() -> None:
         "budget_daily",
         "2.00 USD",
         "2.00 USD",
-        "CrossModel Main: spend today 2.000001 USD is over the daily budget of 2.00 USD",
+        "CrossModel Main: spend today 2.000001 USD is over the daily budget of 2.00 USD "
+        "(resets 2026-03-05 00:00 UTC)",
     )
     assert acc.states["budget_daily"].window == "2026-03-04T00:00:00+00:00"
     last = datetime(2026, 3, 4, 23, 59, 59, tzinfo=UTC)
@@ -350,7 +351,8 @@ def test_weekly_budget_re_arms_on_the_iso_week_start() -> None:
     (fired,) = budget_step(acc, sunday, "weekly", 10_000_001, sunday)
     assert fired.id == "main.budget_weekly.1"
     assert fired.message == (
-        "CrossModel Main: spend this week 10.000001 USD is over the weekly budget of 10.00 USD"
+        "CrossModel Main: spend this week 10.000001 USD is over the weekly budget of 10.00 USD "
+        "(resets 2026-03-09 00:00 UTC)"
     )
     assert acc.states["budget_weekly"].window == "2026-03-02T00:00:00+00:00"
     monday = datetime(2026, 3, 9, 0, 0, tzinfo=UTC)
@@ -393,7 +395,8 @@ def test_monthly_budget_re_arms_on_the_first_of_the_month_and_the_year() -> None
     mar31 = datetime(2026, 3, 31, 18, 0, tzinfo=UTC)
     (fired,) = budget_step(acc, mar31, "monthly", 31_000_000, mar31)
     assert fired.message == (
-        "CrossModel Main: spend this month 31.00 USD is over the monthly budget of 30.00 USD"
+        "CrossModel Main: spend this month 31.00 USD is over the monthly budget of 30.00 USD "
+        "(resets 2026-04-01 00:00 UTC)"
     )
     assert acc.states["budget_monthly"].window == "2026-03-01T00:00:00+00:00"
     apr30 = datetime(2026, 4, 30, 23, 0, tzinfo=UTC)

@@ -63,6 +63,11 @@ def build_config(
     }
     budget = {w: options[f"budget_{w}"] for w in BUDGET_WINDOWS if _given(options, f"budget_{w}")}
     if budget:
+        # Warnings and the forecast apply to the budgets above; alone they watch nothing.
+        if _given(options, "budget_warn_at"):
+            budget["warn_at"] = [int(p) for p in str(options["budget_warn_at"]).split(",")]
+        if options.get("budget_forecast") is True:
+            budget["forecast"] = True
         alerts["budget"] = budget
 
     notify: dict[str, Any] = {}

@@ -28,6 +28,7 @@ class RuleState:
     # `last_notified` on the monotonic clock (reminders are measured on it). Not stored: it
     # means nothing in another process; it changes only with `last_notified`.
     notified_mono: float | None = field(default=None, compare=False)
+    step: int | None = None  # budget warnings: the highest step passed in `window`
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,8 @@ class AlertStatus:
     burn: Burn | None = None
     runway_days: Decimal | None = None
     thresholds: Mapping[str, Decimal] = field(default_factory=dict)  # in force, by key
+    # Budget rule -> the highest `warn_at` step passed in its current window.
+    steps: Mapping[str, int] = field(default_factory=dict)
 
 
 def _notice(
@@ -64,7 +67,23 @@ def _notice(
         at=i.now,
         priority="default" if kind == "recovered" else common.priority,
         tags=common.tags,
+        step=check.step,
+        resets_at=check.resets_at,
     )
+
+
+def warn_steps(
+    rules: tuple[RuleSpec, ...], states: Mapping[str, RuleState], now: datetime
+) -> dict[str, int]:
+    """Budget rule -> the highest warning step passed in the window `now` is in."""
+    out: dict[str, int] = {}
+    for rule in rules:
+        state = states.get(f"{rule.name}_warn")
+        if rule.window is None or rule.event or state is None or not state.step:
+            continue
+        if state.window == rule.window.start(now).isoformat():
+            out[rule.name] = state.step
+    return out
 
 
 def evaluate(
@@ -90,6 +109,10 @@ def _event(
     rule: RuleSpec, section: object, cfg: AlertsBase, i: Inputs, state: RuleState
 ) -> tuple[RuleState, list[Notice]]:
     check = rule.check(section, i, state)
+    if check.window is not None:
+        # Once-per-window events (budget warnings) remember the window and step, also when
+        # silent, so a step passed while over budget never comes late.
+        state = replace(state, window=check.window, step=check.step)
     if not check.active:
         return state, []
     seq = state.seq + 1

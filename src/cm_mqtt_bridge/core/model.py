@@ -38,6 +38,15 @@ class Window(Enum):
             return day - timedelta(days=day.weekday())
         return day.replace(day=1)
 
+    def end(self, at: datetime) -> datetime:
+        """Start of the next window: when a budget for the window that contains `at` resets."""
+        start = self.start(at)
+        if self is Window.DAY:
+            return start + timedelta(days=1)
+        if self is Window.WEEK:
+            return start + timedelta(days=7)
+        return (start + timedelta(days=32)).replace(day=1)
+
 
 class UsageState(StrEnum):
     OK = "ok"

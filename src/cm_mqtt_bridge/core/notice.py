@@ -32,9 +32,16 @@ class Notice:
     at: datetime
     priority: str | None = None
     tags: tuple[str, ...] = ()
+    step: int | None = None  # budget warnings: the step (percent of the budget)
+    resets_at: str | None = None  # budget notices: when the budget window ends
 
     def to_json(self) -> dict[str, object]:
         """The stored and sent form (key order kept: MQTT publishes it as it is)."""
+        extra: dict[str, object] = {}
+        if self.step is not None:
+            extra["step"] = self.step
+        if self.resets_at is not None:
+            extra["resets_at"] = self.resets_at
         return {
             "id": self.id,
             "account": self.account_id,
@@ -49,6 +56,7 @@ class Notice:
             "at": self.at.isoformat(),
             "priority": self.priority,
             "tags": list(self.tags),
+            **extra,
         }
 
     def dumps(self) -> str:
@@ -68,12 +76,15 @@ class Notice:
         for key in _TEXT_FIELDS:
             if not isinstance(doc.get(key), str):
                 return f"payload field {key!r} is missing or not text"
-        for key in ("priority", "value", "threshold"):
+        for key in ("priority", "value", "threshold", "resets_at"):
             if doc.get(key) is not None and not isinstance(doc[key], str):
                 return f"payload field {key!r} is not text"
         tags = doc.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             return "payload field 'tags' is not a list of text"
+        step = doc.get("step")
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+            return "payload field 'step' is not a whole number"
         kind = doc["kind"]
         if kind not in KINDS:
             return f"payload field 'kind' is not one of {', '.join(sorted(KINDS))}"
@@ -93,4 +104,6 @@ class Notice:
             at=at,
             priority=doc.get("priority"),
             tags=tuple(tags),
+            step=step,
+            resets_at=doc.get("resets_at"),
         )

@@ -50,10 +50,24 @@ class RunwayRule(RuleCommon):
     margin_days: Annotated[Decimal, Field(ge=0, le=RUNWAY_MAX_DAYS)] = Decimal(1)
 
 
+def _percent_steps(value: Any) -> tuple[int, ...]:
+    """`warn_at`: whole percentages of a budget, 1 to 99 (100 % is the budget alert itself)."""
+    if not isinstance(value, list | tuple):
+        raise ValueError("expected a list of percentages of the budget, e.g. [50, 80]")
+    for step in value:
+        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= 99:
+            raise ValueError(f"{step!r} is not a whole percentage from 1 to 99, e.g. [50, 80]")
+    return tuple(sorted(set(value)))
+
+
 class BudgetRule(RuleCommon):
     daily: Amount | None = None
     weekly: Amount | None = None
     monthly: Amount | None = None
+    # Early warnings in percent of each budget: each step notifies once per window.
+    warn_at: Annotated[tuple[int, ...], BeforeValidator(_percent_steps)] = ()
+    # Once per window: a push when the window's own pace projects past the budget.
+    forecast: bool = False
 
 
 class ApiDownRule(RuleCommon):
@@ -110,6 +124,8 @@ class Check:
     fired: str = ""
     recovered: str = ""
     window: str | None = None  # budgets: the window this figure belongs to
+    step: int | None = None  # budget warnings: the highest step passed in `window`
+    resets_at: str | None = None  # budgets: when the window ends (ISO 8601, UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +152,7 @@ class RuleSpec:
     enabled: Callable[[Any], bool] = lambda _section: True
     event: bool = False  # a top-up is an event, never a lasting problem
     threshold: Threshold | None = None
+    window: Window | None = None  # budget rules: the UTC window they watch
 
 
 def _distinct(value: int, threshold: int, currency: str) -> tuple[str, str]:
@@ -195,20 +212,30 @@ def _runway(cfg: RunwayRule, i: Inputs, state: Any) -> Check:
     )
 
 
+def _window_spend(window: Window, i: Inputs) -> int | None:
+    """The window's spend, when the figure belongs to the window `now` is in."""
+    spend = i.spend_micro.get(window.api)
+    # The API caches answers for up to ~60 s: just after a window starts, a figure stamped
+    # with the new window may still be the old window's total. Judge it after the grace.
+    fresh = (
+        i.usage_at is not None
+        and window.start(i.usage_at) == window.start(i.now)
+        and i.usage_at - window.start(i.usage_at) >= WINDOW_GRACE
+    )
+    return spend if fresh else None
+
+
+def _resets(window: Window, now: datetime) -> str:
+    return f"resets {window.end(now):%Y-%m-%d %H:%M} UTC"
+
+
 def _budget(window: Window) -> Callable[[BudgetRule, Inputs, Any], Check]:
     def check(cfg: BudgetRule, i: Inputs, state: Any) -> Check:
         limit: int = getattr(cfg, window.api)
         current = window.start(i.now).isoformat()
         new_window = state.firing and state.window != current
-        spend = i.spend_micro.get(window.api)
-        # The API caches answers for up to ~60 s: just after a window starts, a figure stamped
-        # with the new window may still be the old window's total. Judge it after the grace.
-        fresh = (
-            i.usage_at is not None
-            and window.start(i.usage_at).isoformat() == current
-            and i.usage_at - window.start(i.usage_at) >= WINDOW_GRACE
-        )
-        if spend is None or not fresh:
+        spend = _window_spend(window, i)
+        if spend is None:
             # Old figures belong to an earlier window: only the re-arm can be decided.
             return Check(None if not new_window else False, new_window, window=current)
         cur = i.currency or ""
@@ -219,9 +246,98 @@ def _budget(window: Window) -> Callable[[BudgetRule, Inputs, Any], Check]:
             value=format_money(spend, cur),
             threshold=format_money(limit, cur),
             fired=f"spend {window.label} {spent_text} is over the {window.api} budget "
-            f"of {limit_text}",
+            f"of {limit_text} ({_resets(window, i.now)})",
             recovered=f"a new {window.api} budget window has started",
             window=current,
+            resets_at=window.end(i.now).isoformat(),
+        )
+
+    return check
+
+
+def _budget_warn(window: Window) -> Callable[[BudgetRule, Inputs, Any], Check]:
+    """The `warn_at` ladder: each step once per window, only the highest of several passed at
+    once, none once the budget itself is over (its own alert says more)."""
+
+    def check(cfg: BudgetRule, i: Inputs, state: Any) -> Check:
+        limit: int = getattr(cfg, window.api)
+        spend = _window_spend(window, i)
+        if spend is None or limit <= 0:
+            return Check(None, False)
+        current = window.start(i.now).isoformat()
+        passed = (state.step or 0) if state.window == current else 0
+        reached = max((s for s in cfg.warn_at if spend * 100 >= s * limit), default=0)
+        if reached <= passed:
+            return Check(None, False)
+        cur = i.currency or ""
+        limit_text = format_money(limit, cur)
+        return Check(
+            # Over budget: the step is only recorded, so it never comes late in this window.
+            active=spend <= limit,
+            rearm=False,
+            value=format_money(spend, cur),
+            threshold=f"{reached} %",
+            fired=f"spend {window.label} {format_money(spend, cur)} is {spend * 100 // limit} % "
+            f"of the {limit_text} {window.api} budget (the {reached} % warning; "
+            f"{_resets(window, i.now)})",
+            window=current,
+            step=reached,
+            resets_at=window.end(i.now).isoformat(),
+        )
+
+    return check
+
+
+# No forecast from the start of a window: a few early requests, extrapolated over the whole
+# window, would predict an overrun nearly every time. The pace counts only after this much.
+FORECAST_AFTER: dict[Window, timedelta] = {
+    Window.DAY: timedelta(hours=6),
+    Window.WEEK: timedelta(days=1),
+    Window.MONTH: timedelta(days=1),
+}
+_END_OF = {Window.DAY: "by midnight UTC", Window.WEEK: "by week end", Window.MONTH: "by month end"}
+
+
+def _span(window: Window, elapsed: timedelta) -> str:
+    """The elapsed part of the window, rounded down: "12 days", "1.5 days", "7.5 hours"."""
+    unit, size = ("hour", 3600) if window is Window.DAY else ("day", 86400)
+    tenths = int(elapsed.total_seconds() * 10 // size)
+    number = str(Decimal(tenths) / 10).removesuffix(".0")
+    return f"{number} {unit}{'' if number == '1' else 's'}"
+
+
+def _budget_forecast(window: Window) -> Callable[[BudgetRule, Inputs, Any], Check]:
+    """Once per window: the spend so far, at the window's own pace, passes the budget before
+    the window ends."""
+
+    def check(cfg: BudgetRule, i: Inputs, state: Any) -> Check:
+        limit: int = getattr(cfg, window.api)
+        spend = _window_spend(window, i)
+        if spend is None or i.usage_at is None or limit <= 0 or spend > limit:
+            return Check(None, False)  # over budget: the budget alert speaks
+        start, end = window.start(i.usage_at), window.end(i.usage_at)
+        elapsed = i.usage_at - start
+        if state.window == start.isoformat() or elapsed < FORECAST_AFTER[window] or not spend:
+            return Check(None, False)
+        micro = timedelta(microseconds=1)
+        elapsed_us, whole_us = elapsed // micro, (end - start) // micro
+        projected = spend * whole_us // elapsed_us  # exact integers, rounded down
+        if projected <= limit:
+            return Check(None, False)
+        # At the same pace the spend reaches the budget after elapsed × limit / spend.
+        passes = start + timedelta(microseconds=elapsed_us * limit // spend)
+        when = f"{passes:%H:%M} UTC" if window is Window.DAY else f"{passes:%Y-%m-%d}"
+        cur = i.currency or ""
+        return Check(
+            active=True,
+            rearm=False,
+            value=format_money(projected, cur),
+            threshold=format_money(limit, cur),
+            fired=f"on pace to pass the {format_money(limit, cur)} {window.api} budget around "
+            f"{when} (projected {format_money(projected, cur)} {_END_OF[window]} at the pace "
+            f"of the first {_span(window, elapsed)}; {_resets(window, i.now)})",
+            window=start.isoformat(),
+            resets_at=end.isoformat(),
         )
 
     return check
@@ -328,7 +444,51 @@ def _budget_spec(window: Window, label: str) -> RuleSpec:
         "budget",
         _budget(window),
         enabled=lambda s: getattr(s, window.api) is not None,
+        window=window,
     )
+
+
+def _budget_extras() -> tuple[RuleSpec, ...]:
+    """Per window, the `warn_at` ladder and the overrun forecast: events (a notice each, no
+    binary sensor of their own) that notify at most once per step or window."""
+    out: list[RuleSpec] = []
+    for window, label in (
+        (Window.DAY, "Daily"),
+        (Window.WEEK, "Weekly"),
+        (Window.MONTH, "Monthly"),
+    ):
+
+        def warn_on(s: BudgetRule, w: Window = window) -> bool:
+            limit = getattr(s, w.api)
+            return limit is not None and limit > 0 and bool(s.warn_at)
+
+        def forecast_on(s: BudgetRule, w: Window = window) -> bool:
+            limit = getattr(s, w.api)
+            return limit is not None and limit > 0 and s.forecast
+
+        out.append(
+            RuleSpec(
+                f"budget_{window.api}_warn",
+                f"{label} budget warning",
+                "budget",
+                _budget_warn(window),
+                enabled=warn_on,
+                event=True,
+                window=window,
+            )
+        )
+        out.append(
+            RuleSpec(
+                f"budget_{window.api}_forecast",
+                f"{label} budget forecast",
+                "budget",
+                _budget_forecast(window),
+                enabled=forecast_on,
+                event=True,
+                window=window,
+            )
+        )
+    return tuple(out)
 
 
 RULES: tuple[RuleSpec, ...] = (
@@ -340,6 +500,7 @@ RULES: tuple[RuleSpec, ...] = (
     RuleSpec("api_down", "API down", "api_down", _api_down),
     RuleSpec("auth_failed", "Key rejected", "auth_failed", _auth_failed),
     RuleSpec("topup", "Top-up", "topup", _topup, event=True),
+    *_budget_extras(),
 )
 BY_NAME: dict[str, RuleSpec] = {r.name: r for r in RULES}
 THRESHOLDS: dict[str, tuple[RuleSpec, Threshold]] = {

@@ -303,6 +303,32 @@ DOCUMENT_ONLY: tuple[Value, ...] = (
 TEST_EVENT = "test"
 
 
+def _resets_at(window: Window) -> Reader:
+    def read(v: AccountView) -> str | None:
+        return None if v.snapshot is None else window.end(v.snapshot.fetched_at).isoformat()
+
+    return read
+
+
+def _warn_step(rule: str) -> Reader:
+    return lambda v: None if v.alerts is None else v.alerts.steps.get(rule)
+
+
+def _budget_attributes(
+    rule: RuleSpec, rules: tuple[RuleSpec, ...]
+) -> tuple[tuple[str, Value], ...]:
+    """A budget's binary sensor: when its UTC window ends (as of the last poll) and, with
+    `warn_at`, the highest warning step passed in the window (null: none yet)."""
+    if rule.window is None:
+        return ()
+    out: tuple[tuple[str, Value], ...] = (
+        ("resets_at", Value(f"resets_at_{rule.name}", _resets_at(rule.window))),
+    )
+    if any(r.name == f"{rule.name}_warn" for r in rules):
+        out += (("warn_step", Value(f"warn_step_{rule.name}", _warn_step(rule.name))),)
+    return out
+
+
 def alert_entities(rules: tuple[RuleSpec, ...]) -> tuple[Entity, ...]:
     """A problem binary_sensor per enabled rule, one event entity, and the number entities
     for the thresholds HA may change."""
@@ -317,6 +343,7 @@ def alert_entities(rules: tuple[RuleSpec, ...]) -> tuple[Entity, ...]:
             device_class="problem",
             gate="bridge",  # an alert (API down!) must stay visible while values are stale
             plain=False,
+            attributes=_budget_attributes(rule, rules),
         )
         for rule in rules
         if not rule.event

@@ -16,7 +16,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from ..core.clock import Clock
-from ..core.evaluate import AlertStatus, RuleState, evaluate
+from ..core.evaluate import AlertStatus, RuleState, evaluate, warn_steps
 from ..core.forecast import WINDOW, burn_rate, runway_days
 from ..core.model import Snapshot, Usage, Window
 from ..core.money import MICRO_PER_UNIT, parse_amount
@@ -217,6 +217,7 @@ class AlertEngine:
             rules=acc.alerts.rule_names(),
             active={r: s.since or self.started_at for r, s in states.items() if s.firing},
             thresholds=self.thresholds(account_id),
+            steps=warn_steps(acc.alerts.rules(), states, self.clock.now()),
         )
 
     async def observe(
@@ -289,5 +290,6 @@ class AlertEngine:
             burn=burn,
             runway_days=runway,
             thresholds=thresholds,
+            steps=warn_steps(acc.alerts.rules(), states, now),
         )
         return status, notices

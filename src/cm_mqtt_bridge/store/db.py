@@ -43,7 +43,8 @@ DB_NAME = "cm_mqtt_bridge.db"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rule_state (
     account TEXT NOT NULL, rule TEXT NOT NULL, firing INTEGER NOT NULL, since REAL,
-    last_notified REAL, window TEXT, seq INTEGER NOT NULL, PRIMARY KEY (account, rule));
+    last_notified REAL, window TEXT, seq INTEGER NOT NULL, step INTEGER,
+    PRIMARY KEY (account, rule));
 CREATE TABLE IF NOT EXISTS overrides (
     account TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, config_value TEXT,
     PRIMARY KEY (account, key));
@@ -147,6 +148,9 @@ class Store:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if "failed" not in columns:  # a database from before permanent failures existed
             self._db.execute("ALTER TABLE outbox ADD COLUMN failed REAL")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(rule_state)")}
+        if "step" not in columns:  # a database from before budget warning steps
+            self._db.execute("ALTER TABLE rule_state ADD COLUMN step INTEGER")
         if now is not None:
             self.check_writable(now)
         # Notice ids carry it: ids from another install, or from this one before a reset,
@@ -228,13 +232,21 @@ class Store:
 
     def rule_states(self, account: str) -> dict[str, RuleState]:
         rows = self._db.execute(
-            "SELECT rule, firing, since, last_notified, window, seq FROM rule_state "
+            "SELECT rule, firing, since, last_notified, window, seq, step FROM rule_state "
             "WHERE account = ?",
             (account,),
         )
         return {
-            rule: RuleState(bool(firing), _dt(since), _dt(last), window, seq)
-            for rule, firing, since, last, window, seq in rows
+            # A step that is not a whole number (a hand edit) counts as none passed.
+            rule: RuleState(
+                bool(firing),
+                _dt(since),
+                _dt(last),
+                window,
+                seq,
+                step=step if isinstance(step, int) else None,
+            )
+            for rule, firing, since, last, window, seq, step in rows
         }
 
     def commit(
@@ -254,7 +266,9 @@ class Store:
             if sample is not None:
                 self.add_sample(account, sample)
             self._db.executemany(
-                "INSERT OR REPLACE INTO rule_state VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO rule_state "
+                "(account, rule, firing, since, last_notified, window, seq, step) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         account,
@@ -264,6 +278,7 @@ class Store:
                         _ts(s.last_notified),
                         s.window,
                         s.seq,
+                        s.step,
                     )
                     for rule, s in changed.items()
                 ],
