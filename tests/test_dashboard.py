@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,70 @@ def test_every_entity_id_is_one_discovery_creates_for_that_account(config: Confi
         "sensor.crossmodel_team_2_available",
     }
     assert overview <= everything
+
+
+def _slug(text: str) -> str:
+    """Home Assistant's slugify for the names used here: ASCII-folded, [a-z0-9] runs joined by _."""
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "_", folded.lower()).strip("_")
+
+
+def ha_entity_id(version: tuple[int, int], device_name: str, cfg: dict[str, Any]) -> str:
+    """The entity id a Home Assistant of this version gives a newly discovered MQTT component,
+    restated from homeassistant/components/mqtt/entity.py of 2024.11, 2025.4 and 2026.11 and
+    core PRs 151775/151996 (2025.10): up to 2025.9 it reads `object_id`; from 2025.10
+    `default_entity_id`, which wins over `object_id`; from 2026.4 `object_id` is dropped.
+    Without them the id is the slug of "<device name> <entity name>"."""
+    platform = cfg["p"]
+    if version >= (2025, 10) and "default_entity_id" in cfg:
+        return f"{platform}.{cfg['default_entity_id'].partition('.')[2]}"
+    if version < (2026, 4) and "object_id" in cfg:
+        return f"{platform}.{_slug(cfg['object_id'])}"
+    return f"{platform}.{_slug(device_name + ' ' + cfg['name'])}"
+
+
+# 2024.11: the oldest the README promises; 2025.4 and 2026.11 checked in the harness.
+HA_VERSIONS = [(2024, 11), (2025, 4), (2025, 9), (2025, 10), (2026, 3), (2026, 4), (2026, 11)]
+
+
+@pytest.mark.parametrize("version", HA_VERSIONS, ids=lambda v: f"{v[0]}.{v[1]}")
+def test_every_home_assistant_version_registers_the_ids_the_dashboard_names(
+    config: Config, version: tuple[int, int]
+) -> None:
+    # The names differ from the ids on purpose: "Team" for team-2, "Low balance alert" for
+    # alert_low_balance. An id derived from them would miss the dashboard's.
+    doc = yaml.safe_load(dashboard.render_yaml(config.accounts, overview=True))
+    registered: set[str] = set()
+    for acc in config.accounts:
+        payload = device_payload(
+            account_id=acc.id,
+            account_name=acc.name,
+            topics=Topics(base="cm_mqtt_bridge", prefix="homeassistant"),
+            currency="USD",
+            qos=1,
+            entities=entities_for(acc.alerts.rules()),
+        )
+        ids = {ha_entity_id(version, payload["dev"]["name"], c) for c in payload["cmps"].values()}
+        assert ids == created_entity_ids(acc)
+        registered |= ids
+    used = entity_ids(doc)
+    assert used <= registered, sorted(used - registered)
+
+
+def test_the_version_model_tells_the_ids_apart() -> None:
+    # The model above must be able to fail: without object_id, HA 2025.4 derives the ids from
+    # the names (checked in the harness: binary_sensor.crossmodel_main_low_balance_alert).
+    cfg = {"p": "binary_sensor", "name": "Low balance alert"}
+    cfg["default_entity_id"] = "binary_sensor.crossmodel_main_alert_low_balance"
+    assert ha_entity_id((2025, 4), "CrossModel Main", cfg) == (
+        "binary_sensor.crossmodel_main_low_balance_alert"
+    )
+    assert ha_entity_id((2026, 11), "CrossModel Main", cfg) == cfg["default_entity_id"]
+    cfg["object_id"] = "crossmodel_main_alert_low_balance"
+    assert ha_entity_id((2025, 4), "CrossModel Main", cfg) == cfg["default_entity_id"]
+    assert ha_entity_id((2026, 11), "CrossModel Main", {**cfg, "default_entity_id": "x.y"}) == (
+        "binary_sensor.y"
+    )
 
 
 def test_alert_cards_only_for_an_account_with_rules(config: Config) -> None:

@@ -71,6 +71,7 @@ BALANCE = {
     "name": "Balance",
     "unique_id": "cm_main_balance",
     "default_entity_id": "sensor.crossmodel_main_balance",
+    "object_id": "crossmodel_main_balance",
     "qos": 1,
     "availability": VALUES_GATE,
     "availability_mode": "all",
@@ -87,6 +88,7 @@ SPEND_TODAY = {
     "name": "Spend today",
     "unique_id": "cm_main_spend_today",
     "default_entity_id": "sensor.crossmodel_main_spend_today",
+    "object_id": "crossmodel_main_spend_today",
     "qos": 1,
     "availability": VALUES_GATE,
     "availability_mode": "all",
@@ -104,6 +106,7 @@ TOKENS_TODAY = {
     "name": "Tokens today",
     "unique_id": "cm_main_tokens_today",
     "default_entity_id": "sensor.crossmodel_main_tokens_today",
+    "object_id": "crossmodel_main_tokens_today",
     "qos": 1,
     "availability": VALUES_GATE,
     "availability_mode": "all",
@@ -121,6 +124,7 @@ REQUESTS_TODAY = {
     "name": "Requests today",
     "unique_id": "cm_main_requests_today",
     "default_entity_id": "sensor.crossmodel_main_requests_today",
+    "object_id": "crossmodel_main_requests_today",
     "qos": 1,
     "availability": VALUES_GATE,
     "availability_mode": "all",
@@ -137,6 +141,7 @@ LAST_UPDATE = {
     "name": "Last update",
     "unique_id": "cm_main_last_update",
     "default_entity_id": "sensor.crossmodel_main_last_update",
+    "object_id": "crossmodel_main_last_update",
     "qos": 1,
     "availability": VALUES_GATE,
     "availability_mode": "all",
@@ -150,6 +155,7 @@ API_STATUS = {
     "name": "API status",
     "unique_id": "cm_main_api_status",
     "default_entity_id": "sensor.crossmodel_main_api_status",
+    "object_id": "crossmodel_main_api_status",
     "qos": 1,
     "availability": BRIDGE_GATE,
     "availability_mode": "all",
@@ -175,6 +181,7 @@ CONNECTED = {
     "name": "Connected",
     "unique_id": "cm_main_connected",
     "default_entity_id": "binary_sensor.crossmodel_main_connected",
+    "object_id": "crossmodel_main_connected",
     "qos": 1,
     "availability": BRIDGE_GATE,
     "availability_mode": "all",
@@ -188,6 +195,7 @@ REFRESH = {
     "name": "Refresh",
     "unique_id": "cm_main_refresh",
     "default_entity_id": "button.crossmodel_main_refresh",
+    "object_id": "crossmodel_main_refresh",
     "qos": 1,
     "availability": BRIDGE_GATE,
     "availability_mode": "all",
@@ -205,6 +213,7 @@ def _sibling(base: dict[str, Any], key: str, name: str, **changes: Any) -> dict[
         "name": name,
         "unique_id": f"cm_main_{key}",
         "default_entity_id": f"{platform}.crossmodel_main_{key}",
+        "object_id": f"crossmodel_main_{key}",
         "value_template": f"{{{{ value_json.{key} }}}}",
     }
     out.update(changes)
@@ -273,6 +282,7 @@ EXPECTED_CMPS: dict[str, dict[str, Any]] = {
         "name": "Burn rate",
         "unique_id": "cm_main_burn_rate",
         "default_entity_id": "sensor.crossmodel_main_burn_rate",
+        "object_id": "crossmodel_main_burn_rate",
         "qos": 1,
         "availability": VALUES_GATE,
         "availability_mode": "all",
@@ -290,6 +300,7 @@ EXPECTED_CMPS: dict[str, dict[str, Any]] = {
         "name": "Runway",
         "unique_id": "cm_main_runway",
         "default_entity_id": "sensor.crossmodel_main_runway",
+        "object_id": "crossmodel_main_runway",
         "qos": 1,
         "availability": VALUES_GATE,
         "availability_mode": "all",
@@ -358,14 +369,16 @@ def test_golden_payload_follows_base_topic_and_qos():
 
 # Keys Home Assistant's MQTT integration accepts (core homeassistant/components/mqtt:
 # schemas.py MQTT_ENTITY_COMMON_SCHEMA + MQTT_AVAILABILITY_SCHEMA, config.py MQTT_BASE/RO/RW
-# schemas, and each platform's _PLATFORM_SCHEMA_BASE). `object_id` is left out on purpose:
-# it is ignored from 2026.4 and the bridge must send `default_entity_id` instead.
+# schemas, and each platform's _PLATFORM_SCHEMA_BASE). The entity id needs two keys: HA up to
+# 2025.9 reads only `object_id`, 2025.10 and later read `default_entity_id` (and do not warn
+# about `object_id` next to it); 2026.4 and later drop `object_id` without a word.
 COMMON_KEYS = frozenset(
     {
         "p",
         "name",
         "unique_id",
         "default_entity_id",
+        "object_id",
         "availability",
         "availability_mode",
         "availability_template",
@@ -554,13 +567,14 @@ def rule_violations(
             bad.append(f"{where} unknown keys {sorted(unknown)}")
         if not isinstance(cfg.get("unique_id"), str) or not cfg["unique_id"]:
             bad.append(f"{where} unique_id missing")
-        if "object_id" in cfg:
-            bad.append(f"{where} object_id sent")
         entity_id = cfg.get("default_entity_id")
         if not isinstance(entity_id, str) or not ENTITY_ID_RE.match(entity_id):
             bad.append(f"{where} default_entity_id {entity_id!r}")
         elif entity_id.split(".")[0] != p:
             bad.append(f"{where} default_entity_id domain {entity_id!r} for {p}")
+        elif cfg.get("object_id") != entity_id.split(".")[1]:
+            # Without it, HA before 2025.10 derives another id from the names.
+            bad.append(f"{where} object_id {cfg.get('object_id')!r} for {entity_id}")
         if not cfg.get("name"):
             bad.append(f"{where} name missing")
 
@@ -704,7 +718,9 @@ def test_rule_checker_catches_broken_payloads():
     assert broken("balance", default_entity_id=None)
     assert broken("balance", default_entity_id="sensor.Crossmodel")
     assert broken("balance", default_entity_id="binary_sensor.crossmodel_main_balance")
-    assert broken("balance", object_id="crossmodel_main_balance")
+    assert broken("balance", object_id=None)
+    assert broken("balance", object_id="crossmodel_main_balance_2")
+    assert broken("alert_low_balance", object_id="crossmodel_main_low_balance_alert")
     assert broken("balance", state_topic=None)
     assert broken("refresh", command_topic=None)
     assert broken("balance", unit_of_measurment="USD")

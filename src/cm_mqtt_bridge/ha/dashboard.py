@@ -1,8 +1,9 @@
 """A ready Home Assistant (Lovelace) dashboard for the configured accounts, as YAML text.
 
 Pure: config in, text out. Every entity id comes from the entity table (`entities_for`) and
-discovery's naming (`default_entity_id`), so the dashboard names exactly the entities the
-bridge creates for each account: alert cards only appear for an account with alert rules.
+discovery's naming (`default_entity_id`, and the same `object_id` for HA before 2025.10), so
+the dashboard names exactly the entities the bridge creates for each account: alert cards only
+appear for an account with alert rules.
 Only cards that ship with Home Assistant 2024.11+ are used (no custom cards).
 """
 
@@ -92,8 +93,9 @@ def account_view(acc: AccountConfig, path: str | None = None) -> dict[str, Any]:
             "type": "entities",
             "title": "Wallet",
             "entities": a.rows(
-                # Ids HA before 2025.10 derives from the names too (not "spend_month", whose
-                # name "Spend this month" gives sensor.crossmodel_<account>_spend_this_month).
+                # Ids that are the same when an HA before 2025.10 derived them from the names
+                # (entities an older bridge created there keep those ids): not "spend_month",
+                # whose name "Spend this month" gives …_spend_this_month.
                 ("balance", "available", "holds", "spend_today", "runway", "burn_rate")
             ),
         },

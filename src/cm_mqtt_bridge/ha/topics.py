@@ -102,5 +102,10 @@ def unique_id(account_id: str, key: str) -> str:
     return f"cm_{account_id}_{key}"
 
 
+def object_id(account_id: str, key: str) -> str:
+    """An entity id without its domain: `crossmodel_<account>_<key>`."""
+    return f"crossmodel_{entity_slug(account_id)}_{key}"
+
+
 def default_entity_id(platform: str, account_id: str, key: str) -> str:
-    return f"{platform}.crossmodel_{entity_slug(account_id)}_{key}"
+    return f"{platform}.{object_id(account_id, key)}"
