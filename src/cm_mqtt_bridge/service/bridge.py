@@ -228,9 +228,8 @@ class Bridge:
                 alert_retry=self.retry_backoff,
                 spread=len(cfg.accounts) > 1,
             )
+        # Each account announces its device after its first poll (see AccountRuntime).
         self.publisher.set(self.topics.bridge_status, "online", Kind.STATUS)
-        for runtime in self.accounts.values():
-            runtime.set_discovery()
         keep = self.supervisor.start
         keep("publisher", self.publisher.run)
         for channel in channels:

@@ -33,6 +33,7 @@ from .publisher import Publisher
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 3600.0
 EVALUATION_GRACE = 0.25  # seconds
+DISCOVERY_GRACE = 5.0  # seconds after start without a poll result: announce anyway
 
 
 class AccountRuntime:
@@ -75,6 +76,12 @@ class AccountRuntime:
         self.doc: dict[str, Any] | None = None  # the state document published last
         self._rendered_key: tuple[object, ...] | None = None
         self.currency: str | None = None
+        # Discovery waits for the first poll (it brings the currency the money entities need):
+        # Home Assistant 2024.11-2025.4 can drop a component of a device message that comes
+        # while it still handles the one before. Without an answer by DISCOVERY_GRACE, the
+        # device is announced without them.
+        self.announced_discovery = False
+        self._discovery_due: float | None = None
         self.removed: dict[str, str] = {}  # components to remove in the next discovery
         self.polls = 0
         self.last_success: float | None = None  # monotonic time of the last good /credits
@@ -154,10 +161,16 @@ class AccountRuntime:
                 self._retrying.cancel()
 
     async def _watch(self) -> None:
+        self._discovery_due = self._clock.monotonic() + DISCOVERY_GRACE
         while True:
             self._changed.clear()
             now = self._clock.monotonic()
             deadlines: list[float] = []
+            if not self.announced_discovery and self._discovery_due is not None:
+                if now >= self._discovery_due:
+                    self.set_discovery()
+                else:
+                    deadlines.append(self._discovery_due)
             stale_at = self._stale_at()
             if self.view.fresh and stale_at is not None:
                 if now >= stale_at:
@@ -265,6 +278,8 @@ class AccountRuntime:
             wait = min(exc.retry_after, MAX_RETRY_AFTER)
             self.not_before = self._clock.monotonic() + wait
         self._apply(PollFailed(exc.status, str(exc)))
+        if not self.announced_discovery:
+            self.set_discovery()  # no currency to wait for: the API status entities matter now
         await self._evaluate_and_publish(record=False)
 
     def _apply(self, event: Event) -> None:
@@ -382,6 +397,7 @@ class AccountRuntime:
         )
 
     def set_discovery(self) -> None:
+        self.announced_discovery = True
         self._publisher.set(self._topics.device(self.id), dumps(self.discovery()), Kind.DISCOVERY)
         # A removal ({"p": …}) goes out once, in this payload; later payloads leave it out.
         self.removed = {}
