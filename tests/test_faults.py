@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from cm_mqtt_bridge.config.settings import Config
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.bridge import Bridge
 from cm_mqtt_bridge.service.runtime import AccountRuntime
 from cm_mqtt_bridge.store.db import DB_NAME, Store
@@ -35,13 +36,6 @@ REFRESH = f"{BASE}/refresh/set"
 DEVICE = "homeassistant/device/cm_main/config"
 TOPIC = "wallet"
 HOLDS = 125_000  # the stand-in's uncollected_micro
-FAST = {
-    "restart_backoff": (0.1, 0.5),
-    "retry_backoff": (0.1, 0.5),
-    "dispatch_backoff": 0.1,
-    "reconnect_backoff": (0.05, 0.2),
-    "delivery_retry_wait": (0.02, 0.05),
-}
 
 
 def alert_config(
@@ -60,8 +54,8 @@ def alert_config(
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, **kwargs: Any) -> AsyncIterator[Bridge]:
-    bridge = Bridge(config, readback_seconds=0.1, **{**FAST, **kwargs})
+async def running(config: Config, **timings: Any) -> AsyncIterator[Bridge]:
+    bridge = Bridge(config, timings=Timings.fast(**timings))
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
     try:

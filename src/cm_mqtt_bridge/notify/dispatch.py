@@ -20,11 +20,11 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from ..core.clock import Clock, backoff, wait_event
 from ..core.notice import Notice
-from ..store.db import STORE_RETRY, AsyncStore, OutboxItem, Store, StoreError
+from ..core.timings import DEFAULTS, Timings
+from ..store.db import AsyncStore, OutboxItem, Store, StoreError
 from .channels import Channel, DeliveryError, RefusedError
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF = 300.0
 # `Store.due`'s cut-off that makes every owed notice due: this loop times the retries.
 EVERYTHING = datetime.max.replace(tzinfo=UTC)
 
@@ -37,18 +37,16 @@ class Dispatcher:
         clock: Clock,
         *,
         attempts: int = 3,
-        backoff_base: float = 5.0,
-        retry_wait: tuple[float, float] = (0.5, 4.0),
-        store_retry: tuple[float, float] = STORE_RETRY,
+        timings: Timings = DEFAULTS,
         on_refused: Callable[[str], None] = lambda channel: None,
     ) -> None:
         self.store = store
         self.channels = list(channels)
         self._clock = clock
         self._attempts = attempts
-        self._backoff_base = backoff_base
-        self._retry_wait = retry_wait  # between attempts of one delivery: first, cap
-        self._store_retry = store_retry
+        self._backoff = timings.dispatch_backoff
+        self._retry_wait = timings.delivery_retry_wait  # between attempts of one delivery
+        self._store_retry = timings.retry_backoff
         self._on_refused = on_refused
         self._wake = {c.name: asyncio.Event() for c in self.channels}
         self._resume = {c.name: True for c in self.channels}
@@ -185,7 +183,7 @@ class Dispatcher:
                 await self.store.call(Store.gave_up, item, self._clock.now(), str(exc))
                 continue
             except DeliveryError as exc:
-                delay = backoff(self._backoff_base, MAX_BACKOFF, item.attempts)
+                delay = backoff(*self._backoff, item.attempts)
                 self._retry_at[name] = self._clock.monotonic() + delay
                 retry_at = self._clock.now() + timedelta(seconds=delay)  # stored as a date
                 log.warning(

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from ..core.clock import Clock, format_until
 from ..core.rules import THRESHOLDS
+from ..core.timings import DEFAULTS
 from ..ha.topics import REFRESH, Topics
 from .alerting import ThresholdError
 from .runtime import AccountRuntime
@@ -28,7 +29,7 @@ class Births:
         rng: random.Random,
         resend: Callable[[], None],
         *,
-        delay: tuple[float, float] = (0.5, 3.0),
+        delay: tuple[float, float] = DEFAULTS.birth_delay,
         cap: float = 10.0,
     ) -> None:
         self._clock = clock

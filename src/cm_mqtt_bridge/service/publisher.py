@@ -23,13 +23,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..config.settings import MqttConfig
-from ..core.clock import Clock
+from ..core.clock import Clock, backoff
 from ..core.neterror import describe_broker
+from ..core.timings import DEFAULTS, Timings
 from ..ha.topics import Kind, Topics
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 30.0
 IN_FLIGHT = 20  # paho's default limit of QoS > 0 messages in flight
 # The largest packet (MQTT 5) the broker may send us; it drops bigger ones, so anyone allowed to
 # publish on a topic we read cannot make us hold 100 MB. Far above what we read legitimately:
@@ -83,9 +83,8 @@ class Publisher:
         on_message: MessageHandler,
         read_retained: RetainedRead | None = None,
         on_connection: Callable[[bool], None] | None = None,
-        readback_seconds: float = 3.0,
+        timings: Timings = DEFAULTS,
         rng: random.Random | None = None,
-        reconnect_backoff: tuple[float, float] = (1.0, MAX_BACKOFF),
     ) -> None:
         self._cfg = cfg
         # MQTT 5 unless configured otherwise, or until the broker refuses it (then 3.1.1).
@@ -96,8 +95,8 @@ class Publisher:
         self._on_message = on_message
         self._read_retained = read_retained
         self._on_connection = on_connection
-        self._readback_seconds = readback_seconds
-        self._reconnect = reconnect_backoff
+        self._readback_seconds = timings.readback_seconds
+        self._reconnect = timings.reconnect_backoff
         self._rng = rng or random.Random()
         self._desired: dict[str, _Entry] = {}
         self._sent: dict[str, bytes] = {}
@@ -180,30 +179,30 @@ class Publisher:
 
     async def run(self) -> None:
         """Connect, and reconnect with capped exponential backoff, until cancelled."""
-        first, cap = self._reconnect
-        backoff = first
+        failures = 0  # in a row, without a connection between them
         while not self._stopping:
+            wait = backoff(*self._reconnect, failures)
             try:
                 async with self.make_client() as client:
-                    backoff = first
+                    failures, wait = 0, backoff(*self._reconnect, 0)
                     await self._serve(client)
             except* aiomqtt.MqttError as group:
                 exc = group.exceptions[0]
                 if self._fall_back(exc):
-                    backoff = 0.0  # the next try is the older protocol, at once
+                    wait = 0.0  # the next try is the older protocol, at once
                 elif not self._stopping:
                     log.warning(
                         "MQTT broker %s:%d: %s; reconnecting in %.0f s",
                         self._cfg.host,
                         self._cfg.port,
                         describe_broker(exc, self._cfg.host),
-                        backoff,
+                        wait,
                     )
             except* Exception as group:
                 # A bug or a hostile message must not end MQTT for good: log, reconnect.
                 log.error(
                     "MQTT connection failed unexpectedly; reconnecting in %.0f s",
-                    backoff,
+                    wait,
                     exc_info=group.exceptions[0],
                 )
             finally:
@@ -214,9 +213,11 @@ class Publisher:
                         self._on_connection(False)
             if self._stopping:
                 return
-            if backoff:
-                await self._clock.sleep(backoff * (0.8 + 0.4 * self._rng.random()))
-            backoff = min(cap, max(first, backoff * 2))
+            if wait:
+                await self._clock.sleep(wait * (0.8 + 0.4 * self._rng.random()))
+                failures += 1
+            else:
+                failures = 0
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._client = client

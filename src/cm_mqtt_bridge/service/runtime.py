@@ -18,6 +18,7 @@ from ..config.settings import AccountConfig, PollConfig
 from ..core.clock import Clock, backoff, format_until, wait_event
 from ..core.model import Snapshot, Window
 from ..core.money import format_money
+from ..core.timings import DEFAULTS, Timings
 from ..core.view import AccountView, AlertsEvaluated, Event, Polled, PollFailed, WentStale, reduce
 from ..crossmodel.client import ApiError, CrossModelClient
 from ..crossmodel.fetch import fetch_snapshot
@@ -25,7 +26,7 @@ from ..ha.discovery import Announced, device_payload
 from ..ha.entities import entities_for
 from ..ha.render import dumps, render
 from ..ha.topics import Kind, Topics
-from ..store.db import STORE_RETRY, StoreError
+from ..store.db import StoreError
 from .alerting import AlertEngine, Observation, ThresholdError
 from .metrics import Metrics
 from .publisher import Publisher
@@ -51,7 +52,7 @@ class AccountRuntime:
         qos: int,
         concurrency: asyncio.Semaphore,
         on_notices: Callable[[], None] = lambda: None,
-        alert_retry: tuple[float, float] = STORE_RETRY,
+        timings: Timings = DEFAULTS,
         spread: bool = False,
     ) -> None:
         self.cfg = cfg
@@ -67,7 +68,8 @@ class AccountRuntime:
         self._qos = qos
         self._sem = concurrency
         self._on_notices = on_notices
-        self._alert_retry = alert_retry
+        self._alert_retry = timings.retry_backoff
+        self._grace = timings.evaluation_grace
         self._spread = spread
         self.rules = cfg.alerts.rules()
         self.entities = entities_for(self.rules)

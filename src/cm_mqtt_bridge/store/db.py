@@ -31,12 +31,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from ..core.evaluate import RuleState
 from ..core.notice import Notice
 from ..core.samples import Sample
+from ..core.timings import DEFAULTS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-STORE_RETRY = (1.0, 60.0)  # backoff (first, cap) while the database fails
-STORE_DEADLINE = 5.0  # seconds a store call may take before the store counts as stuck
-LOCK_WAIT = 5.0  # seconds `run` waits at start for a lock another program holds
 P = ParamSpec("P")
 
 DB_NAME = "cm_mqtt_bridge.db"
@@ -583,7 +581,7 @@ class AsyncStore:
     card or NFS share) raises StoreError too; while it is still stuck, later calls fail at
     once instead of queueing behind it, so the callers owe their work and retry it later."""
 
-    def __init__(self, store: Store, *, deadline: float = STORE_DEADLINE) -> None:
+    def __init__(self, store: Store, *, deadline: float = DEFAULTS.store_deadline) -> None:
         self.store = store
         self.deadline = deadline
         self._worker = _Worker()
