@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from ..core.clock import Clock, backoff, wait_event
+from ..core.clock import Clock, backoff
 from ..core.notice import Notice
 from ..core.timings import DEFAULTS, Timings
 from ..store.db import AsyncStore, OutboxItem, Store, StoreError
@@ -94,7 +94,7 @@ class Dispatcher:
                 failures += 1
             else:
                 failures = 0
-            await wait_event(self._clock, wake, timeout)
+            await self._clock.wait(wake, timeout)
 
     async def drain(self, seconds: float) -> None:
         """Start no more deliveries and give those in flight `seconds` to finish and be
@@ -105,7 +105,7 @@ class Dispatcher:
         busy = ", ".join(sorted(self._busy))
         log.info("waiting up to %g s for alert deliveries in flight (%s)", seconds, busy)
         self._idle.clear()
-        if not await wait_event(self._clock, self._idle, seconds):
+        if not await self._clock.wait(self._idle, seconds):
             log.warning(
                 "alert deliveries still in flight after %g s (%s): they are sent again after "
                 "the restart",
@@ -124,7 +124,7 @@ class Dispatcher:
 
     async def _stop_aware_sleep(self, seconds: float) -> None:
         # The wait between attempts ends when the bridge stops; the next attempt then gives up.
-        await wait_event(self._clock, self._stopping, seconds)
+        await self._clock.wait(self._stopping, seconds)
 
     async def _round(self, channel: Channel) -> float:
         """Record what was sent, send what is due; return how long to wait."""

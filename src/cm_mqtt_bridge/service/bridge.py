@@ -213,7 +213,7 @@ class Bridge:
             )
         self.publisher.set(self.topics.bridge_status, "online", Kind.STATUS)
         for runtime in self.accounts.values():
-            runtime.set_discovery()
+            runtime.output.set_discovery()
         keep = self.supervisor.start
         keep("publisher", self.publisher.run)
         for channel in channels:
@@ -257,7 +257,7 @@ class Bridge:
         for topic in gone:
             self.publisher.set(topic, b"", Kind.DISCOVERY, once=True)
         for account_id, announced in found.items():
-            self.accounts[account_id].announced(announced)
+            self.accounts[account_id].output.announced(announced)
 
     def _resend(self) -> None:
         self.publisher.resend(Kind.STATUS, Kind.DISCOVERY, Kind.AVAILABILITY, Kind.STATE)

@@ -72,6 +72,82 @@ class RetainedRead:
     handler: Callable[[dict[str, bytes]], Awaitable[None]]
 
 
+class Broker:
+    """How to connect to the broker: the client's options, and MQTT 5 until the broker
+    refuses it (then 3.1.1)."""
+
+    def __init__(self, cfg: MqttConfig, topics: Topics) -> None:
+        self._cfg = cfg
+        self._topics = topics
+        self.v5 = cfg.protocol == "5"
+
+    def _tls(self) -> aiomqtt.TLSParameters | None:
+        if not self._cfg.tls:
+            return None
+        return aiomqtt.TLSParameters(
+            ca_certs=str(self._cfg.ca_file) if self._cfg.ca_file else None,
+            certfile=str(self._cfg.certfile) if self._cfg.certfile else None,
+            keyfile=str(self._cfg.keyfile) if self._cfg.keyfile else None,
+            cert_reqs=ssl.CERT_NONE if self._cfg.tls_insecure else ssl.CERT_REQUIRED,
+        )
+
+    def client(self, *, probe: bool = False) -> aiomqtt.Client:
+        """The bridge's connection; a `probe` (the `check` command) gets its own client id and
+        no Will, so it never takes over a running bridge's session or says it is offline."""
+        cfg = self._cfg
+        v5 = self.v5
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.MaximumPacketSize = MAX_PACKET_BYTES
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            identifier=f"{cfg.client_id}-check-{uuid.uuid4().hex[:8]}" if probe else cfg.client_id,
+            logger=_MQTT_LOG,
+            keepalive=cfg.keepalive,
+            will=None
+            if probe
+            else aiomqtt.Will(self._topics.bridge_status, "offline", qos=1, retain=True),
+            tls_params=self._tls(),
+            tls_insecure=cfg.tls_insecure if cfg.tls else None,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            # A fresh session each time: MQTT 5 says so with clean start (its session expiry
+            # defaults to 0), 3.1.1 with clean session.
+            clean_session=None if v5 else True,
+            clean_start=True if v5 else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+            timeout=10,
+        )
+
+    def fall_back(self, exc: BaseException) -> bool:
+        """A broker without MQTT 5 (an old Mosquitto, Aedes, VerneMQ by default) answers the
+        CONNECT with "unsupported protocol version": speak 3.1.1 to it from now on, once."""
+        if not (self.v5 and isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in (1, 132)):
+            return False
+        self.v5 = False
+        log.warning(
+            "MQTT broker %s:%d does not speak MQTT 5; using MQTT 3.1.1 (without the client-side "
+            'message size bound; set mqtt.protocol: "3.1.1" to skip this try)',
+            self._cfg.host,
+            self._cfg.port,
+        )
+        return True
+
+    async def probe(self) -> str | None:
+        """None when a connection to the broker works, else the reason (`check`)."""
+        for _ in range(2):
+            try:
+                async with self.client(probe=True):
+                    return None
+            except aiomqtt.MqttError as exc:
+                if not self.fall_back(exc):
+                    return describe_broker(exc, self._cfg.host)
+        return None  # not reached: the second try is 3.1.1, which cannot fall back
+
+
 class Publisher:
     def __init__(
         self,
@@ -87,8 +163,7 @@ class Publisher:
         rng: random.Random | None = None,
     ) -> None:
         self._cfg = cfg
-        # MQTT 5 unless configured otherwise, or until the broker refuses it (then 3.1.1).
-        self.v5 = cfg.protocol == "5"
+        self.broker = Broker(cfg, topics)
         self._topics = topics
         self._clock = clock
         self._subscriptions = list(subscriptions)
@@ -136,46 +211,16 @@ class Publisher:
 
     # ---- connection --------------------------------------------------------------------
 
-    def _tls(self) -> aiomqtt.TLSParameters | None:
-        if not self._cfg.tls:
-            return None
-        return aiomqtt.TLSParameters(
-            ca_certs=str(self._cfg.ca_file) if self._cfg.ca_file else None,
-            certfile=str(self._cfg.certfile) if self._cfg.certfile else None,
-            keyfile=str(self._cfg.keyfile) if self._cfg.keyfile else None,
-            cert_reqs=ssl.CERT_NONE if self._cfg.tls_insecure else ssl.CERT_REQUIRED,
-        )
+    @property
+    def v5(self) -> bool:
+        return self.broker.v5
 
     def make_client(self, *, probe: bool = False) -> aiomqtt.Client:
-        """The bridge's connection; a `probe` (the `check` command) gets its own client id and
-        no Will, so it never takes over a running bridge's session or says it is offline."""
-        cfg = self._cfg
-        v5 = self.v5
-        properties = None
-        if v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.MaximumPacketSize = MAX_PACKET_BYTES
-        return aiomqtt.Client(
-            cfg.host,
-            cfg.port,
-            username=cfg.username,
-            password=cfg.password.get_secret_value() if cfg.password else None,
-            identifier=f"{cfg.client_id}-check-{uuid.uuid4().hex[:8]}" if probe else cfg.client_id,
-            logger=_MQTT_LOG,
-            keepalive=cfg.keepalive,
-            will=None
-            if probe
-            else aiomqtt.Will(self._topics.bridge_status, "offline", qos=1, retain=True),
-            tls_params=self._tls(),
-            tls_insecure=cfg.tls_insecure if cfg.tls else None,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            # A fresh session each time: MQTT 5 says so with clean start (its session expiry
-            # defaults to 0), 3.1.1 with clean session.
-            clean_session=None if v5 else True,
-            clean_start=True if v5 else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=properties,
-            timeout=10,
-        )
+        return self.broker.client(probe=probe)
+
+    async def probe(self) -> str | None:
+        """None when a connection to the broker works, else the reason (`check`)."""
+        return await self.broker.probe()
 
     async def run(self) -> None:
         """Connect, and reconnect with capped exponential backoff, until cancelled."""
@@ -188,7 +233,7 @@ class Publisher:
                     await self._serve(client)
             except* aiomqtt.MqttError as group:
                 exc = group.exceptions[0]
-                if self._fall_back(exc):
+                if self.broker.fall_back(exc):
                     wait = 0.0  # the next try is the older protocol, at once
                 elif not self._stopping:
                     log.warning(
@@ -352,31 +397,6 @@ class Publisher:
         except aiomqtt.MqttError as exc:
             raise PublishError(str(exc) or type(exc).__name__) from None
         self.publish_count += 1
-
-    def _fall_back(self, exc: BaseException) -> bool:
-        """A broker without MQTT 5 (an old Mosquitto, Aedes, VerneMQ by default) answers the
-        CONNECT with "unsupported protocol version": speak 3.1.1 to it from now on, once."""
-        if not (self.v5 and isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in (1, 132)):
-            return False
-        self.v5 = False
-        log.warning(
-            "MQTT broker %s:%d does not speak MQTT 5; using MQTT 3.1.1 (without the client-side "
-            'message size bound; set mqtt.protocol: "3.1.1" to skip this try)',
-            self._cfg.host,
-            self._cfg.port,
-        )
-        return True
-
-    async def probe(self) -> str | None:
-        """None when a connection to the broker works, else the reason (`check`)."""
-        for _ in range(2):
-            try:
-                async with self.make_client(probe=True):
-                    return None
-            except aiomqtt.MqttError as exc:
-                if not self._fall_back(exc):
-                    return describe_broker(exc, self._cfg.host)
-        return None  # not reached: the second try is 3.1.1, which cannot fall back
 
     async def close(self, timeout: float = 2.0) -> None:
         """Say `offline` (clean disconnects do not trigger the Will) and stop reconnecting."""
