@@ -348,7 +348,7 @@ class ConnectGate:
         self.opened = asyncio.Event()
         self.opened.set()
         self.connecting = 0
-        make_client = bridge.publisher.make_client
+        make_client = bridge.publisher.broker.client
         gate = self
 
         class Gated:
@@ -367,7 +367,9 @@ class ConnectGate:
                 return await self.client.__aexit__(*exc)
 
         monkeypatch.setattr(
-            bridge.publisher, "make_client", lambda *, probe=False: Gated(make_client(probe=probe))
+            bridge.publisher.broker,
+            "client",
+            lambda *, probe=False: Gated(make_client(probe=probe)),
         )
 
     async def close(self) -> None:

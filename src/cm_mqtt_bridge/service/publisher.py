@@ -211,24 +211,13 @@ class Publisher:
 
     # ---- connection --------------------------------------------------------------------
 
-    @property
-    def v5(self) -> bool:
-        return self.broker.v5
-
-    def make_client(self, *, probe: bool = False) -> aiomqtt.Client:
-        return self.broker.client(probe=probe)
-
-    async def probe(self) -> str | None:
-        """None when a connection to the broker works, else the reason (`check`)."""
-        return await self.broker.probe()
-
     async def run(self) -> None:
         """Connect, and reconnect with capped exponential backoff, until cancelled."""
         failures = 0  # in a row, without a connection between them
         while not self._stopping:
             wait = backoff(*self._reconnect, failures)
             try:
-                async with self.make_client() as client:
+                async with self.broker.client() as client:
                     failures, wait = 0, backoff(*self._reconnect, 0)
                     await self._serve(client)
             except* aiomqtt.MqttError as group:
@@ -310,27 +299,14 @@ class Publisher:
                     self._readback[topic] = payload[: read.max_bytes + 1]
                 continue
             if message.retain and self._topics.parse_command(topic) is not None:
-                self._ignore_retained(topic)
+                self._retained_commands += 1
+                _ignored_retained(topic, first=self._retained_commands == 1)
                 continue
             try:
                 await self._on_message(topic, payload)
             except Exception:
                 # A bad command must never take the connection down.
                 log.exception("error handling message on %s", topic)
-
-    def _ignore_retained(self, topic: str) -> None:
-        """A retained command is stale by the time we (re)connect: applying it would undo
-        what was set from Home Assistant since. One line a connection says how to clear it."""
-        self._retained_commands += 1
-        if self._retained_commands == 1:
-            log.warning(
-                "ignored a retained command on %s (commands count only when sent live; "
-                "clear it: mosquitto_pub -r -n -t '%s')",
-                topic[:200],
-                topic[:200],
-            )
-        else:
-            log.debug("ignored a retained command on %s", topic[:200])
 
     async def _sync(self, client: aiomqtt.Client) -> None:
         while True:
@@ -410,3 +386,17 @@ class Publisher:
             )
         except (aiomqtt.MqttError, TimeoutError) as exc:
             log.warning("could not publish offline status: %s", str(exc) or type(exc).__name__)
+
+
+def _ignored_retained(topic: str, *, first: bool) -> None:
+    """A retained command is stale by the time we (re)connect: applying it would undo what
+    was set from Home Assistant since. One line a connection (`first`) says how to clear it."""
+    if first:
+        log.warning(
+            "ignored a retained command on %s (commands count only when sent live; "
+            "clear it: mosquitto_pub -r -n -t '%s')",
+            topic[:200],
+            topic[:200],
+        )
+    else:
+        log.debug("ignored a retained command on %s", topic[:200])
