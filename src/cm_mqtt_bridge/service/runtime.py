@@ -24,7 +24,7 @@ from ..crossmodel.client import ApiError, CrossModelClient
 from ..crossmodel.fetch import fetch_snapshot
 from ..ha.discovery import Announced, device_payload
 from ..ha.entities import Entity, entities_for
-from ..ha.render import dumps, render
+from ..ha.render import Rendered, document_values, dumps, render
 from ..ha.topics import Kind, Topics
 from ..store.db import StoreError
 from .alerting import AlertEngine, Observation
@@ -62,7 +62,8 @@ class AccountOutput:
         self._publisher = publisher
         self._qos = qos
         self._alerts = alerts
-        self.doc: dict[str, Any] | None = None  # the state document published last
+        self._values = document_values(entities)
+        self.rendered: Rendered | None = None  # what was published last
         self.currency: str | None = None
         self.removed: dict[str, str] = {}  # components to remove in the next discovery
 
@@ -70,9 +71,15 @@ class AccountOutput:
         # No key of what render reads: render is cheap, and the publisher sends a topic only
         # when its payload differs (an unchanged poll publishes nothing).
         rendered = render(
-            self.id, view, self.entities, self._topics, published=self.doc, alerts=self._alerts
+            self.id,
+            view,
+            self.entities,
+            self._topics,
+            previous=self.rendered,
+            alerts=self._alerts,
+            values=self._values,
         )
-        self.doc = rendered.doc
+        self.rendered = rendered
         for topic, (payload, kind) in rendered.messages.items():
             self._publisher.set(topic, payload, kind)
 
