@@ -12,7 +12,7 @@ import pytest
 from cm_mqtt_bridge.cli.main import setup_logging
 from cm_mqtt_bridge.config.settings import ConfigError, load_config
 from cm_mqtt_bridge.core.timings import Timings
-from cm_mqtt_bridge.service import runtime
+from cm_mqtt_bridge.service import schedule
 from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import run_cli
@@ -34,7 +34,7 @@ async def test_a_hostile_retained_discovery_message_does_not_stop_mqtt(standin, 
 
 
 async def test_an_absurd_retry_after_does_not_stop_polling(standin, mosquitto, monkeypatch):
-    monkeypatch.setattr(runtime, "MAX_RETRY_AFTER", 0.3)
+    monkeypatch.setattr(schedule, "MAX_RETRY_AFTER", 0.3)
     standin.queue("credits", Reply(status=429, headers={"Retry-After": "99999999"}))
     config = make_config(standin.url, mosquitto.port, poll={"interval": 0.1})
     stop = asyncio.Event()
