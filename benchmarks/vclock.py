@@ -1,6 +1,6 @@
 """A virtual-time clock for the idle-hour benchmark.
 
-Unlike `cm_mqtt_bridge.core.clock.FakeClock` (whose `sleep` advances time at once), sleepers here
+Unlike `tests.fakes.FakeClock` (whose `sleep` advances time at once), sleepers here
 wait until a driver moves time forward. The driver advances to the next timer only after real
 I/O (HTTP to the loopback stand-in, MQTT round trips) has settled, so an hour of the bridge's
 life runs in seconds while every poll and publish really happens.
@@ -14,8 +14,10 @@ import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from cm_mqtt_bridge.core.clock import SleepClock
 
-class VirtualClock:
+
+class VirtualClock(SleepClock):
     """Implements the bridge's Clock protocol (now / monotonic / sleep) on virtual time."""
 
     def __init__(self, start: datetime | None = None, monotonic: float = 1000.0) -> None:

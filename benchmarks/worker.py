@@ -35,6 +35,7 @@ import aiomqtt
 from cm_mqtt_bridge import __version__
 from cm_mqtt_bridge.config.settings import Config, PollConfig
 from cm_mqtt_bridge.core.clock import Clock
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.ha.entities import ENTITIES
 from cm_mqtt_bridge.ha.topics import Kind
 from cm_mqtt_bridge.service.bridge import Bridge
@@ -153,7 +154,7 @@ class Observed:
 async def start_bridge(
     config: Config, **kwargs: Any
 ) -> tuple[Bridge, Observed, asyncio.Event, asyncio.Task[None]]:
-    bridge = Bridge(config, rng=random.Random(7), readback_seconds=0.5, **kwargs)
+    bridge = Bridge(config, rng=random.Random(7), timings=Timings(readback_seconds=0.5), **kwargs)
     observed = Observed(bridge)
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from cm_mqtt_bridge.core.clock import SleepClock
 
-class FakeClock:
+
+class FakeClock(SleepClock):
     """A clock that moves only when told to; `sleep` advances it instead of waiting."""
 
     def __init__(self, start: datetime | None = None) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from cm_mqtt_bridge.config.settings import Config
 from cm_mqtt_bridge.core.clock import Clock
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.bridge import Bridge
 from cm_mqtt_bridge.store.db import DB_NAME
 from tests.helpers import bare, db_rows, outbox, until
@@ -71,16 +72,12 @@ def alert_config(
 async def running(
     config: Config, dispatch_backoff: float = DISPATCH_BACKOFF, clock: Clock | None = None
 ) -> AsyncIterator[Bridge]:
-    bridge = Bridge(
-        config,
-        clock=clock,
-        readback_seconds=0.1,
-        dispatch_backoff=dispatch_backoff,
+    timings = Timings.fast(
+        dispatch_backoff=(dispatch_backoff, 300.0),
         restart_backoff=(0.1, 1.0),
         retry_backoff=(0.1, 1.0),
-        reconnect_backoff=(0.05, 0.2),
-        delivery_retry_wait=(0.02, 0.05),
     )
+    bridge = Bridge(config, clock=clock, timings=timings)
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
     try:
@@ -351,7 +348,7 @@ class ConnectGate:
         self.opened = asyncio.Event()
         self.opened.set()
         self.connecting = 0
-        make_client = bridge.publisher.make_client
+        make_client = bridge.publisher.broker.client
         gate = self
 
         class Gated:
@@ -370,7 +367,9 @@ class ConnectGate:
                 return await self.client.__aexit__(*exc)
 
         monkeypatch.setattr(
-            bridge.publisher, "make_client", lambda *, probe=False: Gated(make_client(probe=probe))
+            bridge.publisher.broker,
+            "client",
+            lambda *, probe=False: Gated(make_client(probe=probe)),
         )
 
     async def close(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -318,12 +317,10 @@ async def test_20_mb_body_refused_naming_the_cap(
     make_client: MakeClient, standin: CrossModelStandin
 ) -> None:
     standin.queue("credits", Reply(body=b"x" * (20 * 1024 * 1024)))
-    started = time.monotonic()
     err = await credits_error(make_client())
     assert type(err) is InvalidResponse
     assert str(err) == f"/credits: body larger than {MAX_BODY} bytes"
     assert MAX_BODY == 1024 * 1024
-    assert time.monotonic() - started < 5
     assert standin.count("credits") == 1
 
 
@@ -331,28 +328,24 @@ async def test_declared_huge_body_refused_before_reading(
     make_client: MakeClient, standin: CrossModelStandin
 ) -> None:
     # 20 MB announced, then sent a byte every 0.2 s: only a refusal on the Content-Length
-    # header, before reading, can answer at once (reading would run into the timeout).
+    # header, before reading, names the cap (reading would end in the timeout's error).
     size = 20 * 1024 * 1024
     standin.queue(
         "credits",
         Reply(body=b"x" * size, trickle=True, headers={"Content-Length": str(size)}),
     )
-    started = time.monotonic()
     err = await credits_error(make_client(credits_timeout=1.0, retries=0))
     assert str(err) == f"/credits: body larger than {MAX_BODY} bytes"
-    assert time.monotonic() - started < 0.5
 
 
 async def test_streamed_body_over_the_cap_stops_reading(
     make_client: MakeClient, standin: CrossModelStandin
 ) -> None:
     # Chunked, no Content-Length: the cap must hold while reading, not after. The stand-in
-    # trickles one byte per 0.2 s, so reading this whole body would take over 10 s.
+    # trickles one byte per 0.2 s, so reading this whole body would end in the timeout's error.
     standin.queue("credits", Reply(json=standin.credits, trickle=True))
-    started = time.monotonic()
     err = await credits_error(make_client(max_body=1, credits_timeout=5.0))
     assert str(err) == "/credits: body larger than 1 bytes"
-    assert time.monotonic() - started < 2
 
 
 async def test_body_at_the_cap_is_read(make_client: MakeClient, standin: CrossModelStandin) -> None:
@@ -541,12 +534,9 @@ async def test_slow_answer_times_out(
     make_client: MakeClient, standin: CrossModelStandin, clock: FakeClock
 ) -> None:
     standin.queue("credits", Reply(json=standin.credits, delay=0.8))
-    started = time.monotonic()
     err = await credits_error(make_client(credits_timeout=0.3, retries=0))
-    elapsed = time.monotonic() - started
     assert type(err) is TransientError
     assert str(err) == "/credits: no complete answer within 0.3 s"
-    assert 0.25 < elapsed < 0.7
 
 
 async def test_trickling_answer_times_out(
@@ -554,11 +544,9 @@ async def test_trickling_answer_times_out(
 ) -> None:
     # The headers arrive at once, then a byte every 0.2 s: one deadline covers the whole body.
     standin.queue("usage", Reply(json=standin.usage, trickle=True))
-    started = time.monotonic()
     with pytest.raises(TransientError) as info:
         await make_client(usage_timeout=0.3, retries=0).get_usage()
     assert str(info.value) == "/usage: no complete answer within 0.3 s"
-    assert time.monotonic() - started < 0.7
 
 
 async def test_timeout_then_success_is_retried(

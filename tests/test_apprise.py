@@ -9,6 +9,7 @@ import pytest
 
 from cm_mqtt_bridge.cli.main import setup_logging
 from cm_mqtt_bridge.config.settings import load_config
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import outbox, until
@@ -35,7 +36,7 @@ async def test_an_alert_goes_out_through_apprise(standin, mosquitto, tmp_path, c
         )
         standin.credits["balance_micro"] = 3_000_000
         stop = asyncio.Event()
-        task = asyncio.create_task(Bridge(config, readback_seconds=0.1).run(stop))
+        task = asyncio.create_task(Bridge(config, timings=Timings(readback_seconds=0.1)).run(stop))
         (post,) = await receiver.wait_for(
             lambda r: r.ntfy("apprise"), timeout=10, what="Apprise POST"
         )

@@ -16,6 +16,7 @@ from cm_mqtt_bridge.config.settings import Config
 from cm_mqtt_bridge.core.evaluate import RuleState, evaluate
 from cm_mqtt_bridge.core.notice import Notice
 from cm_mqtt_bridge.core.rules import AlertsConfig, Inputs
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine, Observation
 from cm_mqtt_bridge.service.bridge import Bridge
 from cm_mqtt_bridge.store.db import AsyncStore, Store
@@ -66,9 +67,11 @@ async def running(cfg: Config, clock: ManualClock) -> AsyncIterator[Bridge]:
     bridge = Bridge(
         cfg,
         clock=clock,
-        readback_seconds=0.1,
-        dispatch_backoff=BACKOFF,
-        delivery_retry_wait=(0.0, 0.0),
+        timings=Timings(
+            readback_seconds=0.1,
+            dispatch_backoff=(BACKOFF, 300.0),
+            delivery_retry_wait=(0.0, 0.0),
+        ),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))

@@ -22,6 +22,7 @@ from cm_mqtt_bridge.core.evaluate import AlertStatus
 from cm_mqtt_bridge.core.forecast import Burn
 from cm_mqtt_bridge.core.model import Snapshot, Usage, UsageState, WindowUsage
 from cm_mqtt_bridge.core.rules import RULES, RuleSpec
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.core.view import AccountView
 from cm_mqtt_bridge.ha.discovery import (
     announced_components,
@@ -859,7 +860,7 @@ async def test_discovery_and_state_are_retained_at_qos_1_on_the_broker(
     stop = asyncio.Event()
     device_topic = "homeassistant/device/cm_main/config"
     async with qos2_recording(mosquitto.port) as live:
-        task = asyncio.create_task(Bridge(config, readback_seconds=0.1).run(stop))
+        task = asyncio.create_task(Bridge(config, timings=Timings(readback_seconds=0.1)).run(stop))
         await until(lambda: any(m.topic == "cm_mqtt_bridge/main/balance" for m in live))
         await until(lambda: any(m.topic == device_topic and b'"USD"' in m.payload for m in live))
         # A client that connects later gets the same, retained.

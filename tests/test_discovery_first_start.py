@@ -2,18 +2,19 @@
 the first poll (the currency), because Home Assistant 2024.11-2025.4 can drop a component of
 a device message that arrives while it still handles the one before (seen in the HA harness:
 one dashboard card "Entity not available" until HA restarted). When the API does not answer,
-the device is announced anyway: at the first failed poll, or after DISCOVERY_GRACE. Real
+the device is announced anyway: at the first failed poll, or after Timings.discovery_grace. Real
 Mosquitto and stand-in API; the bridge's timers on a clock the test drives."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from cm_mqtt_bridge.service.runtime import DISCOVERY_GRACE
+from cm_mqtt_bridge.core.timings import DEFAULTS
 from tests.fakes import ManualClock
 from tests.mosquitto import Mosquitto
-from tests.mqtt_helpers import make_config, recording
+from tests.mqtt_helpers import Recorder, make_config, recording
 from tests.standin import CrossModelStandin, Reply
 from tests.test_clock_steps import T0, running
 
@@ -21,7 +22,7 @@ DEVICE = "homeassistant/device/cm_main/config"
 BALANCE = "cm_mqtt_bridge/main/balance"
 
 
-def devices(rec) -> list[dict]:  # type: ignore[no-untyped-def]
+def devices(rec: Recorder) -> list[dict[str, Any]]:
     return [json.loads(m.payload) for m in rec.messages if m.topic == DEVICE]
 
 
@@ -46,7 +47,7 @@ async def test_without_an_answer_the_device_is_announced_after_the_grace(
     clock = ManualClock(T0)
     async with recording(mosquitto.port) as rec, running(cfg, clock):
         await rec.wait_for(lambda r: r.last("cm_mqtt_bridge/status"), what="bridge online")
-        clock.advance(DISCOVERY_GRACE - 1)
+        clock.advance(DEFAULTS.discovery_grace - 1)
         assert devices(rec) == []
         clock.advance(1)
         await rec.wait_for(devices, what="the device after the grace")

@@ -25,6 +25,7 @@ import pytest
 from cm_mqtt_bridge.core.notice import Notice
 from cm_mqtt_bridge.core.rules import AlertsConfig
 from cm_mqtt_bridge.core.samples import Sample
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service import bridge as service
 from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine
 from cm_mqtt_bridge.service.bridge import Bridge
@@ -442,7 +443,7 @@ async def test_a_database_that_hangs_at_start_is_a_clear_error_within_the_deadli
         return real_open(*args, **kwargs)
 
     monkeypatch.setattr(Store, "open", frozen_open)
-    bridge = Bridge(config, lock_wait=0.2, store_deadline=0.3)
+    bridge = Bridge(config, timings=Timings(lock_wait=0.2, store_deadline=0.3))
     try:
         with pytest.raises(service.StartupError) as err:
             await asyncio.wait_for(bridge.run(asyncio.Event()), 10)

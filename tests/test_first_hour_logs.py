@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import run_main
@@ -32,7 +33,7 @@ async def test_one_start_summary_and_a_line_per_poll(
         },
     )
     stop = asyncio.Event()
-    task = asyncio.create_task(Bridge(config, readback_seconds=0.2).run(stop))
+    task = asyncio.create_task(Bridge(config, timings=Timings(readback_seconds=0.2)).run(stop))
     async with recording(mosquitto.port) as rec:
         await rec.wait_topic("cm_mqtt_bridge/main/balance")
     stop.set()

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import until
@@ -57,7 +58,7 @@ async def test_a_burst_is_capped_rendered_once_a_second_and_polling_goes_on(
         accounts=[{"id": i, "name": i, "api_key": KEY, "api_url": standin.url} for i in ids],
         extra={"health": {"enabled": True, "port": 0}},
     )
-    bridge = Bridge(config, readback_seconds=0.1)
+    bridge = Bridge(config, timings=Timings(readback_seconds=0.1))
     held = HeldCollector()
     bridge.metrics.registry.register(held)
     stop = asyncio.Event()
@@ -120,7 +121,7 @@ async def scraped(standin: CrossModelStandin, mosquitto: Mosquitto) -> AsyncIter
     config = make_config(
         standin.url, mosquitto.port, extra={"health": {"enabled": True, "port": 0}}
     )
-    bridge = Bridge(config, readback_seconds=0.1)
+    bridge = Bridge(config, timings=Timings(readback_seconds=0.1))
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
     try:

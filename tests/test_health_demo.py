@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from cm_mqtt_bridge.cli.demo import run_demo
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.bridge import Bridge
 from tests.helpers import clean_env, run_cli, run_main, until
 from tests.mosquitto import free_port
@@ -26,7 +27,7 @@ async def test_healthz_and_metrics_follow_the_bridge(standin, mosquitto, tmp_pat
     config = make_config(
         standin.url, mosquitto.port, extra={"health": {"enabled": True, "port": 0}}
     )
-    bridge = Bridge(config, readback_seconds=0.5)
+    bridge = Bridge(config, timings=Timings(readback_seconds=0.5))
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
     async with recording(mosquitto.port) as rec:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cm_mqtt_bridge.cli.main import main
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import until
@@ -78,7 +79,7 @@ async def test_run_logs_one_line_per_poll_for_a_malformed_redirect(
     )
     config = make_config(standin.url, mosquitto.port, poll={"interval": 0.1, "jitter": 0})
     stop = asyncio.Event()
-    task = asyncio.create_task(Bridge(config, readback_seconds=0.1).run(stop))
+    task = asyncio.create_task(Bridge(config, timings=Timings(readback_seconds=0.1)).run(stop))
     try:
         await until(lambda: standin.count("credits") >= 3, 10, "three polls")
     finally:

@@ -23,6 +23,7 @@ import pytest
 
 from cm_mqtt_bridge.core.clock import SystemClock
 from cm_mqtt_bridge.core.notice import Notice, NoticeKind
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.notify.channels import (
     Channel,
     NtfyChannel,
@@ -127,12 +128,15 @@ def notice(n: int, kind: NoticeKind = "fired") -> Notice:
 
 @contextlib.asynccontextmanager
 async def dispatching(
-    data: Path, channels: list[Channel], **kwargs: Any
+    data: Path, channels: list[Channel], backoff_base: float = 5.0, **kwargs: Any
 ) -> AsyncIterator[tuple[Dispatcher, AsyncStore]]:
     store = AsyncStore(Store(data / DB_NAME))
-    dispatcher = Dispatcher(
-        store, channels, SystemClock(), retry_wait=(0.05, 0.05), store_retry=(0.05, 0.1), **kwargs
+    timings = Timings(
+        delivery_retry_wait=(0.05, 0.05),
+        retry_backoff=(0.05, 0.1),
+        dispatch_backoff=(backoff_base, 300.0),
     )
+    dispatcher = Dispatcher(store, channels, SystemClock(), timings=timings, **kwargs)
     tasks = [asyncio.create_task(dispatcher.run_channel(c)) for c in channels]
     try:
         yield dispatcher, store

@@ -10,6 +10,7 @@ import logging
 import aiomqtt
 import pytest
 
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.bridge import Bridge
 from cm_mqtt_bridge.service.inbound import Commands, LimitedWarning
 from tests.fakes import FakeClock
@@ -67,7 +68,7 @@ async def test_a_spoofed_retained_discovery_message_is_ignored_with_one_line(
     stop = asyncio.Event()
     async with recording(mosquitto.port, DEVICE) as rec:
         await rec.wait_topic(DEVICE)  # the spoofed retained one
-        task = asyncio.create_task(Bridge(config, readback_seconds=2).run(stop))
+        task = asyncio.create_task(Bridge(config, timings=Timings(readback_seconds=2)).run(stop))
         try:
             await rec.wait_for(lambda r: len(r.on(DEVICE)) >= 2, timeout=10)
         finally:
@@ -86,7 +87,7 @@ async def test_a_flood_of_commands_for_unknown_accounts_is_one_warning(
     caplog.set_level(logging.INFO)
     config = make_config(standin.url, mosquitto.port)
     stop = asyncio.Event()
-    bridge = Bridge(config, readback_seconds=0.1)
+    bridge = Bridge(config, timings=Timings(readback_seconds=0.1))
     task = asyncio.create_task(bridge.run(stop))
     try:
         await until(bridge.publisher.connected.is_set, 10, "connected")
@@ -137,7 +138,7 @@ async def test_an_oversized_message_on_the_ha_status_topic_never_reaches_the_bri
 
     monkeypatch.setattr(Commands, "handle", spy)
     config = make_config(standin.url, mosquitto.port)
-    bridge = Bridge(config, readback_seconds=0.1, birth_delay=(0.0, 0.0))
+    bridge = Bridge(config, timings=Timings(readback_seconds=0.1, birth_delay=(0.0, 0.0)))
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
     try:
@@ -169,7 +170,7 @@ async def test_a_retained_threshold_command_is_ignored_and_a_live_one_applied(
         extra={"alerts": {"low_balance": {"below": "5.00"}, "runway": {"below_days": 3}}},
     )
     stop = asyncio.Event()
-    bridge = Bridge(config, readback_seconds=0.1)
+    bridge = Bridge(config, timings=Timings(readback_seconds=0.1))
     async with recording(port, STATE) as rec:
         task = asyncio.create_task(bridge.run(stop))
         try:

@@ -104,11 +104,11 @@ async def test_a_broker_without_mqtt5_gets_3_1_1_at_once_with_one_warning(
 
 async def test_check_connects_to_a_broker_without_mqtt5(mosquitto: Mosquitto) -> None:
     async with v311_only(mosquitto.port) as (port, levels):
-        assert await publisher(port).probe() is None
+        assert await publisher(port).broker.probe() is None
     assert levels == [5, 4]
 
 
 async def test_mqtt5_stays_when_the_broker_speaks_it(mosquitto: Mosquitto) -> None:
     pub = publisher(mosquitto.port)
-    assert await pub.probe() is None
-    assert pub.v5
+    assert await pub.broker.probe() is None
+    assert pub.broker.v5

@@ -10,6 +10,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.bridge import Bridge
 from tests.helpers import until
 from tests.mosquitto import Mosquitto, discard
@@ -120,7 +121,7 @@ async def test_tls_with_the_ca_file_publishes_state(standin, tmp_path, certs):
     broker = _tls_broker(tmp_path, certs)
     try:
         config = make_config(standin.url, broker.port, tls=True, ca_file=str(certs / "ca.crt"))
-        bridge = Bridge(config, readback_seconds=0.2)
+        bridge = Bridge(config, timings=Timings(readback_seconds=0.2))
         stop = asyncio.Event()
         task = asyncio.create_task(bridge.run(stop))
         tls = aiomqtt.TLSParameters(ca_certs=str(certs / "ca.crt"))
@@ -141,12 +142,14 @@ async def test_tls_refuses_an_unknown_ca_unless_told_to_be_insecure(
     try:
         caplog.set_level(logging.WARNING)
         strict = make_config(standin.url, broker.port, tls=True)
-        strict_bridge = Bridge(strict, readback_seconds=0.2)
+        strict_bridge = Bridge(strict, timings=Timings(readback_seconds=0.2))
         assert not await _run_until_refused(strict_bridge, caplog, "CERTIFICATE_VERIFY_FAILED")
         assert strict_bridge.publisher.connections == 0
 
         insecure = make_config(standin.url, broker.port, tls=True, tls_insecure=True)
-        assert await _run_until_connected(Bridge(insecure, readback_seconds=0.2), 5)
+        assert await _run_until_connected(
+            Bridge(insecure, timings=Timings(readback_seconds=0.2)), 5
+        )
     finally:
         discard(broker)
 
@@ -166,10 +169,10 @@ async def test_username_and_password(standin, tmp_path, caplog):
     try:
         caplog.set_level(logging.DEBUG)
         good = make_config(standin.url, broker.port, username="bridge", password=PASSWORD)
-        assert await _run_until_connected(Bridge(good, readback_seconds=0.2), 5)
+        assert await _run_until_connected(Bridge(good, timings=Timings(readback_seconds=0.2)), 5)
 
         wrong = make_config(standin.url, broker.port, username="bridge", password="nope-123")
-        wrong_bridge = Bridge(wrong, readback_seconds=0.2)
+        wrong_bridge = Bridge(wrong, timings=Timings(readback_seconds=0.2))
         assert not await _run_until_refused(wrong_bridge, caplog, "reconnecting")
         assert wrong_bridge.publisher.connections == 0
         refused = [r.getMessage() for r in caplog.records if "MQTT broker" in r.getMessage()]

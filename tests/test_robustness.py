@@ -11,7 +11,8 @@ import pytest
 
 from cm_mqtt_bridge.cli.main import setup_logging
 from cm_mqtt_bridge.config.settings import ConfigError, load_config
-from cm_mqtt_bridge.service import runtime
+from cm_mqtt_bridge.core.timings import Timings
+from cm_mqtt_bridge.service import schedule
 from cm_mqtt_bridge.service.bridge import Bridge
 from tests.conftest import KEY
 from tests.helpers import run_cli
@@ -24,7 +25,7 @@ async def test_a_hostile_retained_discovery_message_does_not_stop_mqtt(standin, 
     await publish(mosquitto.port, "homeassistant/device/evil/config", "[" * 200_000, retain=True)
     config = make_config(standin.url, mosquitto.port)
     stop = asyncio.Event()
-    task = asyncio.create_task(Bridge(config, readback_seconds=0.5).run(stop))
+    task = asyncio.create_task(Bridge(config, timings=Timings(readback_seconds=0.5)).run(stop))
     async with recording(mosquitto.port, "cm_mqtt_bridge/main/balance") as rec:
         got = await rec.wait_topic("cm_mqtt_bridge/main/balance", timeout=5)
     stop.set()
@@ -33,11 +34,11 @@ async def test_a_hostile_retained_discovery_message_does_not_stop_mqtt(standin, 
 
 
 async def test_an_absurd_retry_after_does_not_stop_polling(standin, mosquitto, monkeypatch):
-    monkeypatch.setattr(runtime, "MAX_RETRY_AFTER", 0.3)
+    monkeypatch.setattr(schedule, "MAX_RETRY_AFTER", 0.3)
     standin.queue("credits", Reply(status=429, headers={"Retry-After": "99999999"}))
     config = make_config(standin.url, mosquitto.port, poll={"interval": 0.1})
     stop = asyncio.Event()
-    task = asyncio.create_task(Bridge(config, readback_seconds=0.1).run(stop))
+    task = asyncio.create_task(Bridge(config, timings=Timings(readback_seconds=0.1)).run(stop))
     async with recording(mosquitto.port, "cm_mqtt_bridge/main/balance") as rec:
         await rec.wait_topic("cm_mqtt_bridge/main/balance", timeout=5)
     stop.set()
@@ -50,7 +51,7 @@ async def test_check_never_knocks_a_running_bridge_offline(standin, mosquitto, t
     stop = asyncio.Event()
     marker = "test/after-the-check"
     async with recording(mosquitto.port) as rec:
-        task = asyncio.create_task(Bridge(config, readback_seconds=0.1).run(stop))
+        task = asyncio.create_task(Bridge(config, timings=Timings(readback_seconds=0.1)).run(stop))
         await rec.wait_topic("cm_mqtt_bridge/status", "online")
         env = {
             "PATH": os.environ["PATH"],

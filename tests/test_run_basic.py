@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.bridge import Bridge
 from tests.mqtt_helpers import make_config, recording
 
 
 async def test_first_publish_has_status_discovery_state_and_plain_values(standin, mosquitto):
     config = make_config(standin.url, mosquitto.port)
-    bridge = Bridge(config, readback_seconds=0.1)
+    bridge = Bridge(config, timings=Timings(readback_seconds=0.1))
     stop = asyncio.Event()
     async with recording(mosquitto.port) as rec:
         task = asyncio.create_task(bridge.run(stop))

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from cm_mqtt_bridge.config.settings import Config
-from cm_mqtt_bridge.core.clock import SystemClock
+from cm_mqtt_bridge.core.clock import Clock, SleepClock
 from cm_mqtt_bridge.core.model import Window
+from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.ha.discovery import device_payload
 from cm_mqtt_bridge.ha.topics import Topics
 from cm_mqtt_bridge.service.bridge import Bridge
@@ -91,7 +92,7 @@ def _data_dir_in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-class SteppedClock(SystemClock):
+class SteppedClock(SleepClock):
     """Real sleeps and monotonic time; wall-clock time only moves when the test says so.
 
     It also counts `idle`: how often the poll loop went back to waiting for its next poll
@@ -105,10 +106,13 @@ class SteppedClock(SystemClock):
     def now(self) -> datetime:
         return self.at
 
+    def monotonic(self) -> float:
+        return time.monotonic()
+
     async def sleep(self, seconds: float) -> None:
         if 600 < seconds < 3600:
             self.idle += 1
-        await super().sleep(seconds)
+        await asyncio.sleep(seconds)
 
 
 def account(account_id: str, url: str, name: str | None = None) -> dict[str, Any]:
@@ -128,10 +132,13 @@ def expected_discovery(currency: str | None = "USD", **kw: Any) -> dict[str, Any
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, rec: Recorder | None = None, **kw: Any) -> AsyncIterator[Bridge]:
+async def running(
+    config: Config, rec: Recorder | None = None, clock: Clock | None = None, **timings: Any
+) -> AsyncIterator[Bridge]:
     """The bridge, stopped on the way out. With `rec`, also wait for its `offline`: the last
-    thing it publishes, so everything it sent before has reached the recorder."""
-    bridge = Bridge(config, readback_seconds=0.1, **kw)
+    thing it publishes, so everything it sent before has reached the recorder. `timings`:
+    fields of Timings."""
+    bridge = Bridge(config, clock=clock, timings=Timings(readback_seconds=0.1, **timings))
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
     index = len(rec.messages) if rec is not None else 0

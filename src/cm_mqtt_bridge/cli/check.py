@@ -48,7 +48,7 @@ async def broker_problem(config: Config) -> str | None:
         return None
 
     publisher = Publisher(config.mqtt, topics, SystemClock(), subscriptions=(), on_message=ignore)
-    return await publisher.probe()
+    return await publisher.broker.probe()
 
 
 async def run_check(config: Config, out: TextIO, *, show_discovery: bool, source: str) -> int:

@@ -26,6 +26,7 @@ from typing import TextIO
 import aiomqtt
 
 from ..config.settings import Config, PollConfig
+from ..core.timings import Timings
 from ..crossmodel.simulator import Simulator
 from ..exits import EXIT_INTERRUPTED, EXIT_OK
 from ..service.bridge import Bridge
@@ -262,7 +263,7 @@ async def _story(
         f"Running for {seconds:g} s (Ctrl-C stops). Topics as they change:\n\n"
     )
     out.flush()
-    bridge = Bridge(config, readback_seconds=0.2)
+    bridge = Bridge(config, timings=Timings(readback_seconds=0.2))
     viewer = Viewer(out, t0, bridge.topics.bridge_status, stop)
     viewing = asyncio.create_task(viewer.run(host, port, config.mqtt.base_topic))
     service = asyncio.create_task(bridge.run(stop))

@@ -361,6 +361,11 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
     except ConfigError as exc:
         return print_config_error(exc)
     setup_logging(config.log_level, config.secrets())
+    return _with_config(args, config, env)
+
+
+def _with_config(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
+    """The commands that need the configuration, loaded and valid."""
     if args.command == "status":
         from .status import cmd_status
 

@@ -67,7 +67,7 @@ async def send_test_alert(config: Config, acc: AccountConfig, out: TextIO) -> in
         client: aiomqtt.Client | None = None
         mqtt_problem = ""
         try:
-            client = await stack.enter_async_context(publisher.make_client(probe=True))
+            client = await stack.enter_async_context(publisher.broker.client(probe=True))
         except aiomqtt.MqttError as exc:
             mqtt_problem = f"broker {config.mqtt.host}:{config.mqtt.port}: {exc}"
 

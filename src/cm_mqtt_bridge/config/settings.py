@@ -461,18 +461,8 @@ def _resolve_accounts(
     indexes of the accounts whose key could not be read (their "key missing" is no news)."""
     failed: set[int] = set()
     accounts = merged.get("accounts")
-    file_key: str | None = None
     file_problems: list[str] = []
-    if not env.get("CROSSMODEL_API_KEY") and env.get("CROSSMODEL_API_KEY_FILE"):
-        # The Docker-secrets convention: the variable names a file holding the key.
-        file_key = _read_key_file(
-            env["CROSSMODEL_API_KEY_FILE"], "CROSSMODEL_API_KEY_FILE", file_problems
-        )
-        if file_key is not None and not file_key.strip():
-            # Compose needs the secret file to exist even when the keys are elsewhere (in
-            # config.yaml, or one file per account): an empty one means "not given".
-            env = {k: v for k, v in env.items() if k != "CROSSMODEL_API_KEY_FILE"}
-            file_key = None
+    env, file_key = _env_key_file(env, file_problems)
     settings = _single_account_settings(env, cli_url)
     if isinstance(accounts, list) and len(accounts) > 1 and settings:
         # One mistake, one message: the accounts' own key files are still read below.
@@ -488,9 +478,7 @@ def _resolve_accounts(
         sources["accounts", "*", "api_key"] = "the key in CROSSMODEL_API_KEY_FILE"
     elif env_key is not None:
         sources["accounts", "*", "api_key"] = "CROSSMODEL_API_KEY"
-    env_url = cli_url or env.get("CROSSMODEL_API_URL") or None
-    if env_url:
-        sources["accounts", "*", "api_url"] = "--api-url" if cli_url else "CROSSMODEL_API_URL"
+    env_url = _env_url(env, cli_url, sources)
     if accounts is None or accounts == []:
         acc: dict[str, Any] = {"id": "default", "name": "Default"}
         if env_key is not None:
@@ -509,24 +497,59 @@ def _resolve_accounts(
         merged.pop("accounts")
         return failed
     for i, acc in enumerate(accounts):
-        where = f"accounts[{i}]"
-        if env_key is not None:
-            acc.pop("api_key_file", None)
-            acc["api_key"] = env_key
-        if env_url:
-            acc["api_url"] = env_url
-        key_path = acc.pop("api_key_file", None)
-        if key_path is not None:
-            if "api_key" in acc:
-                problems.append(f"{where}: give api_key or api_key_file, not both")
-                failed.add(i)
-                continue
-            content = _read_key_file(key_path, f"{where}.api_key_file", problems)
-            if content is None:
-                failed.add(i)
-            else:
-                acc["api_key"] = content
+        if not _account_key(acc, f"accounts[{i}]", env_key, env_url, problems):
+            failed.add(i)
     return failed
+
+
+def _env_url(env: Mapping[str, str], cli_url: str | None, sources: Sources) -> str | None:
+    """The API URL every account gets from --api-url or CROSSMODEL_API_URL, if any."""
+    env_url = cli_url or env.get("CROSSMODEL_API_URL") or None
+    if env_url:
+        sources["accounts", "*", "api_url"] = "--api-url" if cli_url else "CROSSMODEL_API_URL"
+    return env_url
+
+
+def _env_key_file(
+    env: Mapping[str, str], problems: list[str]
+) -> tuple[Mapping[str, str], str | None]:
+    """The key in the file CROSSMODEL_API_KEY_FILE names (the Docker-secrets convention),
+    unless CROSSMODEL_API_KEY is set; an empty file counts as not given."""
+    if env.get("CROSSMODEL_API_KEY") or not env.get("CROSSMODEL_API_KEY_FILE"):
+        return env, None
+    file_key = _read_key_file(env["CROSSMODEL_API_KEY_FILE"], "CROSSMODEL_API_KEY_FILE", problems)
+    if file_key is not None and not file_key.strip():
+        # Compose needs the secret file to exist even when the keys are elsewhere (in
+        # config.yaml, or one file per account): an empty one means "not given".
+        return {k: v for k, v in env.items() if k != "CROSSMODEL_API_KEY_FILE"}, None
+    return env, file_key
+
+
+def _account_key(
+    acc: dict[str, Any],
+    where: str,
+    env_key: str | None,
+    env_url: str | None,
+    problems: list[str],
+) -> bool:
+    """One account's key and URL from the environment or its api_key_file; False when its
+    key could not be read (the problem is in `problems`)."""
+    if env_key is not None:
+        acc.pop("api_key_file", None)
+        acc["api_key"] = env_key
+    if env_url:
+        acc["api_url"] = env_url
+    key_path = acc.pop("api_key_file", None)
+    if key_path is None:
+        return True
+    if "api_key" in acc:
+        problems.append(f"{where}: give api_key or api_key_file, not both")
+        return False
+    content = _read_key_file(key_path, f"{where}.api_key_file", problems)
+    if content is None:
+        return False
+    acc["api_key"] = content
+    return True
 
 
 # Stands in for every account's key where no key is needed (`history`, `dashboard`); it is

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Clock(Protocol):
@@ -19,6 +23,46 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait for `event` or `timeout` seconds; True if the event fired."""
+        ...
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancellable:
+        """Call `callback` after `seconds` (unless cancelled first)."""
+        ...
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> Any: ...
+
+
+class SleepClock:
+    """`wait` and `call_later` built on `sleep` alone: for clocks whose time moves only when
+    a test (or the benchmark) says so. Subclasses give now, monotonic and sleep."""
+
+    async def sleep(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        if event.is_set():
+            return True
+        waiter = asyncio.ensure_future(event.wait())
+        sleeper = asyncio.ensure_future(self.sleep(timeout))
+        try:
+            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, sleeper):
+                task.cancel()
+            await asyncio.gather(waiter, sleeper, return_exceptions=True)
+        return event.is_set()
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancellable:
+        async def later() -> None:
+            await self.sleep(seconds)
+            callback()
+
+        return spawn(later(), "a timer")
+
 
 class SystemClock:
     def now(self) -> datetime:
@@ -30,28 +74,31 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
-
-async def wait_event(clock: Clock, event: asyncio.Event, timeout: float) -> bool:
-    """Wait for `event` or `timeout` seconds on the injected clock; True if the event fired."""
-    if event.is_set():
-        return True
-    if type(clock) is SystemClock:
-        # The real clock (every poll waits here): a deadline on the loop, no extra tasks.
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        # Every poll waits here: a deadline on the loop, no extra tasks.
+        if event.is_set():
+            return True
         try:
             async with asyncio.timeout(max(0.0, timeout)):
                 await event.wait()
         except TimeoutError:
             pass
         return event.is_set()
-    waiter = asyncio.ensure_future(event.wait())
-    sleeper = asyncio.ensure_future(clock.sleep(timeout))
-    try:
-        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (waiter, sleeper):
-            task.cancel()
-        await asyncio.gather(waiter, sleeper, return_exceptions=True)
-    return event.is_set()
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancellable:
+        return asyncio.get_running_loop().call_later(max(0.0, seconds), callback)
+
+
+def spawn(work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+    """A task outside the supervisor: a failure is logged (with `what`), never lost."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda done: _log_failure(done, what))
+    return task
+
+
+def _log_failure(task: asyncio.Task[None], what: str) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed", what, exc_info=exc)
 
 
 def backoff(first: float, cap: float, failures: int) -> float:

@@ -25,8 +25,7 @@ from tenacity import (
 )
 
 from .. import __version__
-from ..core.clock import Clock
-from ..core.clock import backoff as exponential
+from ..core.clock import Clock, backoff
 from ..core.model import ApiStatus
 from ..core.neterror import describe
 from ..core.redact import redact, shorten
@@ -42,14 +41,14 @@ MAX_RETRY_WAIT = 60.0
 W = TypeVar("W", bound=BaseModel)
 
 
-def backoff(attempt: int) -> float:
+def retry_wait(attempt: int) -> float:
     """Longest wait before retry `attempt` + 1 (1, 2, 4 … s, capped); jitter scales it down."""
-    return exponential(1.0, MAX_RETRY_WAIT, attempt - 1)
+    return backoff(1.0, MAX_RETRY_WAIT, attempt - 1)
 
 
 def retry_budget(retries: int, timeout: float) -> float:
     """The longest one request with its retries may take (Retry-After aside)."""
-    return (retries + 1) * timeout + sum(backoff(i) for i in range(1, retries + 1))
+    return (retries + 1) * timeout + sum(retry_wait(i) for i in range(1, retries + 1))
 
 
 class ApiError(Exception):
@@ -179,7 +178,7 @@ class CrossModelClient:
 
     def _wait(self, state: RetryCallState) -> float:
         # Full-jitter exponential backoff (1, 2, 4 … s, capped), never shorter than Retry-After.
-        wait = backoff(state.attempt_number) * (0.5 + self._rng() / 2)
+        wait = retry_wait(state.attempt_number) * (0.5 + self._rng() / 2)
         exc = state.outcome.exception() if state.outcome else None
         retry_after = exc.retry_after if isinstance(exc, ApiError) else None
         return max(wait, retry_after or 0.0)

@@ -14,13 +14,13 @@ from dataclasses import replace
 import aiohttp
 
 from ..config.settings import AccountConfig, PollConfig
-from ..core.clock import Clock
+from ..core.clock import Cancellable, Clock
 from ..core.model import Snapshot, Usage, UsageState, WindowUsage
+from ..core.timings import DEFAULTS
 from .client import ApiError, CrossModelClient
 from .wire import CreditsWire, UsageWire, WindowWire
 
 log = logging.getLogger(__name__)
-PARTIAL_GRACE = 0.25  # seconds
 
 
 def make_client(
@@ -80,11 +80,12 @@ async def fetch_snapshot(
     usage_deadline: float,
     on_balance: Callable[[Snapshot], None] | None = None,
     usage_wait: float | None = None,
+    grace: float = DEFAULTS.partial_grace,
 ) -> Snapshot:
     """`on_balance` is called with a PENDING snapshot as soon as the balance is known while
     /usage is still running, so a slow /usage never delays the balance. `usage_wait`: /usage
     asked (Retry-After) not to be called for this many more seconds; only the balance is
-    fetched."""
+    fetched. `grace`: how long the balance waits for /usage before `on_balance`."""
     if usage_wait is not None and usage_wait > 0:
         return replace(
             balance_only(account_id, await client.get_credits(), clock),
@@ -104,7 +105,7 @@ async def fetch_snapshot(
         await asyncio.gather(usage_task, return_exceptions=True)
         raise
     snap = balance_only(account_id, credits, clock)
-    early: asyncio.TimerHandle | None = None
+    early: Cancellable | None = None
     if on_balance is not None and not usage_task.done():
         # Usually /usage answers at about the same time: wait a moment before publishing
         # the balance alone, so a normal poll publishes one state, not two.
@@ -112,7 +113,7 @@ async def fetch_snapshot(
             if not usage_task.done():
                 on_balance(snap)
 
-        early = asyncio.get_running_loop().call_later(PARTIAL_GRACE, balance_first)
+        early = clock.call_later(grace, balance_first)
     try:
         usage_wire = await _settled(usage_task, early)
     except TimeoutError:
@@ -143,7 +144,7 @@ async def fetch_snapshot(
     return replace(snap, usage=usage_from_wire(usage_wire), usage_state=UsageState.OK)
 
 
-async def _settled(task: asyncio.Task[UsageWire], early: asyncio.TimerHandle | None) -> UsageWire:
+async def _settled(task: asyncio.Task[UsageWire], early: Cancellable | None) -> UsageWire:
     try:
         return await task
     finally:

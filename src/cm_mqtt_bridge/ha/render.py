@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..core.view import AccountView
-from .entities import DOCUMENT_ONLY, POLL_TIME_KEYS, Entity
+from .entities import DOCUMENT_ONLY, POLL_TIME_KEYS, Entity, Value
 from .topics import Kind, Topics
 
 Messages = dict[str, tuple[str, Kind]]
@@ -24,18 +24,20 @@ def dumps(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def state_document(view: AccountView, entities: Sequence[Entity]) -> dict[str, Any]:
-    """Every value of the account; entities read it with value templates.
+def document_values(entities: Sequence[Entity]) -> tuple[Value, ...]:
+    """Every key of the state document with its reader (a runtime lists them once)."""
+    return (*(value for entity in entities for value in entity.values()), *DOCUMENT_ONLY)
+
+
+def state_document(
+    view: AccountView, entities: Sequence[Entity], values: Sequence[Value] | None = None
+) -> dict[str, Any]:
+    """Every value of the account; entities read it with value templates. `values`:
+    `document_values(entities)`, if already at hand.
 
     Money is a decimal string (exact, and HA parses it); a value not known yet is null, which
     HA shows as unknown."""
-    doc: dict[str, Any] = {}
-    for entity in entities:
-        for value in entity.values():
-            doc[value.key] = value.read(view)
-    for value in DOCUMENT_ONLY:
-        doc[value.key] = value.read(view)
-    return doc
+    return {value.key: value.read(view) for value in values or document_values(entities)}
 
 
 def settle(prev: dict[str, Any] | None, doc: dict[str, Any], entities: Sequence[Entity]) -> None:
@@ -61,9 +63,12 @@ def same_values(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
     """Equal but for the poll time: an unchanged poll publishes nothing."""
     if a is None:
         return False
-    return {k: v for k, v in a.items() if k not in POLL_TIME_KEYS} == {
-        k: v for k, v in b.items() if k not in POLL_TIME_KEYS
-    }
+    if a.keys() != b.keys():
+        return {k: v for k, v in a.items() if k not in POLL_TIME_KEYS} == {
+            k: v for k, v in b.items() if k not in POLL_TIME_KEYS
+        }
+    # The same keys (the same entity table): compare in place, the equal ones first.
+    return all(a[k] == v or k in POLL_TIME_KEYS for k, v in b.items())
 
 
 def plain_values(doc: dict[str, Any], entities: Sequence[Entity]) -> dict[str, str]:
@@ -95,6 +100,7 @@ def active_alerts(view: AccountView) -> list[dict[str, str]]:
 class Rendered:
     doc: dict[str, Any]  # the state document now published (kept for the next render)
     messages: Messages
+    values: Messages  # the state document and plain topics (reused while `doc` stays)
 
 
 def render(
@@ -103,24 +109,30 @@ def render(
     entities: Sequence[Entity],
     topics: Topics,
     *,
-    published: dict[str, Any] | None,
+    previous: Rendered | None,
     alerts: bool,
+    values: Sequence[Value] | None = None,
 ) -> Rendered:
-    """Every retained topic of the account but its discovery. `published` is the document
-    published last; while only the poll time differs, that one stays (nothing is resent)."""
+    """Every retained topic of the account but its discovery. `previous` is what was rendered
+    last; while only the poll time differs, its document stays (nothing is resent).
+    `values`: `document_values(entities)`, if already at hand."""
+    published = previous.doc if previous is not None else None
+    doc = state_document(view, entities, values)
+    settle(published, doc, entities)
+    if previous is not None and same_values(published, doc):
+        shown = previous.values
+        doc = previous.doc
+    else:
+        shown = {topics.state(account_id): (dumps(doc), Kind.STATE)}
+        for key, text in plain_values(doc, entities).items():
+            shown[topics.value(account_id, key)] = (text, Kind.STATE)
     messages: Messages = {
         topics.availability(account_id): (
             "online" if view.fresh else "offline",
             Kind.AVAILABILITY,
-        )
+        ),
+        **shown,
     }
-    doc = state_document(view, entities)
-    settle(published, doc, entities)
-    if published is not None and same_values(published, doc):
-        doc = published
-    messages[topics.state(account_id)] = (dumps(doc), Kind.STATE)
-    for key, text in plain_values(doc, entities).items():
-        messages[topics.value(account_id, key)] = (text, Kind.STATE)
     if alerts:
         messages[topics.alerts_active(account_id)] = (dumps(active_alerts(view)), Kind.STATE)
-    return Rendered(doc, messages)
+    return Rendered(doc, messages, shown)

@@ -18,13 +18,13 @@ from datetime import UTC, datetime, timedelta
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from ..core.clock import Clock, backoff, wait_event
+from ..core.clock import Clock, backoff
 from ..core.notice import Notice
-from ..store.db import STORE_RETRY, AsyncStore, OutboxItem, Store, StoreError
+from ..core.timings import DEFAULTS, Timings
+from ..store.db import AsyncStore, OutboxItem, Store, StoreError
 from .channels import Channel, DeliveryError, RefusedError
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF = 300.0
 # `Store.due`'s cut-off that makes every owed notice due: this loop times the retries.
 EVERYTHING = datetime.max.replace(tzinfo=UTC)
 
@@ -37,18 +37,16 @@ class Dispatcher:
         clock: Clock,
         *,
         attempts: int = 3,
-        backoff_base: float = 5.0,
-        retry_wait: tuple[float, float] = (0.5, 4.0),
-        store_retry: tuple[float, float] = STORE_RETRY,
+        timings: Timings = DEFAULTS,
         on_refused: Callable[[str], None] = lambda channel: None,
     ) -> None:
         self.store = store
         self.channels = list(channels)
         self._clock = clock
         self._attempts = attempts
-        self._backoff_base = backoff_base
-        self._retry_wait = retry_wait  # between attempts of one delivery: first, cap
-        self._store_retry = store_retry
+        self._backoff = timings.dispatch_backoff
+        self._retry_wait = timings.delivery_retry_wait  # between attempts of one delivery
+        self._store_retry = timings.retry_backoff
         self._on_refused = on_refused
         self._wake = {c.name: asyncio.Event() for c in self.channels}
         self._resume = {c.name: True for c in self.channels}
@@ -96,7 +94,7 @@ class Dispatcher:
                 failures += 1
             else:
                 failures = 0
-            await wait_event(self._clock, wake, timeout)
+            await self._clock.wait(wake, timeout)
 
     async def drain(self, seconds: float) -> None:
         """Start no more deliveries and give those in flight `seconds` to finish and be
@@ -107,7 +105,7 @@ class Dispatcher:
         busy = ", ".join(sorted(self._busy))
         log.info("waiting up to %g s for alert deliveries in flight (%s)", seconds, busy)
         self._idle.clear()
-        if not await wait_event(self._clock, self._idle, seconds):
+        if not await self._clock.wait(self._idle, seconds):
             log.warning(
                 "alert deliveries still in flight after %g s (%s): they are sent again after "
                 "the restart",
@@ -126,7 +124,7 @@ class Dispatcher:
 
     async def _stop_aware_sleep(self, seconds: float) -> None:
         # The wait between attempts ends when the bridge stops; the next attempt then gives up.
-        await wait_event(self._clock, self._stopping, seconds)
+        await self._clock.wait(self._stopping, seconds)
 
     async def _round(self, channel: Channel) -> float:
         """Record what was sent, send what is due; return how long to wait."""
@@ -185,7 +183,7 @@ class Dispatcher:
                 await self.store.call(Store.gave_up, item, self._clock.now(), str(exc))
                 continue
             except DeliveryError as exc:
-                delay = backoff(self._backoff_base, MAX_BACKOFF, item.attempts)
+                delay = backoff(*self._backoff, item.attempts)
                 self._retry_at[name] = self._clock.monotonic() + delay
                 retry_at = self._clock.now() + timedelta(seconds=delay)  # stored as a date
                 log.warning(

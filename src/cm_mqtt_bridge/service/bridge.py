@@ -17,12 +17,13 @@ import aiohttp
 from .. import __version__
 from ..config.settings import Config
 from ..core.clock import Clock, SystemClock
+from ..core.timings import DEFAULTS, Timings
 from ..crossmodel.fetch import make_client
 from ..ha.discovery import MAX_DISCOVERY_BYTES, read_back
 from ..ha.topics import Kind, Topics
 from ..notify.channels import DeliveryError, Wiring, build_channels
 from ..notify.dispatch import Dispatcher
-from ..store.db import DB_NAME, LOCK_WAIT, STORE_DEADLINE, AsyncStore, Store, StoreError, in_thread
+from ..store.db import DB_NAME, AsyncStore, Store, StoreError, in_thread
 from .alerting import AlertAccount, AlertEngine
 from .health import HealthServer, accounts_report, build_report
 from .inbound import Births, Commands
@@ -48,36 +49,17 @@ class Bridge:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        readback_seconds: float = 3.0,
-        birth_delay: tuple[float, float] = (0.5, 3.0),
-        dispatch_backoff: float = 5.0,
-        restart_backoff: tuple[float, float] = (1.0, 60.0),
-        retry_backoff: tuple[float, float] = (1.0, 60.0),
-        reconnect_backoff: tuple[float, float] = (1.0, 30.0),
-        delivery_retry_wait: tuple[float, float] = (0.5, 4.0),
-        store_deadline: float = STORE_DEADLINE,
-        lock_wait: float = LOCK_WAIT,
-        drain_seconds: float = 5.0,
+        timings: Timings = DEFAULTS,
     ) -> None:
-        """The keyword arguments are timings tests make short: read-back of retained
-        discovery, the delay before answering an HA birth, and backoffs (first, cap) for the
-        outbox, task restarts, alert-store retries, broker reconnects and one delivery's
-        attempts; the deadline of a state-database call, and how long the start waits for a
-        lock another program holds on it. `drain_seconds`: how long alert deliveries in flight may
-        take at a stop."""
+        """`timings`: every wait and backoff of every part (tests pass `Timings.fast()`)."""
         self.config = config
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
+        self.timings = timings
         self.topics = Topics(base=config.mqtt.base_topic, prefix=config.mqtt.discovery_prefix)
-        self.dispatch_backoff = dispatch_backoff
-        self.retry_backoff = retry_backoff
-        self.delivery_retry_wait = delivery_retry_wait
-        self.store_deadline = store_deadline
-        self.lock_wait = lock_wait
-        self.drain_seconds = drain_seconds
         self.metrics = Metrics()
         self.accounts: dict[str, AccountRuntime] = {}
-        self.births = Births(self.clock, self.rng, self._resend, delay=birth_delay)
+        self.births = Births(self.clock, self.rng, self._resend, delay=timings.birth_delay)
         self.commands = Commands(self.topics, self.accounts, self.births, self.clock)
         self.publisher = Publisher(
             config.mqtt,
@@ -90,13 +72,12 @@ class Bridge:
                 self.topics.device_wildcard, MAX_DISCOVERY_BYTES, self._on_readback
             ),
             on_connection=self._on_connection,
-            readback_seconds=readback_seconds,
+            timings=timings,
             rng=self.rng,
-            reconnect_backoff=reconnect_backoff,
         )
         self.supervisor = Supervisor(
             self.clock,
-            backoff=restart_backoff,
+            backoff=timings.restart_backoff,
             on_restart=lambda task: self.metrics.restarts.labels(task).inc(),
         )
         self.health: HealthServer | None = None
@@ -119,7 +100,9 @@ class Bridge:
             ) from None
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
-                self.store = AsyncStore(await self._open_store(), deadline=self.store_deadline)
+                self.store = AsyncStore(
+                    await self._open_store(), deadline=self.timings.store_deadline
+                )
                 log.info("starting version %s: %s", __version__, self.config.summary())
                 try:
                     await self._start_health()
@@ -128,7 +111,7 @@ class Bridge:
                     log.info("shutting down")
                     if self.dispatcher is not None:
                         # Before the publisher closes: the MQTT channel may be one of them.
-                        await self.dispatcher.drain(self.drain_seconds)
+                        await self.dispatcher.drain(self.timings.drain_seconds)
                     await self.publisher.close()
                 finally:
                     self.births.cancel()
@@ -145,13 +128,15 @@ class Bridge:
         now = self.clock.now()
 
         def open_store() -> tuple[Store, int]:
-            store = Store.open(path, now, lock_wait=self.lock_wait)
+            store = Store.open(path, now, lock_wait=self.timings.lock_wait)
             return store, store.unreadable_samples() if store.ready else 0
 
         try:
             # Opening reads the whole file once (quick_check): bounded like every store call.
             store, skipped = await in_thread(
-                open_store, self.lock_wait + self.store_deadline, f"the state database {path}"
+                open_store,
+                self.timings.lock_wait + self.timings.store_deadline,
+                f"the state database {path}",
             )
         except StoreError as exc:
             raise StartupError(f"data_dir: {exc}") from None
@@ -195,9 +180,7 @@ class Bridge:
             store,
             channels,
             self.clock,
-            backoff_base=self.dispatch_backoff,
-            store_retry=self.retry_backoff,
-            retry_wait=self.delivery_retry_wait,
+            timings=self.timings,
             on_refused=lambda channel: self.metrics.alert_failed.labels(channel).inc(),
         )
         self.dispatcher = dispatcher
@@ -225,7 +208,7 @@ class Bridge:
                 qos=cfg.mqtt.qos,
                 concurrency=sem,
                 on_notices=dispatcher.wake,
-                alert_retry=self.retry_backoff,
+                timings=self.timings,
                 spread=len(cfg.accounts) > 1,
             )
         # Each account announces its device after its first poll (see AccountRuntime).
@@ -273,7 +256,7 @@ class Bridge:
         for topic in gone:
             self.publisher.set(topic, b"", Kind.DISCOVERY, once=True)
         for account_id, announced in found.items():
-            self.accounts[account_id].announced(announced)
+            self.accounts[account_id].output.announced(announced)
 
     def _resend(self) -> None:
         self.publisher.resend(Kind.STATUS, Kind.DISCOVERY, Kind.AVAILABILITY, Kind.STATE)

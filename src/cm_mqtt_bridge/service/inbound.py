@@ -6,11 +6,14 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 
-from ..core.clock import Clock, format_until
+from ..core.clock import Clock, format_until, spawn
 from ..core.rules import THRESHOLDS
+from ..core.timings import DEFAULTS
 from ..ha.topics import REFRESH, Topics
+from ..store.db import StoreError
 from .alerting import ThresholdError
 from .runtime import AccountRuntime
 
@@ -28,7 +31,7 @@ class Births:
         rng: random.Random,
         resend: Callable[[], None],
         *,
-        delay: tuple[float, float] = (0.5, 3.0),
+        delay: tuple[float, float] = DEFAULTS.birth_delay,
         cap: float = 10.0,
     ) -> None:
         self._clock = clock
@@ -43,7 +46,7 @@ class Births:
     def birth(self) -> None:
         self._last = self._clock.monotonic()
         if self._pending is None:
-            self._pending = asyncio.create_task(self._later())
+            self._pending = spawn(self._later(), "answering a Home Assistant birth")
 
     async def _later(self) -> None:
         first = self._clock.monotonic()
@@ -93,6 +96,26 @@ class LimitedWarning:
         log.warning(message, *args)
 
 
+@dataclass(frozen=True, slots=True)
+class SetThreshold:
+    """A threshold from Home Assistant, parsed and valid."""
+
+    account: AccountRuntime
+    key: str
+    value: Decimal
+
+
+async def _set_threshold(command: SetThreshold) -> None:
+    acc, key, value = command.account, command.key, command.value
+    try:
+        await acc.engine.set_threshold(acc.id, key, value)
+    except StoreError:
+        log.error("%s: %s not saved (alert store unavailable); send it again", acc.id, key)
+        return
+    log.info("%s: %s set to %s from Home Assistant", acc.id, key, value)
+    await acc.thresholds_changed()
+
+
 class Commands:
     def __init__(
         self,
@@ -106,7 +129,7 @@ class Commands:
         self._births = births
         self._clock = clock
         self._running: set[asyncio.Task[None]] = set()
-        self._latest: dict[tuple[str, str], Decimal] = {}
+        self._latest: dict[tuple[str, str], SetThreshold] = {}
         self._rejected = LimitedWarning(clock, "rejected thresholds", burst=10)
         self._unknown_account = LimitedWarning(clock, "commands for unknown accounts")
         self._unknown_command = LimitedWarning(clock, "unknown commands")
@@ -143,32 +166,33 @@ class Commands:
             acc.refresh()
         elif command.name in THRESHOLDS:
             try:
-                value = acc.parse_threshold(command.name, payload)
+                # Parsed here, at the edge: only a typed, valid value goes on.
+                value = acc.engine.parse_threshold(acc.id, command.name, payload)
             except ThresholdError as exc:
                 self._rejected.warn("%s: rejected threshold from MQTT: %s", acc.id, exc)
                 return
-            self._save(acc, command.name, value)
+            self._save(SetThreshold(acc, command.name, value))
         else:
             self._unknown_command.warn("%s: unknown command %r ignored", acc.id, command.name[:40])
 
-    def _save(self, acc: AccountRuntime, key: str, value: Decimal) -> None:
+    def _save(self, command: SetThreshold) -> None:
         """Saving waits for the alert store, so it runs off the receive loop; values that
         arrive meanwhile replace each other (only the latest one counts), so a flood of
         commands is one save at a time, not one task each."""
-        slot = (acc.id, key)
+        slot = (command.account.id, command.key)
         first = slot not in self._latest
-        self._latest[slot] = value
+        self._latest[slot] = command
         if first:
-            task = asyncio.create_task(self._save_latest(acc, key, slot))
+            task = spawn(self._save_latest(slot), f"{command.account.id}: saving {command.key}")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _save_latest(self, acc: AccountRuntime, key: str, slot: tuple[str, str]) -> None:
+    async def _save_latest(self, slot: tuple[str, str]) -> None:
         try:
             while True:
-                value = self._latest[slot]
-                await acc.set_threshold(key, value)
-                if self._latest[slot] is value:
+                command = self._latest[slot]
+                await _set_threshold(command)
+                if self._latest[slot] is command:
                     return
         finally:
             del self._latest[slot]

@@ -23,13 +23,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..config.settings import MqttConfig
-from ..core.clock import Clock
+from ..core.clock import Clock, backoff
 from ..core.neterror import describe_broker
+from ..core.timings import DEFAULTS, Timings
 from ..ha.topics import Kind, Topics
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 30.0
 IN_FLIGHT = 20  # paho's default limit of QoS > 0 messages in flight
 # The largest packet (MQTT 5) the broker may send us; it drops bigger ones, so anyone allowed to
 # publish on a topic we read cannot make us hold 100 MB. Far above what we read legitimately:
@@ -72,6 +72,82 @@ class RetainedRead:
     handler: Callable[[dict[str, bytes]], Awaitable[None]]
 
 
+class Broker:
+    """How to connect to the broker: the client's options, and MQTT 5 until the broker
+    refuses it (then 3.1.1)."""
+
+    def __init__(self, cfg: MqttConfig, topics: Topics) -> None:
+        self._cfg = cfg
+        self._topics = topics
+        self.v5 = cfg.protocol == "5"
+
+    def _tls(self) -> aiomqtt.TLSParameters | None:
+        if not self._cfg.tls:
+            return None
+        return aiomqtt.TLSParameters(
+            ca_certs=str(self._cfg.ca_file) if self._cfg.ca_file else None,
+            certfile=str(self._cfg.certfile) if self._cfg.certfile else None,
+            keyfile=str(self._cfg.keyfile) if self._cfg.keyfile else None,
+            cert_reqs=ssl.CERT_NONE if self._cfg.tls_insecure else ssl.CERT_REQUIRED,
+        )
+
+    def client(self, *, probe: bool = False) -> aiomqtt.Client:
+        """The bridge's connection; a `probe` (the `check` command) gets its own client id and
+        no Will, so it never takes over a running bridge's session or says it is offline."""
+        cfg = self._cfg
+        v5 = self.v5
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.MaximumPacketSize = MAX_PACKET_BYTES
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            identifier=f"{cfg.client_id}-check-{uuid.uuid4().hex[:8]}" if probe else cfg.client_id,
+            logger=_MQTT_LOG,
+            keepalive=cfg.keepalive,
+            will=None
+            if probe
+            else aiomqtt.Will(self._topics.bridge_status, "offline", qos=1, retain=True),
+            tls_params=self._tls(),
+            tls_insecure=cfg.tls_insecure if cfg.tls else None,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            # A fresh session each time: MQTT 5 says so with clean start (its session expiry
+            # defaults to 0), 3.1.1 with clean session.
+            clean_session=None if v5 else True,
+            clean_start=True if v5 else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+            timeout=10,
+        )
+
+    def fall_back(self, exc: BaseException) -> bool:
+        """A broker without MQTT 5 (an old Mosquitto, Aedes, VerneMQ by default) answers the
+        CONNECT with "unsupported protocol version": speak 3.1.1 to it from now on, once."""
+        if not (self.v5 and isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in (1, 132)):
+            return False
+        self.v5 = False
+        log.warning(
+            "MQTT broker %s:%d does not speak MQTT 5; using MQTT 3.1.1 (without the client-side "
+            'message size bound; set mqtt.protocol: "3.1.1" to skip this try)',
+            self._cfg.host,
+            self._cfg.port,
+        )
+        return True
+
+    async def probe(self) -> str | None:
+        """None when a connection to the broker works, else the reason (`check`)."""
+        for _ in range(2):
+            try:
+                async with self.client(probe=True):
+                    return None
+            except aiomqtt.MqttError as exc:
+                if not self.fall_back(exc):
+                    return describe_broker(exc, self._cfg.host)
+        return None  # not reached: the second try is 3.1.1, which cannot fall back
+
+
 class Publisher:
     def __init__(
         self,
@@ -83,21 +159,19 @@ class Publisher:
         on_message: MessageHandler,
         read_retained: RetainedRead | None = None,
         on_connection: Callable[[bool], None] | None = None,
-        readback_seconds: float = 3.0,
+        timings: Timings = DEFAULTS,
         rng: random.Random | None = None,
-        reconnect_backoff: tuple[float, float] = (1.0, MAX_BACKOFF),
     ) -> None:
         self._cfg = cfg
-        # MQTT 5 unless configured otherwise, or until the broker refuses it (then 3.1.1).
-        self.v5 = cfg.protocol == "5"
+        self.broker = Broker(cfg, topics)
         self._topics = topics
         self._clock = clock
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
         self._read_retained = read_retained
         self._on_connection = on_connection
-        self._readback_seconds = readback_seconds
-        self._reconnect = reconnect_backoff
+        self._readback_seconds = timings.readback_seconds
+        self._reconnect = timings.reconnect_backoff
         self._rng = rng or random.Random()
         self._desired: dict[str, _Entry] = {}
         self._sent: dict[str, bytes] = {}
@@ -137,73 +211,32 @@ class Publisher:
 
     # ---- connection --------------------------------------------------------------------
 
-    def _tls(self) -> aiomqtt.TLSParameters | None:
-        if not self._cfg.tls:
-            return None
-        return aiomqtt.TLSParameters(
-            ca_certs=str(self._cfg.ca_file) if self._cfg.ca_file else None,
-            certfile=str(self._cfg.certfile) if self._cfg.certfile else None,
-            keyfile=str(self._cfg.keyfile) if self._cfg.keyfile else None,
-            cert_reqs=ssl.CERT_NONE if self._cfg.tls_insecure else ssl.CERT_REQUIRED,
-        )
-
-    def make_client(self, *, probe: bool = False) -> aiomqtt.Client:
-        """The bridge's connection; a `probe` (the `check` command) gets its own client id and
-        no Will, so it never takes over a running bridge's session or says it is offline."""
-        cfg = self._cfg
-        v5 = self.v5
-        properties = None
-        if v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.MaximumPacketSize = MAX_PACKET_BYTES
-        return aiomqtt.Client(
-            cfg.host,
-            cfg.port,
-            username=cfg.username,
-            password=cfg.password.get_secret_value() if cfg.password else None,
-            identifier=f"{cfg.client_id}-check-{uuid.uuid4().hex[:8]}" if probe else cfg.client_id,
-            logger=_MQTT_LOG,
-            keepalive=cfg.keepalive,
-            will=None
-            if probe
-            else aiomqtt.Will(self._topics.bridge_status, "offline", qos=1, retain=True),
-            tls_params=self._tls(),
-            tls_insecure=cfg.tls_insecure if cfg.tls else None,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            # A fresh session each time: MQTT 5 says so with clean start (its session expiry
-            # defaults to 0), 3.1.1 with clean session.
-            clean_session=None if v5 else True,
-            clean_start=True if v5 else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=properties,
-            timeout=10,
-        )
-
     async def run(self) -> None:
         """Connect, and reconnect with capped exponential backoff, until cancelled."""
-        first, cap = self._reconnect
-        backoff = first
+        failures = 0  # in a row, without a connection between them
         while not self._stopping:
+            wait = backoff(*self._reconnect, failures)
             try:
-                async with self.make_client() as client:
-                    backoff = first
+                async with self.broker.client() as client:
+                    failures, wait = 0, backoff(*self._reconnect, 0)
                     await self._serve(client)
             except* aiomqtt.MqttError as group:
                 exc = group.exceptions[0]
-                if self._fall_back(exc):
-                    backoff = 0.0  # the next try is the older protocol, at once
+                if self.broker.fall_back(exc):
+                    wait = 0.0  # the next try is the older protocol, at once
                 elif not self._stopping:
                     log.warning(
                         "MQTT broker %s:%d: %s; reconnecting in %.0f s",
                         self._cfg.host,
                         self._cfg.port,
                         describe_broker(exc, self._cfg.host),
-                        backoff,
+                        wait,
                     )
             except* Exception as group:
                 # A bug or a hostile message must not end MQTT for good: log, reconnect.
                 log.error(
                     "MQTT connection failed unexpectedly; reconnecting in %.0f s",
-                    backoff,
+                    wait,
                     exc_info=group.exceptions[0],
                 )
             finally:
@@ -214,9 +247,11 @@ class Publisher:
                         self._on_connection(False)
             if self._stopping:
                 return
-            if backoff:
-                await self._clock.sleep(backoff * (0.8 + 0.4 * self._rng.random()))
-            backoff = min(cap, max(first, backoff * 2))
+            if wait:
+                await self._clock.sleep(wait * (0.8 + 0.4 * self._rng.random()))
+                failures += 1
+            else:
+                failures = 0
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._client = client
@@ -264,27 +299,14 @@ class Publisher:
                     self._readback[topic] = payload[: read.max_bytes + 1]
                 continue
             if message.retain and self._topics.parse_command(topic) is not None:
-                self._ignore_retained(topic)
+                self._retained_commands += 1
+                _ignored_retained(topic, first=self._retained_commands == 1)
                 continue
             try:
                 await self._on_message(topic, payload)
             except Exception:
                 # A bad command must never take the connection down.
                 log.exception("error handling message on %s", topic)
-
-    def _ignore_retained(self, topic: str) -> None:
-        """A retained command is stale by the time we (re)connect: applying it would undo
-        what was set from Home Assistant since. One line a connection says how to clear it."""
-        self._retained_commands += 1
-        if self._retained_commands == 1:
-            log.warning(
-                "ignored a retained command on %s (commands count only when sent live; "
-                "clear it: mosquitto_pub -r -n -t '%s')",
-                topic[:200],
-                topic[:200],
-            )
-        else:
-            log.debug("ignored a retained command on %s", topic[:200])
 
     async def _sync(self, client: aiomqtt.Client) -> None:
         while True:
@@ -352,31 +374,6 @@ class Publisher:
             raise PublishError(str(exc) or type(exc).__name__) from None
         self.publish_count += 1
 
-    def _fall_back(self, exc: BaseException) -> bool:
-        """A broker without MQTT 5 (an old Mosquitto, Aedes, VerneMQ by default) answers the
-        CONNECT with "unsupported protocol version": speak 3.1.1 to it from now on, once."""
-        if not (self.v5 and isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in (1, 132)):
-            return False
-        self.v5 = False
-        log.warning(
-            "MQTT broker %s:%d does not speak MQTT 5; using MQTT 3.1.1 (without the client-side "
-            'message size bound; set mqtt.protocol: "3.1.1" to skip this try)',
-            self._cfg.host,
-            self._cfg.port,
-        )
-        return True
-
-    async def probe(self) -> str | None:
-        """None when a connection to the broker works, else the reason (`check`)."""
-        for _ in range(2):
-            try:
-                async with self.make_client(probe=True):
-                    return None
-            except aiomqtt.MqttError as exc:
-                if not self._fall_back(exc):
-                    return describe_broker(exc, self._cfg.host)
-        return None  # not reached: the second try is 3.1.1, which cannot fall back
-
     async def close(self, timeout: float = 2.0) -> None:
         """Say `offline` (clean disconnects do not trigger the Will) and stop reconnecting."""
         self._stopping = True
@@ -389,3 +386,17 @@ class Publisher:
             )
         except (aiomqtt.MqttError, TimeoutError) as exc:
             log.warning("could not publish offline status: %s", str(exc) or type(exc).__name__)
+
+
+def _ignored_retained(topic: str, *, first: bool) -> None:
+    """A retained command is stale by the time we (re)connect: applying it would undo what
+    was set from Home Assistant since. One line a connection (`first`) says how to clear it."""
+    if first:
+        log.warning(
+            "ignored a retained command on %s (commands count only when sent live; "
+            "clear it: mosquitto_pub -r -n -t '%s')",
+            topic[:200],
+            topic[:200],
+        )
+    else:
+        log.debug("ignored a retained command on %s", topic[:200])

@@ -1,8 +1,9 @@
 """One account at run time: its scheduler, its view and what it publishes.
 
 The poller fetches; every outcome goes through the pure reducer (view.py), then the alert
-engine, then `render` into the publisher. Staleness and retries of alert bookkeeping run on
-their own timer (`watch`), whatever a poll is doing.
+engine, then `render` into the publisher (`AccountOutput`). Staleness and retries of alert
+bookkeeping run on their own timer (`watch`), whatever a poll is doing. When it may poll and
+when owed bookkeeping is retried are pure pieces (schedule.py).
 """
 
 from __future__ import annotations
@@ -10,30 +11,126 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
-from decimal import Decimal
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from ..config.settings import AccountConfig, PollConfig
-from ..core.clock import Clock, backoff, format_until, wait_event
-from ..core.model import Snapshot, Window
+from ..core.clock import Clock, format_until, spawn
+from ..core.model import Snapshot
 from ..core.money import format_money
+from ..core.timings import DEFAULTS, Timings
 from ..core.view import AccountView, AlertsEvaluated, Event, Polled, PollFailed, WentStale, reduce
 from ..crossmodel.client import ApiError, CrossModelClient
 from ..crossmodel.fetch import fetch_snapshot
 from ..ha.discovery import Announced, device_payload
-from ..ha.entities import entities_for
-from ..ha.render import dumps, render
+from ..ha.entities import Entity, entities_for
+from ..ha.render import Rendered, document_values, dumps, render
 from ..ha.topics import Kind, Topics
-from ..store.db import STORE_RETRY, StoreError
-from .alerting import AlertEngine, Observation, ThresholdError
+from ..store.db import StoreError
+from .alerting import AlertEngine, Observation
 from .metrics import Metrics
 from .publisher import Publisher
+from .schedule import AlertRetry, PollSchedule
 
 log = logging.getLogger(__name__)
-MAX_RETRY_AFTER = 3600.0
-EVALUATION_GRACE = 0.25  # seconds
-DISCOVERY_GRACE = 5.0  # seconds after start without a poll result: announce anyway
+
+
+class Retained(Protocol):
+    """Where the retained topics go (the Publisher; a list in tests)."""
+
+    def set(self, topic: str, payload: str | bytes, kind: Kind, *, once: bool = False) -> None: ...
+
+
+class AccountOutput:
+    """What one account shows: its retained topics (rendered from the view; the publisher
+    sends only what differs) and its discovery payload."""
+
+    def __init__(
+        self,
+        cfg: AccountConfig,
+        entities: Sequence[Entity],
+        *,
+        topics: Topics,
+        publisher: Retained,
+        qos: int,
+        alerts: bool,
+    ) -> None:
+        self.id = cfg.id
+        self._name = cfg.name
+        self.entities = entities
+        self._topics = topics
+        self._publisher = publisher
+        self._qos = qos
+        self._alerts = alerts
+        self._values = document_values(entities)
+        self.rendered: Rendered | None = None  # what was published last
+        self.currency: str | None = None
+        self.removed: dict[str, str] = {}  # components to remove in the next discovery
+        # Discovery waits for the first poll (it brings the currency the money entities need):
+        # Home Assistant 2024.11-2025.4 can drop a component of a device message that comes
+        # while it still handles the one before. The runtime announces it anyway when the
+        # first poll fails or `Timings.discovery_grace` passes without an answer.
+        self.announced_discovery = False
+
+    def publish(self, view: AccountView) -> None:
+        # No key of what render reads: render is cheap, and the publisher sends a topic only
+        # when its payload differs (an unchanged poll publishes nothing).
+        rendered = render(
+            self.id,
+            view,
+            self.entities,
+            self._topics,
+            previous=self.rendered,
+            alerts=self._alerts,
+            values=self._values,
+        )
+        self.rendered = rendered
+        for topic, (payload, kind) in rendered.messages.items():
+            self._publisher.set(topic, payload, kind)
+
+    def discovery(self) -> dict[str, Any]:
+        return device_payload(
+            account_id=self.id,
+            account_name=self._name,
+            topics=self._topics,
+            currency=self.currency,
+            qos=self._qos,
+            entities=self.entities,
+            removed=self.removed,
+        )
+
+    def announce_when(self, now: float, due: float) -> bool:
+        """Announce the device (once) when `due` has come; True when it is announced."""
+        if not self.announced_discovery and now >= due:
+            self.set_discovery()
+        return self.announced_discovery
+
+    def set_discovery(self) -> None:
+        self.announced_discovery = True
+        self._publisher.set(self._topics.device(self.id), dumps(self.discovery()), Kind.DISCOVERY)
+        # A removal ({"p": …}) goes out once, in this payload; later payloads leave it out.
+        self.removed = {}
+
+    def announced(self, found: Announced) -> None:
+        """What an earlier run announced: keep its currency, remove what is gone since."""
+        if self.currency is None:
+            self.currency = found.currency
+        current = set(self.discovery()["cmps"])
+        self.removed = {k: p for k, p in found.components.items() if k not in current}
+        self.set_discovery()
+
+    def currency_seen(self, currency: str) -> None:
+        if currency == self.currency:
+            return
+        if self.currency is not None:
+            log.warning(
+                "%s: currency changed from %s to %s; discovery republished with the new unit",
+                self.id,
+                self.currency,
+                currency,
+            )
+        self.currency = currency
+        self.set_discovery()
 
 
 class AccountRuntime:
@@ -48,96 +145,73 @@ class AccountRuntime:
         topics: Topics,
         publisher: Publisher,
         metrics: Metrics,
-        engine: AlertEngine | None,
+        engine: AlertEngine,
         qos: int,
         concurrency: asyncio.Semaphore,
         on_notices: Callable[[], None] = lambda: None,
-        alert_retry: tuple[float, float] = STORE_RETRY,
+        timings: Timings = DEFAULTS,
         spread: bool = False,
     ) -> None:
         self.cfg = cfg
         self.id = cfg.id
         self.client = client
+        self.engine = engine
         self._poll = poll
         self._clock = clock
         self._rng = rng
-        self._topics = topics
-        self._publisher = publisher
         self._metrics = metrics
-        self._engine = engine
-        self._qos = qos
         self._sem = concurrency
         self._on_notices = on_notices
-        self._alert_retry = alert_retry
+        self._timings = timings
         self._spread = spread
         self.rules = cfg.alerts.rules()
-        self.entities = entities_for(self.rules)
-        self.view = AccountView(alerts=engine.status(cfg.id) if engine else None)
-        self.doc: dict[str, Any] | None = None  # the state document published last
-        self._rendered_key: tuple[object, ...] | None = None
-        self.currency: str | None = None
-        # Discovery waits for the first poll (it brings the currency the money entities need):
-        # Home Assistant 2024.11-2025.4 can drop a component of a device message that comes
-        # while it still handles the one before. Without an answer by DISCOVERY_GRACE, the
-        # device is announced without them.
-        self.announced_discovery = False
-        self._discovery_due: float | None = None
-        self.removed: dict[str, str] = {}  # components to remove in the next discovery
+        self.output = AccountOutput(
+            cfg,
+            entities_for(self.rules),
+            topics=topics,
+            publisher=publisher,
+            qos=qos,
+            alerts=bool(self.rules),
+        )
+        self.view = AccountView(alerts=engine.status(cfg.id))
+        self.schedule = PollSchedule(poll.interval, poll.min_refresh_interval)
+        self.alert_retry = AlertRetry(timings.retry_backoff)
         self.polls = 0
         self.last_success: float | None = None  # monotonic time of the last good /credits
-        self.last_poll_start: float | None = None
-        self.not_before: float | None = None  # Retry-After: no request before this
-        self.usage_not_before: float | None = None  # Retry-After of /usage alone
         self.refresh_requested = asyncio.Event()
         self._announce = True
         self._changed = asyncio.Event()  # wakes `watch`
         self._eval_lock = asyncio.Lock()
-        self._alerts_owed: bool | None = None  # an evaluation to retry (its `record` flag)
-        self._alerts_retry_at: float | None = None
-        self._alerts_failures = 0
         self._retrying: asyncio.Task[None] | None = None
 
     # ---- scheduling ------------------------------------------------------------------------
 
     def refresh(self, *, announce: bool = True) -> None:
-        """Poll as soon as allowed; `announce` logs when that is later (one account's
-        command: the bridge-wide one logs a line of its own)."""
+        """Poll as soon as allowed; `announce`: log a deferral (bridge-wide: logged once)."""
         self._announce = announce
         self.refresh_requested.set()
 
     def deferred(self) -> tuple[float, str] | None:
         """How long a refresh asked for now waits, and why; None when it runs at once."""
-        now = self._clock.monotonic()
-        spacing = retry_after = 0.0
-        if self.last_poll_start is not None:
-            spacing = self.last_poll_start + self._poll.min_refresh_interval - now
-        if self.not_before is not None:
-            retry_after = self.not_before - now
-        if max(spacing, retry_after) <= 0:
-            return None
-        if retry_after >= spacing:
-            return retry_after, "the API's Retry-After"
-        return spacing, f"poll.min_refresh_interval {self._poll.min_refresh_interval:g} s"
+        return self.schedule.deferred(self._clock.monotonic())
 
     async def run(self) -> None:
-        """Poll every interval, or sooner on a refresh, never faster than the refresh spacing
-        and never inside a Retry-After window."""
+        """Poll every interval, or on a refresh, within the refresh spacing and Retry-After."""
         p = self._poll
-        if self._spread and p.jitter and self.last_poll_start is None:
+        if self._spread and p.jitter and self.schedule.last_start is None:
             # Several accounts: spread them so they do not poll in lockstep.
             await self._clock.sleep(self._rng.uniform(0, p.jitter))
         while True:
             await self._wait_until_allowed()
             self.refresh_requested.clear()
-            self.last_poll_start = self._clock.monotonic()
+            self.schedule.started(self._clock.monotonic())
             await self.poll_once()
-            next_at = self.last_poll_start + p.interval + self._rng.uniform(0, p.jitter)
+            next_at = self.schedule.next_due(self._rng.uniform(0, p.jitter))
             timeout = max(0.0, next_at - self._clock.monotonic())
-            await wait_event(self._clock, self.refresh_requested, timeout)
+            await self._clock.wait(self.refresh_requested, timeout)
 
     async def _wait_until_allowed(self) -> None:
-        # A refresh inside the spacing or a Retry-After window is deferred to its end;
-        # several collapse into one.
+        # A refresh inside the spacing or Retry-After waits for its end; several make one.
         deferred = self.deferred()
         if deferred is None:
             return
@@ -161,44 +235,33 @@ class AccountRuntime:
                 self._retrying.cancel()
 
     async def _watch(self) -> None:
-        self._discovery_due = self._clock.monotonic() + DISCOVERY_GRACE
+        discovery_due = self._clock.monotonic() + self._timings.discovery_grace
         while True:
             self._changed.clear()
             now = self._clock.monotonic()
             deadlines: list[float] = []
-            if not self.announced_discovery and self._discovery_due is not None:
-                if now >= self._discovery_due:
-                    self.set_discovery()
-                else:
-                    deadlines.append(self._discovery_due)
-            stale_at = self._stale_at()
-            if self.view.fresh and stale_at is not None:
+            if not self.output.announce_when(now, discovery_due):
+                deadlines.append(discovery_due)
+            if self.view.fresh and self.last_success is not None:
+                stale_at = self.last_success + self._poll.stale_after_s
                 if now >= stale_at:
                     self._went_stale()
                     continue
                 deadlines.append(stale_at)
-            if self._alerts_owed is not None and self._alerts_retry_at is not None:
-                if now >= self._alerts_retry_at:
-                    # In a task of its own: a database that makes the retry wait must not
-                    # hold back the staleness deadline.
-                    self._alerts_retry_at = None
-                    self._retrying = asyncio.create_task(self._retry_alerts())
-                    continue
-                deadlines.append(self._alerts_retry_at)
+            due = self.alert_retry.due(now)
+            if due:
+                # In a task of its own: a database that makes the retry wait must not
+                # hold back the staleness deadline.
+                self._retrying = spawn(self._retry_alerts(), f"{self.id}: the alert retry")
+                continue
+            if due is False and self.alert_retry.retry_at is not None:
+                deadlines.append(self.alert_retry.retry_at)
             timeout = min(deadlines) - now if deadlines else 3600.0
-            await wait_event(self._clock, self._changed, timeout)
-
-    def _stale_at(self) -> float | None:
-        if self.last_success is None:
-            return None
-        return self.last_success + self._poll.stale_after_s
+            await self._clock.wait(self._changed, timeout)
 
     def _went_stale(self) -> None:
-        log.warning(
-            "%s: no good data for %d s; values now unavailable",
-            self.id,
-            self._poll.stale_after_s,
-        )
+        stale_after = self._poll.stale_after_s
+        log.warning("%s: no good data for %d s; values now unavailable", self.id, stale_after)
         self._apply(WentStale())
         self.publish()
 
@@ -207,9 +270,7 @@ class AccountRuntime:
     async def poll_once(self) -> None:
         self.polls += 1
         started = self._clock.monotonic()
-        usage_wait = None
-        if self.usage_not_before is not None:
-            usage_wait = self.usage_not_before - started
+        usage_wait = self.schedule.usage_wait(started)
         try:
             # Only the requests count against the concurrency limit: the alert bookkeeping
             # after them (which may wait for the database) must not hold other accounts back.
@@ -221,6 +282,7 @@ class AccountRuntime:
                     usage_deadline=self._poll.usage_timeout,
                     on_balance=self._on_balance,
                     usage_wait=usage_wait,
+                    grace=self._timings.partial_grace,
                 )
         except ApiError as exc:
             self._metrics.poll(self.id, exc.status, self._clock.monotonic() - started)
@@ -233,21 +295,10 @@ class AccountRuntime:
             await self._failed(ApiError(f"internal error: {type(exc).__name__}"))
             return
         took = self._clock.monotonic() - started
-        if snap.usage_retry_after is not None:
-            wait = min(snap.usage_retry_after, MAX_RETRY_AFTER)
-            self.usage_not_before = self._clock.monotonic() + wait
-        elif usage_wait is None or usage_wait <= 0:
-            self.usage_not_before = None
+        self.schedule.usage_answered(self._clock.monotonic(), snap.usage_retry_after, usage_wait)
         self._metrics.poll(self.id, "ok", took)
         self._metrics.snapshot(snap)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s: poll ok in %.0f ms: balance %s, available %s",
-                self.id,
-                took * 1000,
-                format_money(snap.balance_micro, snap.currency),
-                format_money(snap.available_micro, snap.currency),
-            )
+        _log_poll(snap, took)
         self._succeeded(snap, partial=False)
         await self._evaluate_and_publish(record=True)
 
@@ -258,28 +309,16 @@ class AccountRuntime:
 
     def _succeeded(self, snap: Snapshot, *, partial: bool) -> None:
         self.last_success = self._clock.monotonic()
-        self.not_before = None
+        self.schedule.succeeded()
         self._apply(Polled(snap, partial))
-        if snap.currency != self.currency:
-            if self.currency is not None:
-                log.warning(
-                    "%s: currency changed from %s to %s; discovery republished with the new unit",
-                    self.id,
-                    self.currency,
-                    snap.currency,
-                )
-            self.currency = snap.currency
-            self.set_discovery()
+        self.output.currency_seen(snap.currency)
 
     async def _failed(self, exc: ApiError) -> None:
         log.warning("%s: poll failed (%s): %s", self.id, exc.status, exc)
-        if exc.retry_after is not None:
-            # Honour Retry-After, but an absurd one must not stop polling (and alerts).
-            wait = min(exc.retry_after, MAX_RETRY_AFTER)
-            self.not_before = self._clock.monotonic() + wait
+        # Honour Retry-After, but an absurd one must not stop polling (and alerts).
+        self.schedule.failed(self._clock.monotonic(), exc.retry_after)
         self._apply(PollFailed(exc.status, str(exc)))
-        if not self.announced_discovery:
-            self.set_discovery()  # no currency to wait for: the API status entities matter now
+        self.output.announce_when(0.0, 0.0)  # no currency to wait for: announce the device now
         await self._evaluate_and_publish(record=False)
 
     def _apply(self, event: Event) -> None:
@@ -295,7 +334,7 @@ class AccountRuntime:
     async def _evaluate_and_publish(self, *, record: bool) -> None:
         # Values and alerts go out together; but a slow or locked alert store must not hold
         # the values back: after a moment they go first.
-        early = asyncio.get_running_loop().call_later(EVALUATION_GRACE, self.publish)
+        early = self._clock.call_later(self._timings.evaluation_grace, self.publish)
         try:
             await self._evaluate(record=record)
         finally:
@@ -305,27 +344,15 @@ class AccountRuntime:
     async def _evaluate(self, *, record: bool) -> bool:
         """Run the rules on the current view; on a store failure, owe it (retried by
         `watch`), so nothing is lost while the database is locked or read-only."""
-        if self._engine is None:
-            return True
         async with self._eval_lock:
-            view = self.view
-            seen = Observation(
-                snapshot=view.snapshot,
-                usage=view.usage,
-                usage_at=view.usage_at,
-                usage_current=view.usage_current,
-                api_status=view.api_status,
-                last_success=self.last_success,
-            )
-            record = record or bool(self._alerts_owed)
+            seen = observation(self.view, self.last_success)
+            record = record or bool(self.alert_retry.record)
             try:
-                status, notices = await self._engine.observe(self.id, seen, record=record)
+                status, notices = await self.engine.observe(self.id, seen, record=record)
             except StoreError:
                 self._owe_alerts(record)
                 return False
-        recovered = self._alerts_owed is not None
-        self._alerts_owed = None
-        self._alerts_failures = 0
+        recovered = self.alert_retry.settled()
         self._apply(AlertsEvaluated(status))
         if notices or recovered:
             # After a failed commit, too: one that timed out may have landed after all (a
@@ -334,94 +361,47 @@ class AccountRuntime:
         return True
 
     def _owe_alerts(self, record: bool) -> None:
-        delay = backoff(*self._alert_retry, self._alerts_failures)
-        self._alerts_failures += 1
-        self._alerts_owed = record
-        self._alerts_retry_at = self._clock.monotonic() + delay
+        delay = self.alert_retry.owe(self._clock.monotonic(), record)
         log.warning("%s: alert state not saved; retrying in %.0f s", self.id, delay)
         self._changed.set()
 
     async def _retry_alerts(self) -> None:
         try:
-            if await self._evaluate(record=bool(self._alerts_owed)):
+            if await self._evaluate(record=bool(self.alert_retry.record)):
                 self.publish()
         except Exception:
             log.exception("%s: retrying the alert bookkeeping failed", self.id)
-            self._owe_alerts(bool(self._alerts_owed))
+            self._owe_alerts(bool(self.alert_retry.record))
 
-    def parse_threshold(self, key: str, payload: bytes) -> Decimal:
-        """Raises ThresholdError for a payload that is not an acceptable value."""
-        if self._engine is None:
-            raise ThresholdError(f"{key}: alerts are not running")
-        return self._engine.parse_threshold(self.id, key, payload)
-
-    async def set_threshold(self, key: str, value: Decimal) -> None:
-        assert self._engine is not None
-        try:
-            await self._engine.set_threshold(self.id, key, value)
-        except StoreError:
-            log.error("%s: %s not saved (alert store unavailable); send it again", self.id, key)
-            return
-        log.info("%s: %s set to %s from Home Assistant", self.id, key, value)
+    async def thresholds_changed(self) -> None:
+        """A threshold was saved (a command from Home Assistant): evaluate and show it."""
         await self._evaluate(record=False)
         self.publish()
 
     # ---- publishing ------------------------------------------------------------------------
 
     def publish(self) -> None:
-        key = _render_key(self.view)
-        if key == self._rendered_key:
-            return  # nothing shown changed (only the poll time): render would publish nothing
-        self._rendered_key = key
-        rendered = render(
-            self.id,
-            self.view,
-            self.entities,
-            self._topics,
-            published=self.doc,
-            alerts=bool(self.rules),
-        )
-        self.doc = rendered.doc
-        for topic, (payload, kind) in rendered.messages.items():
-            self._publisher.set(topic, payload, kind)
-
-    def discovery(self) -> dict[str, Any]:
-        return device_payload(
-            account_id=self.id,
-            account_name=self.cfg.name,
-            topics=self._topics,
-            currency=self.currency,
-            qos=self._qos,
-            entities=self.entities,
-            removed=self.removed,
-        )
-
-    def set_discovery(self) -> None:
-        self.announced_discovery = True
-        self._publisher.set(self._topics.device(self.id), dumps(self.discovery()), Kind.DISCOVERY)
-        # A removal ({"p": …}) goes out once, in this payload; later payloads leave it out.
-        self.removed = {}
-
-    def announced(self, found: Announced) -> None:
-        """What an earlier run announced: keep its currency, remove what is gone since."""
-        if self.currency is None:
-            self.currency = found.currency
-        current = set(self.discovery()["cmps"])
-        self.removed = {k: p for k, p in found.components.items() if k not in current}
-        self.set_discovery()
+        self.output.publish(self.view)
 
 
-def _render_key(view: AccountView) -> tuple[object, ...]:
-    """Everything `render` reads, but the poll time: equal keys render equal documents."""
-    snap = view.snapshot
-    return (
-        None if snap is None else (snap.currency, snap.balance_micro, snap.holds_micro),
-        view.usage,
-        None if view.usage_at is None else tuple(w.start(view.usage_at) for w in Window),
-        view.usage_state,
-        view.api_status,
-        view.connected,
-        view.error,
-        view.alerts,
-        view.fresh,
+def observation(view: AccountView, last_success: float | None) -> Observation:
+    """What the alert engine is shown of a view."""
+    return Observation(
+        snapshot=view.snapshot,
+        usage=view.usage,
+        usage_at=view.usage_at,
+        usage_current=view.usage_current,
+        api_status=view.api_status,
+        last_success=last_success,
     )
+
+
+def _log_poll(snap: Snapshot, took: float) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "%s: poll ok in %.0f ms: balance %s, available %s",
+            snap.account_id,
+            took * 1000,
+            format_money(snap.balance_micro, snap.currency),
+            format_money(snap.available_micro, snap.currency),
+        )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.clock import Clock, backoff
+from ..core.timings import DEFAULTS, Backoff
 
 log = logging.getLogger(__name__)
 TaskFactory = Callable[[], Coroutine[Any, Any, None]]
@@ -29,7 +30,7 @@ class Supervisor:
         self,
         clock: Clock,
         *,
-        backoff: tuple[float, float] = (1.0, 60.0),
+        backoff: Backoff = DEFAULTS.restart_backoff,
         settle: float = 60.0,
         on_restart: Callable[[str], None] | None = None,
     ) -> None:

@@ -31,12 +31,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from ..core.evaluate import RuleState
 from ..core.notice import Notice
 from ..core.samples import Sample
+from ..core.timings import DEFAULTS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-STORE_RETRY = (1.0, 60.0)  # backoff (first, cap) while the database fails
-STORE_DEADLINE = 5.0  # seconds a store call may take before the store counts as stuck
-LOCK_WAIT = 5.0  # seconds `run` waits at start for a lock another program holds
 P = ParamSpec("P")
 
 DB_NAME = "cm_mqtt_bridge.db"
@@ -121,7 +119,200 @@ def is_locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
-class Store:
+class _Tables:
+    """The connection the parts of the store share (Store opens it)."""
+
+    _db: sqlite3.Connection
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db)
+
+
+class _Outbox(_Tables):
+    """The alert outbox: what each channel owes, in order."""
+
+    def due(self, channel: str, now: datetime, limit: int = 50) -> list[OutboxItem]:
+        """What the channel owes, strictly in the order it was written, up to the first item
+        still waiting out a backoff: a later notice (a rule's `recovered`) never overtakes an
+        earlier one (its `fired`). Permanently failed items are skipped; a row that is not
+        the notice we wrote (bit rot, a hand edit) is marked failed here, once, so the
+        channel goes on with the next."""
+        rows = self._db.execute(
+            "SELECT rowid, id, channel, account, payload, attempts, next_attempt FROM outbox "
+            "WHERE channel = ? AND delivered IS NULL AND failed IS NULL "
+            "ORDER BY rowid LIMIT ?",  # the order written, whatever the wall clock did
+            (channel, limit),
+        ).fetchall()
+        out: list[OutboxItem] = []
+        for rowid, i, c, a, p, n, next_attempt in rows:
+            if isinstance(next_attempt, int | float) and next_attempt > now.timestamp():
+                break
+            notice = Notice.from_json(p)
+            if not all(isinstance(v, str) for v in (i, c, a)):
+                # Updates match on the id: a non-text id would be sent again every round.
+                notice = "id, channel or account is not text"
+            if isinstance(notice, str) or not isinstance(n, int):
+                problem = notice if isinstance(notice, str) else "attempts is not a number"
+                try:
+                    self._db.execute(  # the date it was given up, whatever cut-off `now` is
+                        "UPDATE outbox SET failed = ?, last_error = ? WHERE rowid = ?",
+                        (time.time(), f"unreadable: {problem}", rowid),
+                    )
+                except sqlite3.OperationalError as exc:
+                    # Locked or busy: the good notices of this batch still go; the row is
+                    # marked on a later round.
+                    log.warning(
+                        "%s: outbox row %s is unreadable (%s) and could not be marked failed "
+                        "yet (%s); skipped",
+                        channel,
+                        rowid,
+                        problem,
+                        exc,
+                    )
+                    continue
+                log.error(
+                    "%s: outbox row %s (notice %r) is unreadable (%s); marked failed, not sent",
+                    channel,
+                    rowid,
+                    i,
+                    problem,
+                )
+                continue
+            out.append(OutboxItem(str(i), str(c), str(a), notice, n))
+        return out
+
+    def make_due(self, channel: str, now: datetime) -> int:
+        """The channel works (again): everything it still owes is due now, not after backoff."""
+        cur = self._db.execute(
+            "UPDATE outbox SET next_attempt = ? WHERE channel = ? AND delivered IS NULL "
+            "AND failed IS NULL AND next_attempt > ?",
+            (now.timestamp(), channel, now.timestamp()),
+        )
+        return cur.rowcount
+
+    def next_due(self, channel: str) -> datetime | None:
+        """When the oldest item the channel owes is due (the others wait behind it)."""
+        row = self._db.execute(
+            "SELECT next_attempt FROM outbox WHERE channel = ? AND delivered IS NULL "
+            "AND failed IS NULL ORDER BY rowid LIMIT 1",
+            (channel,),
+        ).fetchone()
+        return _dt(row[0]) if row else None
+
+    def delivered(self, item: OutboxItem, now: datetime) -> None:
+        self._db.execute(
+            "UPDATE outbox SET delivered = ?, attempts = attempts + 1, last_error = NULL "
+            "WHERE id = ? AND channel = ?",
+            (now.timestamp(), item.id, item.channel),
+        )
+
+    def failed(self, item: OutboxItem, retry_at: datetime, error: str) -> None:
+        self._db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ? "
+            "WHERE id = ? AND channel = ?",
+            (retry_at.timestamp(), error[:500], item.id, item.channel),
+        )
+
+    def gave_up(self, item: OutboxItem, now: datetime, error: str) -> None:
+        """The receiver refused the notice for good (e.g. HTTP 400): never retried."""
+        self._db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, failed = ?, last_error = ? "
+            "WHERE id = ? AND channel = ?",
+            (now.timestamp(), error[:500], item.id, item.channel),
+        )
+
+    def pending(self, channel: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND failed IS NULL"
+        args: tuple[str, ...] = ()
+        if channel is not None:
+            sql += " AND channel = ?"
+            args = (channel,)
+        return int(self._db.execute(sql, args).fetchone()[0])
+
+
+class _History(_Tables):
+    """Balance and spend samples (burn rate, runway, `history`)."""
+
+    def add_sample(self, account: str, s: Sample) -> None:
+        self._db.execute(
+            "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                account,
+                s.at.timestamp(),
+                s.balance_micro,
+                s.holds_micro,
+                s.spend_day_micro,
+                s.spend_week_micro,
+                s.spend_month_micro,
+                s.spent_total_micro,
+            ),
+        )
+
+    def latest_sample(self, account: str, at_or_before: datetime | None = None) -> Sample | None:
+        sql = f"SELECT * FROM samples WHERE account = ? AND {VALID_SAMPLE}"  # noqa: S608 (a constant)
+        args: tuple[object, ...] = (account,)
+        if at_or_before is not None:
+            sql += " AND at <= ?"
+            args += (at_or_before.timestamp(),)
+        row = self._db.execute(sql + " ORDER BY at DESC LIMIT 1", args).fetchone()
+        return _sample(row) if row else None
+
+    def anchor(self, account: str, at_or_before: datetime) -> tuple[Sample | None, datetime | None]:
+        """The last sample at or before a time, and when the next one was taken (until then
+        the answer stays the same)."""
+        found = self.latest_sample(account, at_or_before)
+        row = self._db.execute(
+            f"SELECT MIN(at) FROM samples WHERE account = ? AND at > ? AND {VALID_SAMPLE}",  # noqa: S608
+            (account, at_or_before.timestamp()),
+        ).fetchone()
+        return found, _dt(row[0]) if row else None
+
+    def samples(
+        self, account: str | None = None, since: datetime | None = None
+    ) -> Iterator[tuple[str, Sample]]:
+        sql = f"SELECT * FROM samples WHERE {VALID_SAMPLE}"  # noqa: S608 (a constant)
+        args: tuple[object, ...] = ()
+        if account is not None:
+            sql += " AND account = ?"
+            args += (account,)
+        if since is not None:
+            sql += " AND at >= ?"
+            args += (since.timestamp(),)
+        try:
+            for row in self._db.execute(sql + " ORDER BY account, at", args):
+                yield row[0], _sample(row)
+        except sqlite3.Error as exc:  # e.g. pages corrupted past what the open check reads
+            raise StoreError(str(exc) or type(exc).__name__) from None
+
+    def unreadable_samples(self) -> int:
+        """History rows that are not as we wrote them (skipped wherever history is read)."""
+        sql = f"SELECT COUNT(*) FROM samples WHERE NOT ({VALID_SAMPLE})"  # noqa: S608
+        try:
+            return int(self._db.execute(sql).fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc) or type(exc).__name__) from None
+
+    def compact(self, now: datetime) -> int:
+        """Thin old history; returns the number of rows removed."""
+        before = self._db.total_changes
+        with self._tx():
+            for older_than, bucket in ((KEEP_ALL, 3600), (KEEP_HOURLY, 86400)):
+                cutoff = (now - older_than).timestamp()
+                self._db.execute(
+                    "DELETE FROM samples WHERE at < ? AND rowid NOT IN ("
+                    "SELECT MIN(rowid) FROM samples WHERE at < ? "
+                    "GROUP BY account, CAST(at / ? AS INTEGER))",
+                    (cutoff, cutoff, bucket),
+                )
+            self._db.execute("DELETE FROM samples WHERE at < ?", ((now - KEEP_DAILY).timestamp(),))
+            self._db.execute(
+                "DELETE FROM outbox WHERE COALESCE(delivered, failed) < ?",
+                ((now - timedelta(days=7)).timestamp(),),
+            )
+        return self._db.total_changes - before
+
+
+class Store(_Outbox, _History):
     def __init__(self, path: Path | str, *, busy_ms: int = 1000, prepare: bool = True) -> None:
         """Open the connection; with `prepare` (the default) also set the database up. Without,
         `prepare()` runs later (a database another program holds locked at start)."""
@@ -293,109 +484,6 @@ class Store:
                 ],
             )
 
-    def _tx(self) -> _Tx:
-        return _Tx(self._db)
-
-    # ---- outbox ------------------------------------------------------------------------
-
-    def due(self, channel: str, now: datetime, limit: int = 50) -> list[OutboxItem]:
-        """What the channel owes, strictly in the order it was written, up to the first item
-        still waiting out a backoff: a later notice (a rule's `recovered`) never overtakes an
-        earlier one (its `fired`). Permanently failed items are skipped; a row that is not
-        the notice we wrote (bit rot, a hand edit) is marked failed here, once, so the
-        channel goes on with the next."""
-        rows = self._db.execute(
-            "SELECT rowid, id, channel, account, payload, attempts, next_attempt FROM outbox "
-            "WHERE channel = ? AND delivered IS NULL AND failed IS NULL "
-            "ORDER BY rowid LIMIT ?",  # the order written, whatever the wall clock did
-            (channel, limit),
-        ).fetchall()
-        out: list[OutboxItem] = []
-        for rowid, i, c, a, p, n, next_attempt in rows:
-            if isinstance(next_attempt, int | float) and next_attempt > now.timestamp():
-                break
-            notice = Notice.from_json(p)
-            if not all(isinstance(v, str) for v in (i, c, a)):
-                # Updates match on the id: a non-text id would be sent again every round.
-                notice = "id, channel or account is not text"
-            if isinstance(notice, str) or not isinstance(n, int):
-                problem = notice if isinstance(notice, str) else "attempts is not a number"
-                try:
-                    self._db.execute(  # the date it was given up, whatever cut-off `now` is
-                        "UPDATE outbox SET failed = ?, last_error = ? WHERE rowid = ?",
-                        (time.time(), f"unreadable: {problem}", rowid),
-                    )
-                except sqlite3.OperationalError as exc:
-                    # Locked or busy: the good notices of this batch still go; the row is
-                    # marked on a later round.
-                    log.warning(
-                        "%s: outbox row %s is unreadable (%s) and could not be marked failed "
-                        "yet (%s); skipped",
-                        channel,
-                        rowid,
-                        problem,
-                        exc,
-                    )
-                    continue
-                log.error(
-                    "%s: outbox row %s (notice %r) is unreadable (%s); marked failed, not sent",
-                    channel,
-                    rowid,
-                    i,
-                    problem,
-                )
-                continue
-            out.append(OutboxItem(str(i), str(c), str(a), notice, n))
-        return out
-
-    def make_due(self, channel: str, now: datetime) -> int:
-        """The channel works (again): everything it still owes is due now, not after backoff."""
-        cur = self._db.execute(
-            "UPDATE outbox SET next_attempt = ? WHERE channel = ? AND delivered IS NULL "
-            "AND failed IS NULL AND next_attempt > ?",
-            (now.timestamp(), channel, now.timestamp()),
-        )
-        return cur.rowcount
-
-    def next_due(self, channel: str) -> datetime | None:
-        """When the oldest item the channel owes is due (the others wait behind it)."""
-        row = self._db.execute(
-            "SELECT next_attempt FROM outbox WHERE channel = ? AND delivered IS NULL "
-            "AND failed IS NULL ORDER BY rowid LIMIT 1",
-            (channel,),
-        ).fetchone()
-        return _dt(row[0]) if row else None
-
-    def delivered(self, item: OutboxItem, now: datetime) -> None:
-        self._db.execute(
-            "UPDATE outbox SET delivered = ?, attempts = attempts + 1, last_error = NULL "
-            "WHERE id = ? AND channel = ?",
-            (now.timestamp(), item.id, item.channel),
-        )
-
-    def failed(self, item: OutboxItem, retry_at: datetime, error: str) -> None:
-        self._db.execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ? "
-            "WHERE id = ? AND channel = ?",
-            (retry_at.timestamp(), error[:500], item.id, item.channel),
-        )
-
-    def gave_up(self, item: OutboxItem, now: datetime, error: str) -> None:
-        """The receiver refused the notice for good (e.g. HTTP 400): never retried."""
-        self._db.execute(
-            "UPDATE outbox SET attempts = attempts + 1, failed = ?, last_error = ? "
-            "WHERE id = ? AND channel = ?",
-            (now.timestamp(), error[:500], item.id, item.channel),
-        )
-
-    def pending(self, channel: str | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND failed IS NULL"
-        args: tuple[str, ...] = ()
-        if channel is not None:
-            sql += " AND channel = ?"
-            args = (channel,)
-        return int(self._db.execute(sql, args).fetchone()[0])
-
     # ---- thresholds set from Home Assistant ----------------------------------------------
 
     def overrides(self, account: str) -> dict[str, tuple[str, str | None]]:
@@ -412,86 +500,6 @@ class Store:
 
     def drop_override(self, account: str, key: str) -> None:
         self._db.execute("DELETE FROM overrides WHERE account = ? AND key = ?", (account, key))
-
-    # ---- history -----------------------------------------------------------------------
-
-    def add_sample(self, account: str, s: Sample) -> None:
-        self._db.execute(
-            "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                account,
-                s.at.timestamp(),
-                s.balance_micro,
-                s.holds_micro,
-                s.spend_day_micro,
-                s.spend_week_micro,
-                s.spend_month_micro,
-                s.spent_total_micro,
-            ),
-        )
-
-    def latest_sample(self, account: str, at_or_before: datetime | None = None) -> Sample | None:
-        sql = f"SELECT * FROM samples WHERE account = ? AND {VALID_SAMPLE}"  # noqa: S608 (a constant)
-        args: tuple[object, ...] = (account,)
-        if at_or_before is not None:
-            sql += " AND at <= ?"
-            args += (at_or_before.timestamp(),)
-        row = self._db.execute(sql + " ORDER BY at DESC LIMIT 1", args).fetchone()
-        return _sample(row) if row else None
-
-    def anchor(self, account: str, at_or_before: datetime) -> tuple[Sample | None, datetime | None]:
-        """The last sample at or before a time, and when the next one was taken (until then
-        the answer stays the same)."""
-        found = self.latest_sample(account, at_or_before)
-        row = self._db.execute(
-            f"SELECT MIN(at) FROM samples WHERE account = ? AND at > ? AND {VALID_SAMPLE}",  # noqa: S608
-            (account, at_or_before.timestamp()),
-        ).fetchone()
-        return found, _dt(row[0]) if row else None
-
-    def samples(
-        self, account: str | None = None, since: datetime | None = None
-    ) -> Iterator[tuple[str, Sample]]:
-        sql = f"SELECT * FROM samples WHERE {VALID_SAMPLE}"  # noqa: S608 (a constant)
-        args: tuple[object, ...] = ()
-        if account is not None:
-            sql += " AND account = ?"
-            args += (account,)
-        if since is not None:
-            sql += " AND at >= ?"
-            args += (since.timestamp(),)
-        try:
-            for row in self._db.execute(sql + " ORDER BY account, at", args):
-                yield row[0], _sample(row)
-        except sqlite3.Error as exc:  # e.g. pages corrupted past what the open check reads
-            raise StoreError(str(exc) or type(exc).__name__) from None
-
-    def unreadable_samples(self) -> int:
-        """History rows that are not as we wrote them (skipped wherever history is read)."""
-        sql = f"SELECT COUNT(*) FROM samples WHERE NOT ({VALID_SAMPLE})"  # noqa: S608
-        try:
-            return int(self._db.execute(sql).fetchone()[0])
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc) or type(exc).__name__) from None
-
-    def compact(self, now: datetime) -> int:
-        """Thin old history; returns the number of rows removed."""
-        before = self._db.total_changes
-        with self._tx():
-            for older_than, bucket in ((KEEP_ALL, 3600), (KEEP_HOURLY, 86400)):
-                cutoff = (now - older_than).timestamp()
-                self._db.execute(
-                    "DELETE FROM samples WHERE at < ? AND rowid NOT IN ("
-                    "SELECT MIN(rowid) FROM samples WHERE at < ? "
-                    "GROUP BY account, CAST(at / ? AS INTEGER))",
-                    (cutoff, cutoff, bucket),
-                )
-            self._db.execute("DELETE FROM samples WHERE at < ?", ((now - KEEP_DAILY).timestamp(),))
-            self._db.execute(
-                "DELETE FROM outbox WHERE COALESCE(delivered, failed) < ?",
-                ((now - timedelta(days=7)).timestamp(),),
-            )
-        return self._db.total_changes - before
 
 
 def _sample(row: tuple[Any, ...]) -> Sample:
@@ -583,7 +591,7 @@ class AsyncStore:
     card or NFS share) raises StoreError too; while it is still stuck, later calls fail at
     once instead of queueing behind it, so the callers owe their work and retry it later."""
 
-    def __init__(self, store: Store, *, deadline: float = STORE_DEADLINE) -> None:
+    def __init__(self, store: Store, *, deadline: float = DEFAULTS.store_deadline) -> None:
         self.store = store
         self.deadline = deadline
         self._worker = _Worker()
