@@ -12,17 +12,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from ..core.clock import Clock
 from ..core.evaluate import AlertStatus, RuleState, evaluate, warn_steps
 from ..core.forecast import WINDOW, burn_rate, runway_days
+from ..core.lifetime import SpendTotal, advance
 from ..core.model import Snapshot, Usage, Window
 from ..core.money import MICRO_PER_UNIT, parse_amount
 from ..core.notice import Notice
-from ..core.rules import THRESHOLDS, AlertsBase, Inputs
+from ..core.rules import THRESHOLDS, AlertsBase, Inputs, SpikeRule
 from ..core.samples import Sample, next_sample
+from ..core.spike import BASELINE, SpikeFigures, spike_figures
 from ..store.db import AsyncStore, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,11 @@ class AlertEngine:
         # The burn rate's 7-day anchor changes only when `now - 7 d` passes the next sample:
         # cached with that time, it costs no database call on most polls.
         self._anchors: dict[str, tuple[Sample | None, datetime | None]] = {}
+        # The spike rule's anchors (window start, baseline start), cached the same way, and
+        # each account's oldest sample (it changes only when history is thinned).
+        self._spike_anchors: dict[tuple[str, str], tuple[Sample | None, datetime | None]] = {}
+        self._oldest: dict[str, Sample | None] = {}
+        self._totals: dict[str, SpendTotal | None] = {a.id: None for a in accounts}
         # Accounts whose state must be read from the database before they are evaluated:
         # all at start, and one whose commit failed (it may have landed after all).
         self._unloaded: set[str] = set(self._accounts)
@@ -93,6 +100,8 @@ class AlertEngine:
         known = self._states[account_id]
         self._states[account_id] = {r: self._kept(known.get(r), s) for r, s in states.items()}
         self._anchors.pop(account_id, None)
+        self._forget_spike(account_id)
+        self._totals[account_id] = await self.store.call(Store.spend_total, account_id)
         self._unloaded.discard(account_id)
 
     def _kept(self, known: RuleState | None, state: RuleState) -> RuleState:
@@ -208,6 +217,42 @@ class AlertEngine:
     def history_changed(self) -> None:
         """History was thinned: anchors are read again."""
         self._anchors.clear()
+        self._spike_anchors.clear()
+        self._oldest.clear()
+
+    def _forget_spike(self, account_id: str) -> None:
+        self._oldest.pop(account_id, None)
+        for key in [k for k in self._spike_anchors if k[0] == account_id]:
+            del self._spike_anchors[key]
+
+    async def _spike_anchor(self, account_id: str, which: str, at: datetime) -> Sample | None:
+        key = (account_id, which)
+        cached = self._spike_anchors.get(key)
+        if (
+            cached is not None
+            and (cached[1] is None or at < cached[1])
+            and (cached[0] is None or cached[0].at <= at)
+        ):
+            return cached[0]
+        found = await self.store.call(Store.anchor, account_id, at)
+        self._spike_anchors[key] = found
+        return found[0]
+
+    async def _spike(
+        self, acc: AlertAccount, latest: Sample | None, now: datetime
+    ) -> SpikeFigures | None:
+        """The spike rule's figures from history; None when the rule is off."""
+        cfg = acc.alerts.get(SpikeRule)
+        if cfg is None or latest is None:
+            return None
+        start = now - timedelta(seconds=cfg.over)
+        at_start = await self._spike_anchor(acc.id, "window", start)
+        base = await self._spike_anchor(acc.id, "baseline", start - BASELINE)
+        if base is None:
+            if acc.id not in self._oldest:
+                self._oldest[acc.id] = await self.store.call(Store.oldest_sample, acc.id)
+            base = self._oldest[acc.id]
+        return spike_figures(latest, at_start, base, start)
 
     def status(self, account_id: str) -> AlertStatus:
         """What is known without evaluating (at start, from the database)."""
@@ -218,7 +263,12 @@ class AlertEngine:
             active={r: s.since or self.started_at for r, s in states.items() if s.firing},
             thresholds=self.thresholds(account_id),
             steps=warn_steps(acc.alerts.rules(), states, self.clock.now()),
+            spend_total_micro=self._spend_total(account_id),
         )
+
+    def _spend_total(self, account_id: str) -> int | None:
+        total = self._totals[account_id]
+        return None if total is None else total.total_micro
 
     async def observe(
         self, account_id: str, seen: Observation, *, record: bool
@@ -235,8 +285,12 @@ class AlertEngine:
         prev = self._last[account_id]
         snap = seen.snapshot
         sample: Sample | None = None
+        total: SpendTotal | None = None
         if record and snap is not None and seen.usage is not None and seen.usage_current:
             sample = next_sample(prev, snap, seen.usage)
+            total = advance(
+                self._totals[account_id], snap.fetched_at, seen.usage.monthly.cost_micro
+            )
         latest = sample or prev
         anchor = await self._anchor(account_id, now - WINDOW)
         burn = burn_rate(latest, anchor, now)
@@ -264,21 +318,29 @@ class AlertEngine:
             else None,
             thresholds=thresholds,
             install_id=self.install_id,
+            spike=await self._spike(acc, latest, now),
         )
         states = self._states[account_id]
         changed, notices = evaluate(acc.alerts, inputs, states)
-        if changed or notices or sample is not None:
+        if changed or notices or sample is not None or total is not None:
             channels = self.channels
             try:
                 await self.store.call(
-                    Store.commit, account_id, changed, notices, channels, now, sample
+                    Store.commit, account_id, changed, notices, channels, now, sample, total
                 )
             except StoreError:
                 self._unloaded.add(account_id)
                 raise
         states.update(changed)
+        if total is not None:
+            self._totals[account_id] = total
         if sample is not None:
             self._last[account_id] = sample
+            if self._oldest.get(account_id, sample) is None:
+                self._oldest[account_id] = sample  # the first sample ever
+            for key, (found, next_at) in list(self._spike_anchors.items()):
+                if key[0] == account_id and next_at is None:
+                    self._spike_anchors[key] = (found, sample.at)
             cached = self._anchors.get(account_id)
             if cached is not None and cached[1] is None:
                 self._anchors[account_id] = (cached[0], sample.at)
@@ -291,5 +353,6 @@ class AlertEngine:
             runway_days=runway,
             thresholds=thresholds,
             steps=warn_steps(acc.alerts.rules(), states, now),
+            spend_total_micro=self._spend_total(account_id),
         )
         return status, notices
