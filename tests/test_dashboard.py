@@ -39,6 +39,7 @@ accounts:
       api_down: {{after: 15m}}
       auth_failed: true
       topup: true
+      spike: {{factor: 4}}
   - id: team-2
     name: Team
     api_key: {KEY}
@@ -239,7 +240,8 @@ def test_gauge_bands_follow_the_low_balance_threshold(config: Config) -> None:
 def test_spend_per_day_comes_from_long_term_statistics(config: Config) -> None:
     (graph,) = [c for c in cards(dashboard.account_view(config.accounts[0]))
                 if c["type"] == "statistics-graph"]  # fmt: skip
-    assert graph["entities"] == ["sensor.crossmodel_main_spend_today"]
+    # Total spend never resets: its daily change is a day of spend in HA's own time zone.
+    assert graph["entities"] == ["sensor.crossmodel_main_total_spend"]
     assert graph["stat_types"] == ["change"]
     assert (graph["period"], graph["days_to_show"]) == ("day", 30)
 

@@ -242,6 +242,24 @@ EXPECTED_CMPS: dict[str, dict[str, Any]] = {
         "Spend this month",
         last_reset_value_template="{{ value_json.reset_month or '' }}",
     ),
+    # Lifetime spend: monetary, total, and no last_reset (it never resets).
+    "total_spend": {
+        "p": "sensor",
+        "name": "Total spend",
+        "unique_id": "cm_main_total_spend",
+        "default_entity_id": "sensor.crossmodel_main_total_spend",
+        "object_id": "crossmodel_main_total_spend",
+        "qos": 1,
+        "availability": VALUES_GATE,
+        "availability_mode": "all",
+        "state_topic": "cm_mqtt_bridge/main/state",
+        "value_template": "{{ value_json.total_spend }}",
+        "device_class": "monetary",
+        "state_class": "total",
+        "icon": "mdi:cash-multiple",
+        "suggested_display_precision": 2,
+        "unit_of_measurement": "USD",
+    },
     "tokens_today": TOKENS_TODAY,
     "tokens_week": _sibling(
         TOKENS_TODAY,
@@ -775,7 +793,15 @@ def test_account_ids_that_would_share_entity_ids_are_refused(first, second):
 
 # ---- currency, removal, read-back ---------------------------------------------------------
 
-MONETARY = {"balance", "holds", "available", "spend_today", "spend_week", "spend_month"}
+MONETARY = {
+    "balance",
+    "holds",
+    "available",
+    "spend_today",
+    "spend_week",
+    "spend_month",
+    "total_spend",
+}
 # Entities whose unit holds the currency: left out until it is known.
 CURRENCY_UNIT = MONETARY | {"burn_rate"}
 

@@ -18,6 +18,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,6 +34,7 @@ from cm_mqtt_bridge.core.rules import (
     LowBalanceRule,
     RunwayRule,
     SimpleRule,
+    SpikeRule,
 )
 from cm_mqtt_bridge.notify.channels import NtfyConfig
 
@@ -698,6 +700,7 @@ OPTION_PATHS: dict[str, tuple[str | int, ...]] = {
     "budget_monthly": ("alerts", "budget", "monthly"),
     "budget_warn_at": ("alerts", "budget", "warn_at"),
     "budget_forecast": ("alerts", "budget", "forecast"),
+    "spike_factor": ("alerts", "spike", "factor"),
     "ntfy_url": ("notify", "ntfy", "url"),
     "ntfy_topic": ("notify", "ntfy", "topic"),
     "ntfy_token": ("notify", "ntfy", "token"),
@@ -716,6 +719,7 @@ FULL_OPTIONS: dict[str, Any] = {
     "budget_monthly": 30.5,
     "budget_warn_at": "50, 80",
     "budget_forecast": True,
+    "spike_factor": 4.5,
     "ntfy_url": "https://ntfy.example.org",
     "ntfy_topic": "wallet-3f9a",
     "ntfy_token": "tk_secret_token",
@@ -823,6 +827,7 @@ def test_minimal_options_leave_the_optional_rules_off(addon_config):
     config = _make_config_module().build_config(options, {**BROKER, "ssl": "true"})
     assert config["accounts"][0]["id"] == "main"
     assert "budget" not in config["alerts"]
+    assert "spike" not in config["alerts"]
     assert config["notify"] == {}
     assert config["mqtt"]["tls"] is True
 
@@ -872,6 +877,9 @@ def test_run_sh_writes_a_config_the_bridge_accepts(tmp_path):
     assert budget is not None
     assert (budget.daily, budget.weekly, budget.monthly) == (2_000_000, 10_000_000, 30_500_000)
     assert (budget.warn_at, budget.forecast) == ((50, 80), True)
+    spike = alerts.get(SpikeRule)
+    assert spike is not None
+    assert (spike.factor, spike.over) == (Decimal("4.5"), 3600.0)
     ntfy = config.notify.get(NtfyConfig)
     assert ntfy is not None
     assert ntfy.url == "https://ntfy.example.org"

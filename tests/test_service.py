@@ -82,8 +82,9 @@ ISSUE3_DOC_KEYS = (
 )
 
 
-# Filled in by the alert engine (forecast), not by this issue's poll: present, not pinned.
-FORECAST_KEYS = {"burn_rate", "burn_rate_source", "runway_days"}
+# Filled in by the alert engine (forecast, lifetime spend), not by this issue's poll: present,
+# not pinned.
+FORECAST_KEYS = {"burn_rate", "burn_rate_source", "runway_days", "total_spend"}
 
 
 @pytest.fixture(autouse=True)
@@ -265,6 +266,7 @@ async def test_first_publish_order_values_and_retain_flags(standin, mosquitto):
         AVAILABILITY,
         "cm_mqtt_bridge/main/burn_rate",
         "cm_mqtt_bridge/main/runway_days",
+        "cm_mqtt_bridge/main/total_spend",
     }
     assert {k: m.text for k, m in plain.items() if m} == {
         "balance": "8.059489",

@@ -75,6 +75,8 @@ EXPECTED_FULL: dict[str, Any] = {
     "success_rate_week": 98.5,
     "spend_month": "5.37",
     "reset_month": "2026-01-01T00:00:00+00:00",
+    # Lifetime spend is kept by the alert engine (in the state database); unknown without it.
+    "total_spend": None,
     "tokens_month": 3200000,
     "prompt_tokens_month": 2500000,
     "completion_tokens_month": 700000,

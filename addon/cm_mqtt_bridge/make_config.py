@@ -69,6 +69,8 @@ def build_config(
         if options.get("budget_forecast") is True:
             budget["forecast"] = True
         alerts["budget"] = budget
+    if _given(options, "spike_factor"):
+        alerts["spike"] = {"factor": options["spike_factor"], "over": "1h"}
 
     notify: dict[str, Any] = {}
     if _given(options, "ntfy_topic"):

@@ -42,6 +42,7 @@ class AlertStatus:
     thresholds: Mapping[str, Decimal] = field(default_factory=dict)  # in force, by key
     # Budget rule -> the highest `warn_at` step passed in its current window.
     steps: Mapping[str, int] = field(default_factory=dict)
+    spend_total_micro: int | None = None  # lifetime spend (core/lifetime.py); None: no poll yet
 
 
 def _notice(

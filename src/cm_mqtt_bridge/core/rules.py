@@ -15,12 +15,13 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from pydantic import BeforeValidator, Field, create_model
+from pydantic import BeforeValidator, Field, create_model, field_validator
 
 from .configbase import Amount, Duration, StrictModel
 from .forecast import Burn
 from .model import Window
 from .money import CURRENCY, MICRO_PER_UNIT, format_money, parse_amount
+from .spike import SpikeFigures
 
 WINDOW_GRACE = timedelta(seconds=90)
 Priority = Literal["min", "low", "default", "high", "urgent"]
@@ -82,6 +83,23 @@ class TopupRule(RuleCommon):
     min_amount: Amount = 10_000  # 0.01 units: below that it is rounding, not a top-up
 
 
+SPIKE_MAX_FACTOR = Decimal(100)
+SPIKE_OVER = (300.0, 86400.0)  # the window: 5 min (a few polls) .. 1 day (a 7-day baseline)
+
+
+class SpikeRule(RuleCommon):
+    factor: Annotated[Decimal, Field(ge=1, le=SPIKE_MAX_FACTOR)] = Decimal(3)
+    over: Duration = 3600.0
+    min_spend: Amount = 0  # the window's spend must also be above this
+
+    @field_validator("over")
+    @classmethod
+    def _over_range(cls, v: float) -> float:
+        if not SPIKE_OVER[0] <= v <= SPIKE_OVER[1]:
+            raise ValueError("must be between 5m and 1d")
+        return v
+
+
 # ---- what a rule sees, and what its check says -------------------------------------------------
 
 
@@ -110,6 +128,7 @@ class Inputs:
     # Thresholds set from Home Assistant (by Threshold.key, in the threshold's unit).
     thresholds: Mapping[str, Decimal] = field(default_factory=dict)
     install_id: str = ""  # the state database's random id, part of every notice id
+    spike: SpikeFigures | None = None  # None: spike rule off, or not enough history yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +408,61 @@ def _topup(cfg: TopupRule, i: Inputs, state: Any) -> Check:
     )
 
 
+# A spike re-arms once the window's spend is at most this share of the level that fires it.
+SPIKE_REARM = Decimal("0.8")
+
+
+def _per(seconds: float) -> str:
+    """A spike window in words: 'hour', '30 min', '2 h', 'day'."""
+    s = int(seconds)
+    if s in (3600, 86400):
+        return "hour" if s == 3600 else "day"
+    if s % 3600 == 0:
+        return f"{s // 3600} h"
+    return f"{s // 60} min" if s % 60 == 0 else f"{s} s"
+
+
+def _baseline(seconds: int) -> str:
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h"
+    return f"{_days(Decimal(seconds) / 86400).removesuffix('.0')} days"
+
+
+def _spike(cfg: SpikeRule, i: Inputs, state: Any) -> Check:
+    f = i.spike
+    if f is None:
+        return Check(None, False)
+    cur = i.currency or ""
+    factor = threshold_value(SPIKE, cfg, i)
+    over = Decimal(int(cfg.over))
+    # Exact, without dividing: spend per window at the baseline's pace is base × over / seconds,
+    # so every side is multiplied by the baseline's seconds.
+    recent = Decimal(f.recent_micro) * f.base_seconds
+    level = max(factor * f.base_micro * over, Decimal(cfg.min_spend) * f.base_seconds)
+    average = Decimal(f.base_micro) * over / f.base_seconds
+    per = _per(cfg.over)
+    spent = format_money(f.recent_micro, cur)
+    if f.base_micro:
+        ratio = _days(Decimal(f.recent_micro) / average)
+        fired = (
+            f"spend in the last {per} {spent} is {ratio} × the average of "
+            f"{format_money(int(average.to_integral_value()), cur)} per {per} over the previous "
+            f"{_baseline(f.base_seconds)} (alert above {factor} ×)"
+        )
+    else:
+        fired = f"spend in the last {per} {spent} after no spend in the previous " + _baseline(
+            f.base_seconds
+        )
+    return Check(
+        active=recent > level,
+        rearm=recent <= level * SPIKE_REARM,
+        value=spent,
+        threshold=format_money(int((level / f.base_seconds).to_integral_value()), cur),
+        fired=fired,
+        recovered=f"spend in the last {per} is back to {spent}",
+    )
+
+
 # ---- the registry ----------------------------------------------------------------------------
 
 SECTIONS: dict[str, type[RuleCommon]] = {
@@ -398,6 +472,7 @@ SECTIONS: dict[str, type[RuleCommon]] = {
     "api_down": ApiDownRule,
     "auth_failed": SimpleRule,
     "topup": TopupRule,
+    "spike": SpikeRule,
 }
 
 LOW_BALANCE = RuleSpec(
@@ -432,6 +507,24 @@ RUNWAY = RuleSpec(
         icon="mdi:timer-alert-outline",
         money=False,
         configured=lambda s: s.below_days,
+    ),
+)
+
+SPIKE = RuleSpec(
+    "spike",
+    "Spend spike",
+    "spike",
+    _spike,
+    threshold=Threshold(
+        key="spike_factor",
+        name="Spike factor",
+        unit="×",
+        low=Decimal(1),
+        high=SPIKE_MAX_FACTOR,
+        step=Decimal("0.1"),
+        icon="mdi:chart-bell-curve-cumulative",
+        money=False,
+        configured=lambda s: s.factor,
     ),
 )
 
@@ -501,6 +594,7 @@ RULES: tuple[RuleSpec, ...] = (
     RuleSpec("auth_failed", "Key rejected", "auth_failed", _auth_failed),
     RuleSpec("topup", "Top-up", "topup", _topup, event=True),
     *_budget_extras(),
+    SPIKE,
 )
 BY_NAME: dict[str, RuleSpec] = {r.name: r for r in RULES}
 THRESHOLDS: dict[str, tuple[RuleSpec, Threshold]] = {

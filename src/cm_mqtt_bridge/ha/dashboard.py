@@ -93,17 +93,25 @@ def account_view(acc: AccountConfig, path: str | None = None) -> dict[str, Any]:
             "type": "entities",
             "title": "Wallet",
             "entities": a.rows(
-                # Ids that are the same when an HA before 2025.10 derived them from the names
-                # (entities an older bridge created there keep those ids): not "spend_month",
-                # whose name "Spend this month" gives …_spend_this_month.
-                ("balance", "available", "holds", "spend_today", "runway", "burn_rate")
+                # Ids HA before 2025.10 derives from the names too (not "spend_month", whose
+                # name "Spend this month" gives sensor.crossmodel_<account>_spend_this_month).
+                (
+                    "balance",
+                    "available",
+                    "holds",
+                    "spend_today",
+                    "total_spend",
+                    "runway",
+                    "burn_rate",
+                )
             ),
         },
         _gauge(a),
         {
             "type": "statistics-graph",
             "title": "Spend per day",
-            "entities": [a.eid("spend_today")],
+            # Total spend never resets: its daily change is the spend of the user's own day.
+            "entities": [a.eid("total_spend")],
             "stat_types": ["change"],
             "period": "day",
             "days_to_show": SPEND_DAYS,
@@ -125,7 +133,7 @@ def account_view(acc: AccountConfig, path: str | None = None) -> dict[str, Any]:
         alerts: list[dict[str, Any]] = [
             {"type": "entities", "title": "Alerts", "entities": problems}
         ]
-        thresholds = a.rows(("low_balance_below", "runway_below_days"))
+        thresholds = a.rows(("low_balance_below", "runway_below_days", "spike_factor"))
         if thresholds:
             # A glance card: the number rows of an entities card cut the names short.
             alerts.append({"type": "glance", "title": "Thresholds", "entities": thresholds})

@@ -174,6 +174,7 @@ def _build() -> tuple[Entity, ...]:
                 last_reset=Value(f"reset_{w.suffix}", _reset(w)),
             )
         )
+    out.append(_total_spend())
     for w in Window:
         out.append(
             Entity(
@@ -282,6 +283,26 @@ def _build() -> tuple[Entity, ...]:
         ),
     ]
     return tuple(out)
+
+
+def _total_spend() -> Entity:
+    # No last_reset: it never resets, so HA's long-term statistics give spend per hour, day,
+    # week and month in the user's own time zone (the windows above follow UTC).
+    return Entity(
+        key="total_spend",
+        name="Total spend",
+        value=Value("total_spend", _spend_total),
+        device_class="monetary",
+        state_class="total",
+        unit=CURRENCY,
+        precision=2,
+        icon="mdi:cash-multiple",
+    )
+
+
+def _spend_total(v: AccountView) -> str | None:
+    total = v.alerts.spend_total_micro if v.alerts else None
+    return None if total is None else format_plain(total)
 
 
 def _burn_source(v: AccountView) -> str | None:

@@ -12,17 +12,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from ..core.clock import Clock
 from ..core.evaluate import AlertStatus, RuleState, evaluate, warn_steps
 from ..core.forecast import WINDOW, burn_rate, runway_days
+from ..core.lifetime import SpendTotal, advance
 from ..core.model import Snapshot, Usage, Window
 from ..core.money import MICRO_PER_UNIT, parse_amount
 from ..core.notice import Notice
-from ..core.rules import THRESHOLDS, AlertsBase, Inputs
+from ..core.rules import THRESHOLDS, AlertsBase, Inputs, SpikeRule
 from ..core.samples import Sample, next_sample
+from ..core.spike import BASELINE, SpikeFigures, spike_figures
 from ..store.db import AsyncStore, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,53 @@ class Observation:
     last_success: float | None  # monotonic time of the last good poll in this process
 
 
+class Anchors:
+    """The history samples the rules measure from, cached. An anchor (the last sample at or
+    before a time: the burn rate's `now - 7 d`, the spike rule's window and baseline starts)
+    changes only when that time passes the next sample: cached with that time, it costs no
+    database call on most polls. The oldest sample changes only when history is thinned."""
+
+    def __init__(self, store: AsyncStore) -> None:
+        self._store = store
+        self._anchors: dict[tuple[str, str], tuple[Sample | None, datetime | None]] = {}
+        self._oldest: dict[str, Sample | None] = {}
+
+    async def anchor(self, account_id: str, which: str, at: datetime) -> Sample | None:
+        key = (account_id, which)
+        cached = self._anchors.get(key)
+        if (
+            cached is not None
+            and (cached[1] is None or at < cached[1])
+            and (cached[0] is None or cached[0].at <= at)
+        ):
+            return cached[0]
+        found = await self._store.call(Store.anchor, account_id, at)
+        self._anchors[key] = found
+        return found[0]
+
+    async def oldest(self, account_id: str) -> Sample | None:
+        if account_id not in self._oldest:
+            self._oldest[account_id] = await self._store.call(Store.oldest_sample, account_id)
+        return self._oldest[account_id]
+
+    def added(self, account_id: str, sample: Sample) -> None:
+        """A new sample: the anchors with no next sample yet have one now."""
+        if self._oldest.get(account_id, sample) is None:
+            self._oldest[account_id] = sample  # the first sample ever
+        for key, (found, next_at) in list(self._anchors.items()):
+            if key[0] == account_id and next_at is None:
+                self._anchors[key] = (found, sample.at)
+
+    def forget(self, account_id: str) -> None:
+        self._oldest.pop(account_id, None)
+        for key in [k for k in self._anchors if k[0] == account_id]:
+            del self._anchors[key]
+
+    def clear(self) -> None:
+        self._anchors.clear()
+        self._oldest.clear()
+
+
 class AlertEngine:
     def __init__(
         self, store: AsyncStore, accounts: Sequence[AlertAccount], clock: Clock, channels: list[str]
@@ -68,9 +117,8 @@ class AlertEngine:
         self._states: dict[str, dict[str, RuleState]] = {a.id: {} for a in accounts}
         self._last: dict[str, Sample | None] = {a.id: None for a in accounts}
         self._thresholds: dict[str, dict[str, Decimal]] = {a.id: {} for a in accounts}
-        # The burn rate's 7-day anchor changes only when `now - 7 d` passes the next sample:
-        # cached with that time, it costs no database call on most polls.
-        self._anchors: dict[str, tuple[Sample | None, datetime | None]] = {}
+        self._history = Anchors(store)
+        self._totals: dict[str, SpendTotal | None] = {a.id: None for a in accounts}
         # Accounts whose state must be read from the database before they are evaluated:
         # all at start, and one whose commit failed (it may have landed after all).
         self._unloaded: set[str] = set(self._accounts)
@@ -78,8 +126,7 @@ class AlertEngine:
 
     async def load(self) -> bool:
         """Rule states, the last sample and thresholds set from HA, from the database. False
-        when the store does not answer (locked by another program): each account is then
-        loaded before its first evaluation, which is owed until then."""
+        when the store does not answer (locked): each account then loads before it is evaluated."""
         for acc in self._accounts.values():
             try:
                 await self._load_account(acc.id)
@@ -92,7 +139,8 @@ class AlertEngine:
         states, self._last[account_id], self._thresholds[account_id] = loaded
         known = self._states[account_id]
         self._states[account_id] = {r: self._kept(known.get(r), s) for r, s in states.items()}
-        self._anchors.pop(account_id, None)
+        self._history.forget(account_id)
+        self._totals[account_id] = await self.store.call(Store.spend_total, account_id)
         self._unloaded.discard(account_id)
 
     def _kept(self, known: RuleState | None, state: RuleState) -> RuleState:
@@ -154,8 +202,7 @@ class AlertEngine:
         return out
 
     def parse_threshold(self, account_id: str, key: str, raw: bytes) -> Decimal:
-        """A threshold sent from HA, validated; raises ThresholdError when it is not
-        acceptable (nothing changes)."""
+        """A threshold sent from HA, validated; ThresholdError (nothing changes) if not."""
         acc = self._accounts[account_id]
         if key not in THRESHOLDS:
             raise ThresholdError(f"{key} cannot be set")
@@ -193,21 +240,23 @@ class AlertEngine:
 
     # ---- evaluation ----------------------------------------------------------------------
 
-    async def _anchor(self, account_id: str, at: datetime) -> Sample | None:
-        cached = self._anchors.get(account_id)
-        if (
-            cached is not None
-            and (cached[1] is None or at < cached[1])
-            and (cached[0] is None or cached[0].at <= at)
-        ):
-            return cached[0]
-        found = await self.store.call(Store.anchor, account_id, at)
-        self._anchors[account_id] = found
-        return found[0]
-
     def history_changed(self) -> None:
         """History was thinned: anchors are read again."""
-        self._anchors.clear()
+        self._history.clear()
+
+    async def _spike(
+        self, acc: AlertAccount, latest: Sample | None, now: datetime
+    ) -> SpikeFigures | None:
+        """The spike rule's figures from history; None when the rule is off."""
+        cfg = acc.alerts.get(SpikeRule)
+        if cfg is None or latest is None:
+            return None
+        start = now - timedelta(seconds=cfg.over)
+        at_start = await self._history.anchor(acc.id, "window", start)
+        base = await self._history.anchor(acc.id, "baseline", start - BASELINE)
+        if base is None:
+            base = await self._history.oldest(acc.id)
+        return spike_figures(latest, at_start, base, start)
 
     def status(self, account_id: str) -> AlertStatus:
         """What is known without evaluating (at start, from the database)."""
@@ -218,7 +267,12 @@ class AlertEngine:
             active={r: s.since or self.started_at for r, s in states.items() if s.firing},
             thresholds=self.thresholds(account_id),
             steps=warn_steps(acc.alerts.rules(), states, self.clock.now()),
+            spend_total_micro=self._spend_total(account_id),
         )
+
+    def _spend_total(self, account_id: str) -> int | None:
+        total = self._totals[account_id]
+        return None if total is None else total.total_micro
 
     async def observe(
         self, account_id: str, seen: Observation, *, record: bool
@@ -235,10 +289,14 @@ class AlertEngine:
         prev = self._last[account_id]
         snap = seen.snapshot
         sample: Sample | None = None
+        total: SpendTotal | None = None
         if record and snap is not None and seen.usage is not None and seen.usage_current:
             sample = next_sample(prev, snap, seen.usage)
+            total = advance(
+                self._totals[account_id], snap.fetched_at, seen.usage.monthly.cost_micro
+            )
         latest = sample or prev
-        anchor = await self._anchor(account_id, now - WINDOW)
+        anchor = await self._history.anchor(account_id, "burn", now - WINDOW)
         burn = burn_rate(latest, anchor, now)
         available = snap.available_micro if snap else None
         runway = runway_days(available, burn) if available is not None else None
@@ -264,24 +322,25 @@ class AlertEngine:
             else None,
             thresholds=thresholds,
             install_id=self.install_id,
+            spike=await self._spike(acc, latest, now),
         )
         states = self._states[account_id]
         changed, notices = evaluate(acc.alerts, inputs, states)
-        if changed or notices or sample is not None:
+        if changed or notices or sample is not None or total is not None:
             channels = self.channels
             try:
                 await self.store.call(
-                    Store.commit, account_id, changed, notices, channels, now, sample
+                    Store.commit, account_id, changed, notices, channels, now, sample, total
                 )
             except StoreError:
                 self._unloaded.add(account_id)
                 raise
         states.update(changed)
+        if total is not None:
+            self._totals[account_id] = total
         if sample is not None:
             self._last[account_id] = sample
-            cached = self._anchors.get(account_id)
-            if cached is not None and cached[1] is None:
-                self._anchors[account_id] = (cached[0], sample.at)
+            self._history.added(account_id, sample)
         for n in notices:
             log.info("%s: alert %s %s: %s", account_id, n.rule, n.kind, n.message)
         status = AlertStatus(
@@ -291,5 +350,6 @@ class AlertEngine:
             runway_days=runway,
             thresholds=thresholds,
             steps=warn_steps(acc.alerts.rules(), states, now),
+            spend_total_micro=self._spend_total(account_id),
         )
         return status, notices

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ..core.evaluate import RuleState
+from ..core.lifetime import SpendTotal
 from ..core.notice import Notice
 from ..core.samples import Sample
 from ..core.timings import DEFAULTS
@@ -56,6 +57,9 @@ CREATE TABLE IF NOT EXISTS samples (
     spend_day INTEGER, spend_week INTEGER, spend_month INTEGER, spent_total INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS samples_account_at ON samples (account, at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS spend_total (
+    account TEXT PRIMARY KEY, total INTEGER NOT NULL, month_start REAL NOT NULL,
+    month_spend INTEGER NOT NULL);
 """
 # A history row as we write it; one that is not (a hand edit, bit rot) is skipped when read.
 VALID_SAMPLE = (
@@ -257,6 +261,36 @@ class _History(_Tables):
         row = self._db.execute(sql + " ORDER BY at DESC LIMIT 1", args).fetchone()
         return _sample(row) if row else None
 
+    def spend_total(self, account: str) -> SpendTotal | None:
+        """The account's lifetime spend; None before its first full poll. A row that is not as
+        we wrote it (a hand edit, bit rot) is dropped with a warning: the total starts again."""
+        row = self._db.execute(
+            "SELECT total, month_start, month_spend FROM spend_total WHERE account = ?",
+            (account,),
+        ).fetchone()
+        if row is None:
+            return None
+        total, month_start, month_spend = row
+        if (
+            isinstance(total, int)
+            and isinstance(month_spend, int)
+            and isinstance(month_start, int | float)
+            and 0 <= month_start <= 253402300799
+            and total >= month_spend >= 0
+        ):
+            return SpendTotal(total, datetime.fromtimestamp(month_start, UTC), month_spend)
+        log.warning(
+            "%s: the stored lifetime spend is not as the bridge wrote it; it starts again",
+            account,
+        )
+        self._db.execute("DELETE FROM spend_total WHERE account = ?", (account,))
+        return None
+
+    def oldest_sample(self, account: str) -> Sample | None:
+        sql = f"SELECT * FROM samples WHERE account = ? AND {VALID_SAMPLE}"  # noqa: S608 (a constant)
+        row = self._db.execute(sql + " ORDER BY at LIMIT 1", (account,)).fetchone()
+        return _sample(row) if row else None
+
     def anchor(self, account: str, at_or_before: datetime) -> tuple[Sample | None, datetime | None]:
         """The last sample at or before a time, and when the next one was taken (until then
         the answer stays the same)."""
@@ -448,14 +482,21 @@ class Store(_Outbox, _History):
         channels: Sequence[str],
         now: datetime,
         sample: Sample | None = None,
+        total: SpendTotal | None = None,
     ) -> None:
-        """Rule states, their notices and the poll's history sample, all or nothing: a top-up
-        measured against a sample is never lost because the sample was saved without it."""
-        if not changed and not notices and sample is None:
+        """Rule states, their notices, the poll's history sample and lifetime spend, all or
+        nothing: a top-up measured against a sample is never lost because the sample was saved
+        without it, and a month-to-date figure is counted in the total exactly once."""
+        if not changed and not notices and sample is None and total is None:
             return
         with self._tx():
             if sample is not None:
                 self.add_sample(account, sample)
+            if total is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO spend_total VALUES (?, ?, ?, ?)",
+                    (account, total.total_micro, total.month_start.timestamp(), total.month_micro),
+                )
             self._db.executemany(
                 "INSERT OR REPLACE INTO rule_state "
                 "(account, rule, firing, since, last_notified, window, seq, step) "
