@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 # Everything `run` imports before it reads the config, and what the bridge runs with.
 PROBE = """
@@ -48,3 +51,34 @@ async def test_health_endpoint_still_answers_with_its_late_import() -> None:
                 assert resp.status == 200
     finally:
         await server.stop()
+
+
+def _snapshot() -> Any:
+    from cm_mqtt_bridge.core.model import Snapshot, UsageState
+
+    return Snapshot(
+        "main", datetime(2026, 1, 1, tzinfo=UTC), "USD", 5_000_000, 0, None, UsageState.OK
+    )
+
+
+def test_per_account_metrics_only_when_something_serves_them(tmp_path: Path) -> None:
+    from cm_mqtt_bridge.config.settings import Config
+    from cm_mqtt_bridge.service.bridge import Bridge
+
+    def bridge(health: bool) -> Bridge:
+        config = Config.model_validate(
+            {
+                "accounts": [{"id": "main", "api_key": "cm-test-0123456789abcdef"}],
+                "data_dir": str(tmp_path),
+                "health": {"enabled": health},
+            }
+        )
+        return Bridge(config)
+
+    for health, series in ((True, True), (False, False)):
+        metrics = bridge(health).metrics
+        metrics.poll("main", "ok", 0.1)
+        metrics.snapshot(_snapshot())
+        text = metrics.render().decode()
+        assert ('cm_bridge_balance{account="main"' in text) is series
+        assert ('cm_bridge_polls_total{account="main"' in text) is series
