@@ -9,6 +9,8 @@ Every figure is a ratio against a baseline measured in the same run, on the same
 the same loopback CrossModel stand-in (benchmarks/standin_server.py, its own process) and a
 private Mosquitto (a fresh one per stage). The bridge runs in fresh processes
 (benchmarks/worker.py, or the real `cm-mqtt-bridge run` console script for start-up).
+The "Outside" rows measure the real `python -m cm_mqtt_bridge run` process from outside
+(benchmarks/outside.py; `.venv/bin/python -m benchmarks.outside` runs that part alone).
 Not part of the test suite's pass/fail.
 """
 
@@ -50,6 +52,17 @@ SCALES = {1: 200, 10: 60, 100: 10}  # accounts -> measured cycles (1,000 comes f
 BIG = 1000
 BIG_CYCLES = 3
 RESEND_AT = 100  # also measure the full republish here, where it can complete
+OUTSIDE_RUNS = 3  # fresh processes per outside figure (the median is reported)
+OUTSIDE_CYCLES = 3
+OUTSIDE_BASELINE = (
+    "aiohttp",
+    "aiomqtt",
+    "paho-mqtt",
+    "pydantic",
+    "pydantic-settings (if installed)",
+    "tenacity",
+    "PyYAML",
+)
 RAW_MQTT_WINDOW = 20  # benchmarks/worker.py: paho's default max_inflight_messages
 
 # A process that imports modules (named in a JSON file, or on the command line) and reports.
@@ -438,6 +451,71 @@ async def stage_idle(api: str, details: dict[str, Any]) -> list[Row]:
 # ---- report --------------------------------------------------------------------------------
 
 
+async def stage_outside(api: str, details: dict[str, Any]) -> list[Row]:
+    """The outside method (benchmarks/outside.py): the real `run` process under refresh-all
+    commands, CPU from /proc with idle subtracted, peak RSS; raw aiohttp beside it."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.outside import measure
+
+    log(f"outside: the real `run` process, 1 and {BIG} accounts, refresh-all over MQTT")
+    async with broker() as port:
+        res = await measure(api, port, OUTSIDE_RUNS, BIG, OUTSIDE_CYCLES)
+    details["outside"] = res
+    cpu, raw = med(res["cpu_ms_per_account_big"]), med(res["raw_cpu_ms_per_account_big"])
+    ten = med(res["cpu_ms_per_account_10"])
+    one, base = med(res["hwm_kb_1"]), med(res["baseline_hwm_kb"])
+    health, big = med(res["hwm_kb_1_health"]), med(res["hwm_kb_big"])
+    load = f"load average {res['load_before']} before, {res['load_after']} after"
+    return [
+        Row(
+            f"Outside: CPU per account per unchanged refresh-all, {BIG:,} accounts",
+            f"{cpu:.2f} ms",
+            f"{raw:.2f} ms",
+            cpu / raw if raw else None,
+            "≤ 0.60 ms",
+            cpu <= 0.60,
+            f"baseline: raw aiohttp, the same 2 GETs per account, its own process; {load}",
+        ),
+        Row(
+            "Outside: ↳ same, 10 accounts (flat from 10 to 1,000)",
+            f"{ten:.2f} ms",
+            f"{cpu:.2f} ms",
+            ten / cpu if cpu else None,
+            "info",
+            None,
+            "ratio: 10 accounts ÷ 1,000 accounts",
+        ),
+        Row(
+            "Outside: peak RSS (VmHWM), 1 account after 3 polls",
+            f"{one / 1024:.1f} MiB",
+            f"{base / 1024:.1f} MiB",
+            one / base,
+            "≤ 1.00",
+            one / base <= 1.00,
+            "baseline: a process that only imports " + ", ".join(OUTSIDE_BASELINE),
+        ),
+        Row(
+            "Outside: ↳ same with the health endpoint on",
+            f"{health / 1024:.1f} MiB",
+            f"{one / 1024:.1f} MiB",
+            health / one,
+            "info",
+            None,
+            "aiohttp.web is imported only when the endpoint starts",
+        ),
+        Row(
+            f"Outside: peak RSS (VmHWM), {BIG:,} accounts",
+            f"{big / 1024:.1f} MiB",
+            f"{one / 1024:.1f} MiB",
+            big / one,
+            "≤ 75 MiB",
+            big / 1024 <= 75,
+            f"{(big - one) / (BIG - 1):.0f} KB per account above the 1-account process",
+        ),
+    ]
+
+
 def machine() -> dict[str, str]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -546,6 +624,7 @@ async def run(save: bool) -> int:
         idle_rows = await stage_idle(api, details)
         scale_rows = await stage_scaling(api, big_us, details)
         rows += big_rows + scale_rows[:-1] + idle_rows + scale_rows[-1:]
+        rows += await stage_outside(api, details)
     seconds = time.perf_counter() - t0
     print(plain_table(rows))
     print()

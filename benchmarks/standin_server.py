@@ -9,6 +9,7 @@ benchmark measures: the bridge and the raw-aiohttp baseline both talk to this sa
 - `/moving/v1/credits`, `/moving/v1/usage`: every answer differs from the previous one (balance
   falls and spend grows by one micro unit per request), so every poll has something to publish.
 - `/ctl/freeze`, `/ctl/move`: the moving endpoints keep repeating their last answer / move again.
+- `/ctl/count`: how many requests it has answered (the outside benchmark waits on it).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class Standin:
         if path == b"/moving/v1/usage":
             self.moving_usage += 0 if self.frozen else 1
             return response("200 OK", usage_body(self.moving_usage))
+        if path == b"/ctl/count":
+            self.requests -= 1  # the count of API requests, not of this one
+            return response("200 OK", str(self.requests).encode())
         if path in (b"/ctl/freeze", b"/ctl/move"):
             self.frozen = path == b"/ctl/freeze"
             return response("200 OK", b"{}")

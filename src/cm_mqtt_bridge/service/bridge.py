@@ -57,7 +57,7 @@ class Bridge:
         self.rng = rng or random.Random()
         self.timings = timings
         self.topics = Topics(base=config.mqtt.base_topic, prefix=config.mqtt.discovery_prefix)
-        self.metrics = Metrics()
+        self.metrics = Metrics(per_account=config.health.enabled)
         self.accounts: dict[str, AccountRuntime] = {}
         self.births = Births(self.clock, self.rng, self._resend, delay=timings.birth_delay)
         self.commands = Commands(self.topics, self.accounts, self.births, self.clock)

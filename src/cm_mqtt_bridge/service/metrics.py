@@ -9,7 +9,10 @@ from ..core.money import micro_to_decimal
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, per_account: bool = True) -> None:
+        # Off when nothing serves /metrics (no health endpoint): the labelled series cost about
+        # 6 KB and a few µs per account and poll that nobody would read.
+        self.per_account = per_account
         self.registry = CollectorRegistry()
         r = self.registry
         self.polls = Counter(
@@ -53,11 +56,15 @@ class Metrics:
         self._gauges: dict[str, tuple[str, Gauge, Gauge, tuple[Gauge, ...]]] = {}
 
     def poll(self, account: str, result: str, seconds: float) -> None:
+        if not self.per_account:
+            return
         self.polls.labels(account, result).inc()
         if result == "ok":
             self.latency.labels(account).observe(seconds)
 
     def snapshot(self, snap: Snapshot) -> None:
+        if not self.per_account:
+            return
         account, cur = snap.account_id, snap.currency
         gauges = self._gauges.get(account)
         if gauges is None or gauges[0] != cur:
