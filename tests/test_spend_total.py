@@ -4,7 +4,6 @@ end to end on real parts (the stand-in API, Mosquitto, SQLite on disk) with an i
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -18,14 +17,14 @@ from typing import Any
 import pytest
 
 from cm_mqtt_bridge.core.lifetime import SpendTotal, advance
-from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.core.view import AccountView
 from cm_mqtt_bridge.ha.entities import entities_for
 from cm_mqtt_bridge.ha.render import state_document
 from cm_mqtt_bridge.service.bridge import Bridge
 from cm_mqtt_bridge.store.db import DB_NAME, Store, StoreError
+from tests import test_clock_steps as clock_steps
 from tests.fakes import FakeClock, ManualClock
-from tests.helpers import db_rows, until
+from tests.helpers import db_rows
 from tests.mosquitto import Mosquitto
 from tests.mqtt_helpers import make_config, recording
 from tests.standin import CrossModelStandin
@@ -273,16 +272,8 @@ async def running(
     standin: CrossModelStandin, mosquitto: Mosquitto, data: Path, clock: ManualClock
 ) -> AsyncIterator[Bridge]:
     cfg = make_config(standin.url, mosquitto.port, data_dir=str(data))
-    bridge = Bridge(cfg, clock=clock, timings=Timings(readback_seconds=0.1))
-    stop = asyncio.Event()
-    task = asyncio.create_task(bridge.run(stop))
-    try:
-        await until(bridge.publisher.connected.is_set, 10, "connected")
-        await until(lambda: "main" in bridge.accounts, 5, "the account")
+    async with clock_steps.running(cfg, clock) as bridge:
         yield bridge
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 def set_month(standin: CrossModelStandin, micro: int) -> None:

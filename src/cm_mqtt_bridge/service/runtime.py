@@ -99,10 +99,15 @@ class AccountOutput:
             removed=self.removed,
         )
 
-    def announce_when(self, now: float, due: float) -> bool:
-        """Announce the device (once) when `due` has come; True when it is announced."""
-        if not self.announced_discovery and now >= due:
+    def announce(self) -> None:
+        """Announce the device, unless it is already."""
+        if not self.announced_discovery:
             self.set_discovery()
+
+    def announce_when(self, now: float, due: float) -> bool:
+        """Announce the device when `due` has come; True once it is announced."""
+        if now >= due:
+            self.announce()
         return self.announced_discovery
 
     def set_discovery(self) -> None:
@@ -318,7 +323,7 @@ class AccountRuntime:
         # Honour Retry-After, but an absurd one must not stop polling (and alerts).
         self.schedule.failed(self._clock.monotonic(), exc.retry_after)
         self._apply(PollFailed(exc.status, str(exc)))
-        self.output.announce_when(0.0, 0.0)  # no currency to wait for: announce the device now
+        self.output.announce()  # no currency to wait for: the device with its API status now
         await self._evaluate_and_publish(record=False)
 
     def _apply(self, event: Event) -> None:
