@@ -137,7 +137,7 @@ class Observed:
 
     def all_sent(self) -> bool:
         # False while a flush is due; the flush calls _check again when done.
-        return self.bridge.publisher.all_sent()
+        return self.bridge.publisher.in_sync()
 
     def _check(self) -> None:
         if self.polls_done >= self._want_polls and self.all_sent():
@@ -187,7 +187,7 @@ async def mode_rss(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "rss_kb": rss,
         "polls": acc.polls,
-        "publishes": bridge.publisher.publish_count,
+        "publishes": int(bridge.metrics.total("mqtt_messages")),
         "third_party": third_party_modules(),
         "modules": len(sys.modules),
     }
@@ -244,13 +244,13 @@ async def bridge_cycle(bridge: Bridge, observed: Observed) -> tuple[float, float
     """Refresh every account (what `<base>/refresh/set` does) and wait until every account was
     polled and everything is published; returns (wall s, CPU s, messages published)."""
     want = observed.polls_done + len(bridge.accounts)
-    published = bridge.publisher.publish_count
+    published = int(bridge.metrics.total("mqtt_messages"))
     c0, t0 = time.process_time(), time.perf_counter()
     for acc in bridge.accounts.values():
         acc.refresh()
     await observed.until(want)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return wall, cpu, bridge.publisher.publish_count - published
+    return wall, cpu, int(bridge.metrics.total("mqtt_messages")) - published
 
 
 async def captured_cycle(bridge: Bridge, observed: Observed) -> list[tuple[str, bytes, int]]:
@@ -277,14 +277,18 @@ async def bridge_resend(
 ) -> tuple[float, int, bool]:
     """Republish every retained topic (what Home Assistant's birth message triggers, without
     the random delay). Returns (wall s, messages the publisher counted as sent, completed)."""
-    published = bridge.publisher.publish_count
+    published = int(bridge.metrics.total("mqtt_messages"))
     t0 = time.perf_counter()
     bridge.publisher.resend(Kind.STATUS, Kind.DISCOVERY, Kind.AVAILABILITY, Kind.STATE)
     try:
         await observed.until(observed.polls_done, timeout=deadline)
     except TimeoutError:
-        return time.perf_counter() - t0, bridge.publisher.publish_count - published, False
-    return time.perf_counter() - t0, bridge.publisher.publish_count - published, True
+        return (
+            time.perf_counter() - t0,
+            int(bridge.metrics.total("mqtt_messages")) - published,
+            False,
+        )
+    return time.perf_counter() - t0, int(bridge.metrics.total("mqtt_messages")) - published, True
 
 
 FIRST_CYCLE_DEADLINE = 60.0  # start-up with 1,000 accounts takes seconds when healthy
@@ -302,7 +306,8 @@ async def step(what: str, bridge: Bridge, observed: Observed, awaitable: Awaitab
         pub = bridge.publisher
         raise Failed(
             f"{what} did not complete: {observed.polls_done} polls done, "
-            f"{pub.publish_count} messages published, {pub.connections} MQTT connection(s)"
+            f"{pub.metrics.total('mqtt_messages'):.0f} messages published, "
+            f"{pub.metrics.total('mqtt_connections'):.0f} MQTT connection(s)"
         ) from None
 
 
@@ -493,7 +498,7 @@ async def measure_publishing(
         out["resend"].append({"wall": wall, "sent": sent, "completed": completed})
         if not completed:
             break
-    out["connections"] = pub.connections
+    out["connections"] = int(pub.metrics.total("mqtt_connections"))
     return out
 
 
@@ -550,7 +555,11 @@ async def mode_idle(args: argparse.Namespace) -> dict[str, Any]:
             clock.advance_to(deadline)
         await observed.until(1)
         await settle(clock, min_sleepers=min_sleepers, idle=observed.all_sent, quiet=0.1)
-        polls0, count0, seen0 = observed.polls_done, bridge.publisher.publish_count, len(seen)
+        polls0, count0, seen0 = (
+            observed.polls_done,
+            int(bridge.metrics.total("mqtt_messages")),
+            len(seen),
+        )
         wall0 = time.perf_counter()
         steps = await run_for(
             clock, args.seconds, min_sleepers=min_sleepers, idle=observed.all_sent
@@ -567,7 +576,7 @@ async def mode_idle(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": wall,
         "steps": steps,
         "polls": observed.polls_done - polls0,
-        "publishes": bridge.publisher.publish_count - count0,
+        "publishes": int(bridge.metrics.total("mqtt_messages")) - count0,
         "state_publishes": sum(1 for _, topic, _ in state if is_state(topic)),
         "messages_seen": len(later),
         "examples": state[:12],

@@ -396,7 +396,7 @@ async def test_broker_down_when_the_alert_fires_publishes_it_after_reconnect(
         assert [bare(p.header("X-Message-Id")) for p in ntfy.posts] == ["main.low_balance.1"]
         assert [bare(p.header("X-CM-Bridge-Id")) for p in hook.posts] == ["main.low_balance.1"]
 
-        connections = bridge.publisher.connections
+        connections = bridge.metrics.total("mqtt_connections")
         # The recorder subscribes to the restarted broker before the bridge is let back on.
         await gate.close()
         await asyncio.to_thread(mosquitto.start)
@@ -404,7 +404,7 @@ async def test_broker_down_when_the_alert_fires_publishes_it_after_reconnect(
             gate.opened.set()
             await until(
                 lambda: (
-                    bridge.publisher.connections > connections
+                    bridge.metrics.total("mqtt_connections") > connections
                     and bridge.publisher.connected.is_set()
                 ),
                 timeout=10,

@@ -21,7 +21,7 @@ from cm_mqtt_bridge.core.samples import Sample, spent_since
 from cm_mqtt_bridge.core.view import AccountView
 from cm_mqtt_bridge.ha.entities import entities_for
 from cm_mqtt_bridge.ha.render import state_document
-from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine, Observation
+from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine
 from cm_mqtt_bridge.store.db import AsyncStore, Store, StoreError
 from tests.fakes import FakeClock
 from tests.helpers import bare
@@ -196,15 +196,8 @@ async def open_engine(
 async def observe(
     engine: AlertEngine, view: AccountView, *, record: bool
 ) -> tuple[AlertStatus, list[Notice]]:
-    seen = Observation(
-        snapshot=view.snapshot,
-        usage=view.usage,
-        usage_at=view.usage_at,
-        usage_current=view.usage_current,
-        api_status=view.api_status,
-        last_success=engine.clock.monotonic(),  # a good poll just now
-    )
-    return await engine.observe("main", seen, record=record)
+    # A good poll just now.
+    return await engine.observe("main", view, engine.clock.monotonic(), record=record)
 
 
 async def samples(store: AsyncStore, account: str | None = None) -> list[Sample]:

@@ -14,10 +14,12 @@ from typing import Any
 
 from cm_mqtt_bridge.config.settings import Config
 from cm_mqtt_bridge.core.evaluate import RuleState, evaluate
+from cm_mqtt_bridge.core.model import ApiStatus
 from cm_mqtt_bridge.core.notice import Notice
 from cm_mqtt_bridge.core.rules import AlertsConfig, Inputs
 from cm_mqtt_bridge.core.timings import Timings
-from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine, Observation
+from cm_mqtt_bridge.core.view import AccountView
+from cm_mqtt_bridge.service.alerting import AlertAccount, AlertEngine
 from cm_mqtt_bridge.service.bridge import Bridge
 from cm_mqtt_bridge.store.db import AsyncStore, Store
 from tests.fakes import FakeClock, ManualClock
@@ -169,15 +171,9 @@ async def test_a_backward_step_holds_no_retry_back(
 # ---- the pure parts --------------------------------------------------------------------------
 
 
-def down(api_status: str, last_success: float | None) -> Observation:
-    return Observation(
-        snapshot=None,
-        usage=None,
-        usage_at=None,
-        usage_current=False,
-        api_status=api_status,
-        last_success=last_success,
-    )
+def down(api_status: ApiStatus, last_success: float | None) -> tuple[AccountView, float | None]:
+    """What a failing account shows the engine: no values, its API status, its last success."""
+    return AccountView(api_status=api_status), last_success
 
 
 async def open_engine(
@@ -190,8 +186,8 @@ async def open_engine(
     return engine, store
 
 
-async def rules_of(engine: AlertEngine, seen: Observation) -> list[str]:
-    _status, notices = await engine.observe("main", seen, record=False)
+async def rules_of(engine: AlertEngine, seen: tuple[AccountView, float | None]) -> list[str]:
+    _status, notices = await engine.observe("main", *seen, record=False)
     return [f"{n.rule}.{n.kind}" for n in notices]
 
 

@@ -33,12 +33,14 @@ async def test_healthz_and_metrics_follow_the_bridge(standin, mosquitto, tmp_pat
     async with recording(mosquitto.port) as rec:
         await rec.wait_topic("cm_mqtt_bridge/main/balance")
     assert bridge.health is not None
+    await until(bridge.publisher.in_sync, what="every retained topic sent")
     base = f"http://127.0.0.1:{bridge.health.port}"
     status, body = await _get(f"{base}/healthz")
     assert status == 200, body
     report = json.loads(body)
     assert report["healthy"] is True
     assert report["broker_connected"] is True
+    assert report["mqtt_in_sync"] is True
     assert report["accounts"]["main"]["ok"] is True
     assert report["accounts"]["main"]["api_status"] == "ok"
 
@@ -47,6 +49,9 @@ async def test_healthz_and_metrics_follow_the_bridge(standin, mosquitto, tmp_pat
     assert 'cm_bridge_polls_total{account="main",result="ok"} 1.0' in metrics
     assert 'cm_bridge_balance{account="main",currency="USD"} 8.059489' in metrics
     assert 'cm_bridge_spend{account="main",currency="USD",window="daily"} 0.01025' in metrics
+    assert "cm_bridge_mqtt_connections_total 1.0" in metrics
+    assert "cm_bridge_ha_resends_total 0.0" in metrics
+    assert bridge.metrics.total("mqtt_messages") > 0
 
     # The healthcheck command says the same, through the real console script.
     env = clean_env(tmp_path)
@@ -58,6 +63,7 @@ async def test_healthz_and_metrics_follow_the_bridge(standin, mosquitto, tmp_pat
     status, body = await _get(f"{base}/healthz")
     assert status == 503
     assert '"broker_connected": false' in body
+    assert '"mqtt_in_sync": false' in body
     # In-process (on a thread: it calls asyncio.run) while the bridge runs on this loop.
     bad = await asyncio.to_thread(
         run_main, capsys, "healthcheck", "--url", f"{base}/healthz", env=env

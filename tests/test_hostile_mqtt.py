@@ -148,9 +148,9 @@ async def test_an_oversized_message_on_the_ha_status_topic_never_reaches_the_bri
             # Delivered in order from one connection: once this birth is handled, the big
             # message before it was either handled too or never sent to the bridge.
             await ha.publish(HA_STATUS, b"online", qos=1)
-        await until(lambda: bridge.births.resends == 1, 10, "the birth answered")
+        await until(lambda: bridge.metrics.total("ha_resends") == 1, 10, "the birth answered")
         assert seen == [(HA_STATUS, 6)]
-        assert bridge.publisher.connections == 1
+        assert bridge.metrics.total("mqtt_connections") == 1
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)

@@ -144,7 +144,7 @@ async def test_tls_refuses_an_unknown_ca_unless_told_to_be_insecure(
         strict = make_config(standin.url, broker.port, tls=True)
         strict_bridge = Bridge(strict, timings=Timings(readback_seconds=0.2))
         assert not await _run_until_refused(strict_bridge, caplog, "CERTIFICATE_VERIFY_FAILED")
-        assert strict_bridge.publisher.connections == 0
+        assert strict_bridge.metrics.total("mqtt_connections") == 0
 
         insecure = make_config(standin.url, broker.port, tls=True, tls_insecure=True)
         assert await _run_until_connected(
@@ -174,7 +174,7 @@ async def test_username_and_password(standin, tmp_path, caplog):
         wrong = make_config(standin.url, broker.port, username="bridge", password="nope-123")
         wrong_bridge = Bridge(wrong, timings=Timings(readback_seconds=0.2))
         assert not await _run_until_refused(wrong_bridge, caplog, "reconnecting")
-        assert wrong_bridge.publisher.connections == 0
+        assert wrong_bridge.metrics.total("mqtt_connections") == 0
         refused = [r.getMessage() for r in caplog.records if "MQTT broker" in r.getMessage()]
         assert any("reconnecting" in m for m in refused)
         assert any("check MQTT_USERNAME and MQTT_PASSWORD" in m for m in refused), refused

@@ -30,15 +30,15 @@ async def test_twenty_thousand_retained_topics_go_out_on_one_connection(mosquitt
         pub.set(f"cm_mqtt_bridge/acc{i // 10}/value{i % 10}", str(i), Kind.STATE)
     async with recording(mosquitto.port, "cm_mqtt_bridge/acc1999/#") as rec:
         task = asyncio.create_task(pub.run())
-        await until(pub.all_sent, timeout=15, what="all 20,000 topics sent")
+        await until(pub.in_sync, timeout=15, what="all 20,000 topics sent")
         await rec.wait_for(lambda r: len(r.messages) == 10, what="the last account's topics")
-        sent_once = pub.publish_count
+        sent_once = pub.metrics.total("mqtt_messages")
         pub.set("cm_mqtt_bridge/acc0/value0", "0", Kind.STATE)  # unchanged: nothing to send
         pub.set("cm_mqtt_bridge/acc0/value1", "changed", Kind.STATE)
         # Not sent until the change is: anything sent with it is sent by then too.
-        await until(pub.all_sent, what="the change sent")
+        await until(pub.in_sync, what="the change sent")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    assert pub.connections == 1
+    assert pub.metrics.total("mqtt_connections") == 1
     assert sent_once == 20_000
-    assert pub.publish_count == 20_001
+    assert pub.metrics.total("mqtt_messages") == 20_001

@@ -154,7 +154,7 @@ async def running(
 
 async def sent(rec: Recorder, bridge: Bridge) -> None:
     """What the bridge wants retained is published, and has reached the recorder."""
-    await until(bridge.publisher.all_sent, what="publisher idle")
+    await until(bridge.publisher.in_sync, what="publisher idle")
     await barrier(rec, bridge.publisher)
 
 
@@ -389,7 +389,7 @@ async def test_broker_restart_reconnects_and_republishes_everything(standin, mos
             _, doc_after = await wait_state(after, timeout=3)
             await after.wait_topic("cm_mqtt_bridge/main/connected", "ON", timeout=3)
             await after.wait_topic(AVAILABILITY, "online", timeout=3)
-        assert bridge.publisher.connections == 2
+        assert bridge.metrics.total("mqtt_connections") == 2
     assert device_before is not None
     device_after = after.last(DEVICE)
     assert device_after is not None
@@ -696,7 +696,7 @@ async def test_bad_commands_do_not_disturb_the_bridge(standin, mosquitto, caplog
         standin.credits["balance_micro"] = 4_000_000
         await refresh(mosquitto.port, REFRESH, b"")
         await wait_state(rec, lambda d: d["balance"] == "4", after=index, timeout=2)
-        assert bridge.publisher.connections == 1
+        assert bridge.metrics.total("mqtt_connections") == 1
     assert standin.count("credits") == 3
     assert since(rec, index, DEVICE) == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -61,17 +61,27 @@ def read_bounded(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
-def read_secret(path: Path, what: str) -> str:
-    """A key, token or secret file (at most 4 KB of UTF-8); FileProblem naming `what`."""
-    path = path.expanduser()
+def read_text(path: Path, cap: int, what: str) -> str:
+    """At most `cap` bytes of UTF-8 text; FileProblem naming `what`, and where a bad byte is."""
     try:
-        data = read_bounded(path, MAX_SECRET_BYTES)
+        data = read_bounded(path, cap)
     except FileProblem as exc:
         raise FileProblem(f"{what}: cannot read {path} ({exc})") from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise FileProblem(f"{what}: {path} is not UTF-8 text (byte {exc.start + 1})") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise FileProblem(
+            f"{what}: {path} is not UTF-8 at line {line}, column {column} "
+            f"(byte 0x{data[exc.start]:02x}); save it as UTF-8"
+        ) from None
+
+
+def read_secret(path: Path, what: str) -> str:
+    """A key, token or secret file (at most 4 KB of UTF-8); FileProblem naming `what`."""
+    path = path.expanduser()
+    text = read_text(path, MAX_SECRET_BYTES, what)
     warn_if_open(path, what)
     return text
 
@@ -146,19 +156,7 @@ def parse_yaml(path: Path) -> Any:
     """The parsed config file; FileProblem with the file, line and column otherwise."""
     if not path.exists():
         raise FileProblem(f"config file {path}: not found")
-    try:
-        data = read_bounded(path, MAX_CONFIG_BYTES)
-    except FileProblem as exc:
-        raise FileProblem(f"config file {path}: cannot read ({exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise FileProblem(
-            f"config file {path}: not UTF-8 at line {line}, column {column} "
-            f"(byte 0x{data[exc.start]:02x}); save it as UTF-8"
-        ) from None
+    text = read_text(path, MAX_CONFIG_BYTES, "config file")
     loader = _Loader(text)
     try:
         return loader.get_single_data()

@@ -7,6 +7,7 @@ Spend grows steadily, the available balance crosses the demo's low-balance thres
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -15,31 +16,24 @@ USAGE_BASE = {"daily": 310_000, "weekly": 2_450_000, "monthly": 9_870_000}
 MICRO_PER_TOKEN = 2  # about 2 USD per million tokens
 
 
+@dataclass
 class Simulator:
-    def __init__(
-        self,
-        elapsed: Callable[[], float],
-        *,
-        currency: str = "USD",
-        start_balance_micro: int = 5_600_000,
-        spend_micro_per_second: int = 20_000,
-        topup_at: float = 45.0,
-        topup_micro: int = 10_000_000,
-    ) -> None:
-        self._elapsed = elapsed
-        self.currency = currency
-        self.start_balance = start_balance_micro
-        self.rate = spend_micro_per_second
-        self.topup_at = topup_at
-        self.topup = topup_micro
-        self._runner: web.AppRunner | None = None
-        self.url = ""
+    """`elapsed`: seconds of demo time so far (the demo may run it faster than real time)."""
+
+    elapsed: Callable[[], float]
+    currency: str = "USD"
+    start_balance: int = 5_600_000  # micro units
+    rate: int = 20_000  # micro units spent per second
+    topup_at: float = 45.0
+    topup: int = 10_000_000
+    url: str = ""
+    _runner: web.AppRunner | None = field(default=None, repr=False)
 
     def spent(self) -> int:
-        return int(self._elapsed() * self.rate)
+        return int(self.elapsed() * self.rate)
 
     def credits(self) -> dict[str, Any]:
-        topped = self.topup if self._elapsed() >= self.topup_at else 0
+        topped = self.topup if self.elapsed() >= self.topup_at else 0
         balance = self.start_balance - self.spent() + topped
         return {
             "currency": self.currency,

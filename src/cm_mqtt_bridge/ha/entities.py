@@ -154,6 +154,54 @@ def _money_entity(key: str, name: str) -> Entity:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Count:
+    """A window's count (tokens, requests) and the attributes shown with it."""
+
+    key: str
+    name: str
+    unit: str
+    icon: str
+    read: Callable[[WindowUsage], Any]
+    attributes: tuple[tuple[str, Callable[[WindowUsage], Any]], ...]
+
+    def entity(self, w: Window) -> Entity:
+        return Entity(
+            key=f"{self.key}_{w.suffix}",
+            name=f"{self.name} {w.label}",
+            value=Value(f"{self.key}_{w.suffix}", _window(w, self.read)),
+            state_class="total_increasing",
+            unit=self.unit,
+            icon=self.icon,
+            attributes=tuple(
+                (attr, Value(f"{attr}_{w.suffix}", _window(w, r))) for attr, r in self.attributes
+            ),
+        )
+
+
+_COUNTS = (
+    _Count(
+        "tokens",
+        "Tokens",
+        "tokens",
+        "mdi:counter",
+        lambda u: u.total_tokens,
+        (
+            ("prompt_tokens", lambda u: u.prompt_tokens),
+            ("completion_tokens", lambda u: u.completion_tokens),
+        ),
+    ),
+    _Count(
+        "requests",
+        "Requests",
+        "requests",
+        "mdi:swap-horizontal",
+        lambda u: u.request_count,
+        (("success_rate", lambda u: u.success_rate),),
+    ),
+)
+
+
 def _build() -> tuple[Entity, ...]:
     out: list[Entity] = [
         _money_entity("balance", "Balance"),
@@ -175,47 +223,8 @@ def _build() -> tuple[Entity, ...]:
             )
         )
     out.append(_total_spend())
-    for w in Window:
-        out.append(
-            Entity(
-                key=f"tokens_{w.suffix}",
-                name=f"Tokens {w.label}",
-                value=Value(f"tokens_{w.suffix}", _window(w, lambda u: u.total_tokens)),
-                state_class="total_increasing",
-                unit="tokens",
-                icon="mdi:counter",
-                attributes=(
-                    (
-                        "prompt_tokens",
-                        Value(f"prompt_tokens_{w.suffix}", _window(w, lambda u: u.prompt_tokens)),
-                    ),
-                    (
-                        "completion_tokens",
-                        Value(
-                            f"completion_tokens_{w.suffix}",
-                            _window(w, lambda u: u.completion_tokens),
-                        ),
-                    ),
-                ),
-            )
-        )
-    for w in Window:
-        out.append(
-            Entity(
-                key=f"requests_{w.suffix}",
-                name=f"Requests {w.label}",
-                value=Value(f"requests_{w.suffix}", _window(w, lambda u: u.request_count)),
-                state_class="total_increasing",
-                unit="requests",
-                icon="mdi:swap-horizontal",
-                attributes=(
-                    (
-                        "success_rate",
-                        Value(f"success_rate_{w.suffix}", _window(w, lambda u: u.success_rate)),
-                    ),
-                ),
-            )
-        )
+    for count in _COUNTS:
+        out += [count.entity(w) for w in Window]
     out += [
         Entity(
             key="last_update",

@@ -19,12 +19,13 @@ from ..core.clock import Clock
 from ..core.evaluate import AlertStatus, RuleState, evaluate, warn_steps
 from ..core.forecast import WINDOW, burn_rate, runway_days
 from ..core.lifetime import SpendTotal, advance
-from ..core.model import Snapshot, Usage, Window
+from ..core.model import Window
 from ..core.money import MICRO_PER_UNIT, parse_amount
 from ..core.notice import Notice
 from ..core.rules import THRESHOLDS, AlertsBase, Inputs, SpikeRule
 from ..core.samples import Sample, next_sample
 from ..core.spike import BASELINE, SpikeFigures, spike_figures
+from ..core.view import AccountView
 from ..store.db import AsyncStore, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -42,18 +43,6 @@ class AlertAccount:
     id: str
     name: str
     alerts: AlertsBase
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """What the rules see of an account after a poll (or a failed one)."""
-
-    snapshot: Snapshot | None
-    usage: Usage | None  # the last good /usage
-    usage_at: datetime | None
-    usage_current: bool  # `usage` came with `snapshot` (a full, good poll)
-    api_status: str | None
-    last_success: float | None  # monotonic time of the last good poll in this process
 
 
 class Anchors:
@@ -275,17 +264,17 @@ class AlertEngine:
         return None if total is None else total.total_micro
 
     async def observe(
-        self, account_id: str, seen: Observation, *, record: bool
+        self, account_id: str, seen: AccountView, last_success: float | None, *, record: bool
     ) -> tuple[AlertStatus, list[Notice]]:
-        """Evaluate the account's rules; `record` adds a history sample (a full poll with
-        fresh usage). Notices are in the outbox when this returns; StoreError otherwise."""
+        """Evaluate the rules on the view (`last_success`: monotonic, this process); `record`
+        adds a history sample. Notices are in the outbox when this returns, or StoreError."""
         acc = self._accounts[account_id]
         if account_id in self._unloaded:
             await self._load_account(account_id)
         now = self.clock.now()
         mono = self.clock.monotonic()
         # No good poll in this process yet (a restart): the outage counts from the start.
-        since = self.started_mono if seen.last_success is None else seen.last_success
+        since = self.started_mono if last_success is None else last_success
         prev = self._last[account_id]
         snap = seen.snapshot
         sample: Sample | None = None

@@ -30,7 +30,7 @@ from .inbound import Births, Commands
 from .lockfile import AlreadyRunning, DataDirLock
 from .metrics import Metrics
 from .publisher import Publisher, PublishError, RetainedRead
-from .runtime import AccountRuntime
+from .runtime import AccountRuntime, Shared
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class Bridge:
             on_connection=self._on_connection,
             timings=timings,
             rng=self.rng,
+            metrics=self.metrics,
         )
         self.supervisor = Supervisor(
             self.clock,
@@ -193,24 +194,23 @@ class Bridge:
         )
         self.engine = engine
         await engine.load()  # if the store does not answer, each account loads when it can
-        sem = asyncio.Semaphore(cfg.poll.max_concurrency)
+        shared = Shared(
+            poll=cfg.poll,
+            clock=self.clock,
+            rng=self.rng,
+            topics=self.topics,
+            publisher=self.publisher,
+            metrics=self.metrics,
+            engine=engine,
+            qos=cfg.mqtt.qos,
+            concurrency=asyncio.Semaphore(cfg.poll.max_concurrency),
+            on_notices=dispatcher.wake,
+            timings=self.timings,
+            spread=len(cfg.accounts) > 1,
+        )
         for acc in cfg.accounts:
-            self.accounts[acc.id] = AccountRuntime(
-                acc,
-                make_client(session, acc, cfg.poll, self.clock),
-                poll=cfg.poll,
-                clock=self.clock,
-                rng=self.rng,
-                topics=self.topics,
-                publisher=self.publisher,
-                metrics=self.metrics,
-                engine=engine,
-                qos=cfg.mqtt.qos,
-                concurrency=sem,
-                on_notices=dispatcher.wake,
-                timings=self.timings,
-                spread=len(cfg.accounts) > 1,
-            )
+            client = make_client(session, acc, cfg.poll, self.clock)
+            self.accounts[acc.id] = AccountRuntime(acc, client, shared)
         # Each account announces its device after its first poll (see AccountRuntime).
         self.publisher.set(self.topics.bridge_status, "online", Kind.STATUS)
         keep = self.supervisor.start
@@ -259,6 +259,7 @@ class Bridge:
             self.accounts[account_id].output.announced(announced)
 
     def _resend(self) -> None:
+        self.metrics.ha_resends.inc()
         self.publisher.resend(Kind.STATUS, Kind.DISCOVERY, Kind.AVAILABILITY, Kind.STATE)
 
     # ---- health ----------------------------------------------------------------------------
@@ -267,6 +268,7 @@ class Bridge:
         return build_report(
             version=__version__,
             connected=self.publisher.connected.is_set(),
+            in_sync=self.publisher.in_sync(),
             accounts=accounts_report(self.accounts.values(), self.config.poll, self.clock),
             tasks=self.supervisor.problems(),
             store_problem=self.store.problem if self.store else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -51,6 +52,7 @@ def build_report(
     *,
     version: str,
     connected: bool,
+    in_sync: bool,
     accounts: dict[str, dict[str, Any]],
     tasks: dict[str, str],
     store_problem: str | None,
@@ -64,6 +66,9 @@ def build_report(
         and not tasks
         and store_problem is None,
         "broker_connected": connected,
+        # Every retained topic on the broker holds what it should (False while a burst of
+        # changes or a republish is still going out).
+        "mqtt_in_sync": in_sync,
         "alerts_pending": alerts_pending,
         "alert_store": "ok" if store_problem is None else f"failing: {store_problem}",
         "tasks": tasks,  # empty while every task runs
@@ -81,33 +86,25 @@ MAX_REQUESTS = 8
 RENDER_EVERY = 1.0
 
 
+@dataclass(eq=False)
 class HealthServer:
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        report: Callable[[], dict[str, Any]],
-        metrics: Metrics,
-        clock: Clock,
-        *,
-        max_requests: int = MAX_REQUESTS,
-        render_every: float = RENDER_EVERY,
-    ) -> None:
-        self._host = host
-        self._port = port
-        self._report = report
-        self._metrics = metrics
-        self._clock = clock
-        self._max = max_requests
-        self._every = render_every
+    host: str
+    port: int  # as configured (0: any free port); after start(), the one bound
+    report: Callable[[], dict[str, Any]]
+    metrics: Metrics
+    clock: Clock
+    _: KW_ONLY
+    max_requests: int = MAX_REQUESTS
+    render_every: float = RENDER_EVERY
+    renders: int = 0
+    refused: int = 0
+
+    def __post_init__(self) -> None:
         self._busy = {"healthz": 0, "metrics": 0}
         self._text: bytes | None = None
         self._text_at = 0.0
         self._rendering: asyncio.Future[bytes] | None = None
         self._runner: web.AppRunner | None = None
-        self.port = port
-        self.renders = 0
-        self.refused = 0
 
     async def start(self) -> None:
         # Imported here: aiohttp.web costs about 4 MiB of RSS, paid only with the endpoint on.
@@ -118,13 +115,13 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics_handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         # Port 0 asks the OS for a free one (tests); report the one we got.
         sockets = getattr(site._server, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("health endpoint on http://%s:%d/healthz", self._host, self.port)
+        log.info("health endpoint on http://%s:%d/healthz", self.host, self.port)
 
     async def serve(self) -> None:
         """Keep the endpoint up (a supervised task): start it again if it is not running."""
@@ -142,7 +139,7 @@ class HealthServer:
             # Built fresh each time (about 1 ms for 500 accounts), so it never lags the state.
             from aiohttp import web
 
-            report = self._report()
+            report = self.report()
             return web.json_response(report, status=200 if report["healthy"] else 503)
 
         return await self._limited("healthz", request, answer)
@@ -166,7 +163,7 @@ class HealthServer:
     ) -> web.StreamResponse:
         from aiohttp import web
 
-        if self._busy[endpoint] >= self._max:
+        if self._busy[endpoint] >= self.max_requests:
             self.refused += 1
             return web.Response(
                 status=503, text="busy: too many requests at once\n", headers={"Retry-After": "1"}
@@ -183,7 +180,7 @@ class HealthServer:
             self._busy[endpoint] -= 1
 
     async def _metrics_text(self) -> bytes:
-        if self._text is not None and self._clock.monotonic() - self._text_at < self._every:
+        if self._text is not None and self.clock.monotonic() - self._text_at < self.render_every:
             return self._text
         if self._rendering is None:
             self._rendering = asyncio.ensure_future(self._render())
@@ -192,10 +189,10 @@ class HealthServer:
 
     async def _render(self) -> bytes:
         self.renders += 1
-        started = self._clock.monotonic()
+        started = self.clock.monotonic()
         try:
             # On a thread: polling and publishing must not wait for it.
-            text = await asyncio.to_thread(self._metrics.render)
+            text = await asyncio.to_thread(self.metrics.render)
         finally:
             self._rendering = None
         self._text, self._text_at = text, started

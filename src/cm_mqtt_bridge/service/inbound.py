@@ -41,7 +41,6 @@ class Births:
         self._cap = cap
         self._last = 0.0
         self._pending: asyncio.Task[None] | None = None
-        self.resends = 0
 
     def birth(self) -> None:
         self._last = self._clock.monotonic()
@@ -61,7 +60,6 @@ class Births:
         finally:
             self._pending = None
         log.info("Home Assistant restarted: resending discovery and state")
-        self.resends += 1
         self._resend()
 
     def cancel(self) -> None:

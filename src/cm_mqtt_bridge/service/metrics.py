@@ -52,6 +52,22 @@ class Metrics:
             registry=r,
         )
 
+        self.mqtt_messages = Counter(
+            "cm_bridge_mqtt_messages",
+            "MQTT messages published: state, discovery and alert events",
+            registry=r,
+        )
+        self.mqtt_connections = Counter(
+            "cm_bridge_mqtt_connections",
+            "Connections made to the broker: the first and each reconnect",
+            registry=r,
+        )
+        self.ha_resends = Counter(
+            "cm_bridge_ha_resends",
+            "Discovery and state resent after Home Assistant restarted",
+            registry=r,
+        )
+
         # Per account: its currency and that currency's gauges.
         self._gauges: dict[str, tuple[str, Gauge, Gauge, tuple[Gauge, ...]]] = {}
 
@@ -89,6 +105,10 @@ class Metrics:
         if snap.usage is not None:
             for window, gauge in zip(Window, spend, strict=True):
                 gauge.set(float(micro_to_decimal(snap.usage.get(window).cost_micro)))
+
+    def total(self, counter: str) -> float:
+        """A counter without labels, by its name after `cm_bridge_` (e.g. "mqtt_connections")."""
+        return self.registry.get_sample_value(f"cm_bridge_{counter}_total") or 0.0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,6 +27,7 @@ from ..core.clock import Clock, backoff
 from ..core.neterror import describe_broker
 from ..core.timings import DEFAULTS, Timings
 from ..ha.topics import Kind, Topics
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,10 @@ class Publisher:
         on_connection: Callable[[bool], None] | None = None,
         timings: Timings = DEFAULTS,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._cfg = cfg
+        self.metrics = metrics or Metrics(per_account=False)
         self.broker = Broker(cfg, topics)
         self._topics = topics
         self._clock = clock
@@ -188,8 +191,6 @@ class Publisher:
         self._stopping = False
         self._flushing = False
         self.connected = asyncio.Event()
-        self.publish_count = 0
-        self.connections = 0
 
     # ---- what should be on the broker --------------------------------------------------
 
@@ -258,7 +259,7 @@ class Publisher:
         self._sent.clear()
         self._unsent = dict.fromkeys(self._desired)
         self._retained_commands = 0
-        self.connections += 1
+        self.metrics.mqtt_connections.inc()
         log.info("connected to MQTT broker %s:%d", self._cfg.host, self._cfg.port)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._receive(client))
@@ -343,14 +344,14 @@ class Publisher:
     ) -> None:
         for topic, entry in work:
             await client.publish(topic, entry.payload, qos=self._cfg.qos, retain=True)
-            self.publish_count += 1
+            self.metrics.mqtt_messages.inc()
             if entry.once and self._desired.get(topic) is entry:
                 del self._desired[topic]
             else:
                 self._sent[topic] = entry.payload
 
-    def all_sent(self) -> bool:
-        """Connected, and every retained topic holds what it should (benchmarks, tests)."""
+    def in_sync(self) -> bool:
+        """Connected, and every retained topic holds what it should (the health report)."""
         return (
             self.connected.is_set()
             and not self._dirty.is_set()
@@ -372,7 +373,7 @@ class Publisher:
             await client.publish(topic, payload, qos=1, retain=False)
         except aiomqtt.MqttError as exc:
             raise PublishError(str(exc) or type(exc).__name__) from None
-        self.publish_count += 1
+        self.metrics.mqtt_messages.inc()
 
     async def close(self, timeout: float = 2.0) -> None:
         """Say `offline` (clean disconnects do not trigger the Will) and stop reconnecting."""

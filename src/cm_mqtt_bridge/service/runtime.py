@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..config.settings import AccountConfig, PollConfig
@@ -27,7 +28,7 @@ from ..ha.entities import Entity, entities_for
 from ..ha.render import Rendered, document_values, dumps, render
 from ..ha.topics import Kind, Topics
 from ..store.db import StoreError
-from .alerting import AlertEngine, Observation
+from .alerting import AlertEngine
 from .metrics import Metrics
 from .publisher import Publisher
 from .schedule import AlertRetry, PollSchedule
@@ -138,49 +139,43 @@ class AccountOutput:
         self.set_discovery()
 
 
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What every account of a bridge runs with: one object, not a dozen references each."""
+
+    poll: PollConfig
+    clock: Clock
+    rng: random.Random
+    topics: Topics
+    publisher: Publisher
+    metrics: Metrics
+    engine: AlertEngine
+    qos: int
+    concurrency: asyncio.Semaphore
+    on_notices: Callable[[], None] = lambda: None
+    timings: Timings = DEFAULTS
+    spread: bool = False  # several accounts: spread their first polls
+
+
 class AccountRuntime:
-    def __init__(
-        self,
-        cfg: AccountConfig,
-        client: CrossModelClient,
-        *,
-        poll: PollConfig,
-        clock: Clock,
-        rng: random.Random,
-        topics: Topics,
-        publisher: Publisher,
-        metrics: Metrics,
-        engine: AlertEngine,
-        qos: int,
-        concurrency: asyncio.Semaphore,
-        on_notices: Callable[[], None] = lambda: None,
-        timings: Timings = DEFAULTS,
-        spread: bool = False,
-    ) -> None:
+    def __init__(self, cfg: AccountConfig, client: CrossModelClient, shared: Shared) -> None:
         self.cfg = cfg
         self.id = cfg.id
         self.client = client
-        self.engine = engine
-        self._poll = poll
-        self._clock = clock
-        self._rng = rng
-        self._metrics = metrics
-        self._sem = concurrency
-        self._on_notices = on_notices
-        self._timings = timings
-        self._spread = spread
+        self.engine = shared.engine
+        self._s = shared
         self.rules = cfg.alerts.rules()
         self.output = AccountOutput(
             cfg,
             entities_for(self.rules),
-            topics=topics,
-            publisher=publisher,
-            qos=qos,
+            topics=shared.topics,
+            publisher=shared.publisher,
+            qos=shared.qos,
             alerts=bool(self.rules),
         )
-        self.view = AccountView(alerts=engine.status(cfg.id))
-        self.schedule = PollSchedule(poll.interval, poll.min_refresh_interval)
-        self.alert_retry = AlertRetry(timings.retry_backoff)
+        self.view = AccountView(alerts=self.engine.status(cfg.id))
+        self.schedule = PollSchedule(shared.poll.interval, shared.poll.min_refresh_interval)
+        self.alert_retry = AlertRetry(shared.timings.retry_backoff)
         self.polls = 0
         self.last_success: float | None = None  # monotonic time of the last good /credits
         self.refresh_requested = asyncio.Event()
@@ -198,22 +193,22 @@ class AccountRuntime:
 
     def deferred(self) -> tuple[float, str] | None:
         """How long a refresh asked for now waits, and why; None when it runs at once."""
-        return self.schedule.deferred(self._clock.monotonic())
+        return self.schedule.deferred(self._s.clock.monotonic())
 
     async def run(self) -> None:
         """Poll every interval, or on a refresh, within the refresh spacing and Retry-After."""
-        p = self._poll
-        if self._spread and p.jitter and self.schedule.last_start is None:
+        p = self._s.poll
+        if self._s.spread and p.jitter and self.schedule.last_start is None:
             # Several accounts: spread them so they do not poll in lockstep.
-            await self._clock.sleep(self._rng.uniform(0, p.jitter))
+            await self._s.clock.sleep(self._s.rng.uniform(0, p.jitter))
         while True:
             await self._wait_until_allowed()
             self.refresh_requested.clear()
-            self.schedule.started(self._clock.monotonic())
+            self.schedule.started(self._s.clock.monotonic())
             await self.poll_once()
-            next_at = self.schedule.next_due(self._rng.uniform(0, p.jitter))
-            timeout = max(0.0, next_at - self._clock.monotonic())
-            await self._clock.wait(self.refresh_requested, timeout)
+            next_at = self.schedule.next_due(self._s.rng.uniform(0, p.jitter))
+            timeout = max(0.0, next_at - self._s.clock.monotonic())
+            await self._s.clock.wait(self.refresh_requested, timeout)
 
     async def _wait_until_allowed(self) -> None:
         # A refresh inside the spacing or Retry-After waits for its end; several make one.
@@ -225,11 +220,11 @@ class AccountRuntime:
             log.info(
                 "%s: refresh deferred until %s (in %.0f s: %s)",
                 self.id,
-                format_until(self._clock, wait),
+                format_until(self._s.clock, wait),
                 wait,
                 why,
             )
-        await self._clock.sleep(wait)
+        await self._s.clock.sleep(wait)
 
     async def watch(self) -> None:
         """Staleness and owed alert bookkeeping, on a timer of their own."""
@@ -240,15 +235,15 @@ class AccountRuntime:
                 self._retrying.cancel()
 
     async def _watch(self) -> None:
-        discovery_due = self._clock.monotonic() + self._timings.discovery_grace
+        discovery_due = self._s.clock.monotonic() + self._s.timings.discovery_grace
         while True:
             self._changed.clear()
-            now = self._clock.monotonic()
+            now = self._s.clock.monotonic()
             deadlines: list[float] = []
             if not self.output.announce_when(now, discovery_due):
                 deadlines.append(discovery_due)
             if self.view.fresh and self.last_success is not None:
-                stale_at = self.last_success + self._poll.stale_after_s
+                stale_at = self.last_success + self._s.poll.stale_after_s
                 if now >= stale_at:
                     self._went_stale()
                     continue
@@ -262,10 +257,10 @@ class AccountRuntime:
             if due is False and self.alert_retry.retry_at is not None:
                 deadlines.append(self.alert_retry.retry_at)
             timeout = min(deadlines) - now if deadlines else 3600.0
-            await self._clock.wait(self._changed, timeout)
+            await self._s.clock.wait(self._changed, timeout)
 
     def _went_stale(self) -> None:
-        stale_after = self._poll.stale_after_s
+        stale_after = self._s.poll.stale_after_s
         log.warning("%s: no good data for %d s; values now unavailable", self.id, stale_after)
         self._apply(WentStale())
         self.publish()
@@ -274,35 +269,35 @@ class AccountRuntime:
 
     async def poll_once(self) -> None:
         self.polls += 1
-        started = self._clock.monotonic()
+        started = self._s.clock.monotonic()
         usage_wait = self.schedule.usage_wait(started)
         try:
             # Only the requests count against the concurrency limit: the alert bookkeeping
             # after them (which may wait for the database) must not hold other accounts back.
-            async with self._sem:
+            async with self._s.concurrency:
                 snap = await fetch_snapshot(
                     self.id,
                     self.client,
-                    self._clock,
-                    usage_deadline=self._poll.usage_timeout,
+                    self._s.clock,
+                    usage_deadline=self._s.poll.usage_timeout,
                     on_balance=self._on_balance,
                     usage_wait=usage_wait,
-                    grace=self._timings.partial_grace,
+                    grace=self._s.timings.partial_grace,
                 )
         except ApiError as exc:
-            self._metrics.poll(self.id, exc.status, self._clock.monotonic() - started)
+            self._s.metrics.poll(self.id, exc.status, self._s.clock.monotonic() - started)
             await self._failed(exc)
             return
         except Exception as exc:
             # Never let a surprise end polling; the next poll tries again.
             log.exception("%s: unexpected error while polling", self.id)
-            self._metrics.poll(self.id, "internal_error", self._clock.monotonic() - started)
+            self._s.metrics.poll(self.id, "internal_error", self._s.clock.monotonic() - started)
             await self._failed(ApiError(f"internal error: {type(exc).__name__}"))
             return
-        took = self._clock.monotonic() - started
-        self.schedule.usage_answered(self._clock.monotonic(), snap.usage_retry_after, usage_wait)
-        self._metrics.poll(self.id, "ok", took)
-        self._metrics.snapshot(snap)
+        took = self._s.clock.monotonic() - started
+        self.schedule.usage_answered(self._s.clock.monotonic(), snap.usage_retry_after, usage_wait)
+        self._s.metrics.poll(self.id, "ok", took)
+        self._s.metrics.snapshot(snap)
         _log_poll(snap, took)
         self._succeeded(snap, partial=False)
         await self._evaluate_and_publish(record=True)
@@ -313,7 +308,7 @@ class AccountRuntime:
         self.publish()
 
     def _succeeded(self, snap: Snapshot, *, partial: bool) -> None:
-        self.last_success = self._clock.monotonic()
+        self.last_success = self._s.clock.monotonic()
         self.schedule.succeeded()
         self._apply(Polled(snap, partial))
         self.output.currency_seen(snap.currency)
@@ -321,7 +316,7 @@ class AccountRuntime:
     async def _failed(self, exc: ApiError) -> None:
         log.warning("%s: poll failed (%s): %s", self.id, exc.status, exc)
         # Honour Retry-After, but an absurd one must not stop polling (and alerts).
-        self.schedule.failed(self._clock.monotonic(), exc.retry_after)
+        self.schedule.failed(self._s.clock.monotonic(), exc.retry_after)
         self._apply(PollFailed(exc.status, str(exc)))
         self.output.announce()  # no currency to wait for: the device with its API status now
         await self._evaluate_and_publish(record=False)
@@ -339,7 +334,7 @@ class AccountRuntime:
     async def _evaluate_and_publish(self, *, record: bool) -> None:
         # Values and alerts go out together; but a slow or locked alert store must not hold
         # the values back: after a moment they go first.
-        early = self._clock.call_later(self._timings.evaluation_grace, self.publish)
+        early = self._s.clock.call_later(self._s.timings.evaluation_grace, self.publish)
         try:
             await self._evaluate(record=record)
         finally:
@@ -350,10 +345,11 @@ class AccountRuntime:
         """Run the rules on the current view; on a store failure, owe it (retried by
         `watch`), so nothing is lost while the database is locked or read-only."""
         async with self._eval_lock:
-            seen = observation(self.view, self.last_success)
             record = record or bool(self.alert_retry.record)
             try:
-                status, notices = await self.engine.observe(self.id, seen, record=record)
+                status, notices = await self.engine.observe(
+                    self.id, self.view, self.last_success, record=record
+                )
             except StoreError:
                 self._owe_alerts(record)
                 return False
@@ -362,11 +358,11 @@ class AccountRuntime:
         if notices or recovered:
             # After a failed commit, too: one that timed out may have landed after all (a
             # disk that thawed), its notices already in the outbox.
-            self._on_notices()
+            self._s.on_notices()
         return True
 
     def _owe_alerts(self, record: bool) -> None:
-        delay = self.alert_retry.owe(self._clock.monotonic(), record)
+        delay = self.alert_retry.owe(self._s.clock.monotonic(), record)
         log.warning("%s: alert state not saved; retrying in %.0f s", self.id, delay)
         self._changed.set()
 
@@ -387,18 +383,6 @@ class AccountRuntime:
 
     def publish(self) -> None:
         self.output.publish(self.view)
-
-
-def observation(view: AccountView, last_success: float | None) -> Observation:
-    """What the alert engine is shown of a view."""
-    return Observation(
-        snapshot=view.snapshot,
-        usage=view.usage,
-        usage_at=view.usage_at,
-        usage_current=view.usage_current,
-        api_status=view.api_status,
-        last_success=last_success,
-    )
 
 
 def _log_poll(snap: Snapshot, took: float) -> None:
