@@ -347,12 +347,11 @@ class _History(_Tables):
 
 
 class Store(_Outbox, _History):
-    def __init__(self, path: Path | str, *, busy_ms: int = 1000, prepare: bool = True) -> None:
+    def __init__(self, path: Path, *, busy_ms: int = 1000, prepare: bool = True) -> None:
         """Open the connection; with `prepare` (the default) also set the database up. Without,
         `prepare()` runs later (a database another program holds locked at start)."""
         self.path = path
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         # Another program may hold a lock (a backup, a VACUUM, an open `sqlite3` shell): wait
         # `busy_ms` at most, so the alert bookkeeping does not stall behind it; a failed call
@@ -390,7 +389,7 @@ class Store(_Outbox, _History):
 
     @classmethod
     def open(
-        cls, path: Path | str, now: datetime | None = None, *, lock_wait: float | None = None
+        cls, path: Path, now: datetime | None = None, *, lock_wait: float | None = None
     ) -> Store:
         """Open (creating it if needed); with `now`, also prove it can be written. Raises
         StoreError naming the file and what to do. With `lock_wait`, a database another
@@ -428,8 +427,6 @@ class Store(_Outbox, _History):
 
     def _identity(self) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
-        if str(self.path) == ":memory:":
-            return out
         for name in (str(self.path), f"{self.path}-wal"):
             try:
                 st = os.stat(name)
