@@ -101,6 +101,7 @@ class Rendered:
     doc: dict[str, Any]  # the state document now published (kept for the next render)
     messages: Messages
     values: Messages  # the state document and plain topics (reused while `doc` stays)
+    status: Messages  # the rest: availability and active alerts
 
 
 def render(
@@ -126,13 +127,11 @@ def render(
         shown = {topics.state(account_id): (dumps(doc), Kind.STATE)}
         for key, text in plain_values(doc, entities).items():
             shown[topics.value(account_id, key)] = (text, Kind.STATE)
-    messages: Messages = {
-        topics.availability(account_id): (
-            "online" if view.fresh else "offline",
-            Kind.AVAILABILITY,
-        ),
-        **shown,
-    }
+    availability = topics.availability(account_id)
+    online = ("online" if view.fresh else "offline", Kind.AVAILABILITY)
+    messages: Messages = {availability: online, **shown}
+    status: Messages = {availability: online}
     if alerts:
-        messages[topics.alerts_active(account_id)] = (dumps(active_alerts(view)), Kind.STATE)
-    return Rendered(doc, messages, shown)
+        topic = topics.alerts_active(account_id)
+        messages[topic] = status[topic] = (dumps(active_alerts(view)), Kind.STATE)
+    return Rendered(doc, messages, shown, status)

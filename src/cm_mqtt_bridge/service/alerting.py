@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
@@ -22,7 +22,7 @@ from ..core.lifetime import SpendTotal, advance
 from ..core.model import Window
 from ..core.money import MICRO_PER_UNIT, parse_amount
 from ..core.notice import Notice
-from ..core.rules import THRESHOLDS, AlertsBase, Inputs, SpikeRule
+from ..core.rules import THRESHOLDS, AlertsBase, Inputs, RuleSpec, SpikeRule
 from ..core.samples import Sample, next_sample
 from ..core.spike import BASELINE, SpikeFigures, spike_figures
 from ..core.view import AccountView
@@ -43,6 +43,13 @@ class AlertAccount:
     id: str
     name: str
     alerts: AlertsBase
+    # Looked up once: each evaluation shows them.
+    rules: tuple[RuleSpec, ...] = field(init=False)
+    rule_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", self.alerts.rules())
+        object.__setattr__(self, "rule_names", tuple(r.name for r in self.rules))
 
 
 class Anchors:
@@ -252,10 +259,10 @@ class AlertEngine:
         acc = self._accounts[account_id]
         states = self._states[account_id]
         return AlertStatus(
-            rules=acc.alerts.rule_names(),
+            rules=acc.rule_names,
             active={r: s.since or self.started_at for r, s in states.items() if s.firing},
             thresholds=self.thresholds(account_id),
-            steps=warn_steps(acc.alerts.rules(), states, self.clock.now()),
+            steps=warn_steps(acc.rules, states, self.clock.now()),
             spend_total_micro=self._spend_total(account_id),
         )
 
@@ -333,12 +340,12 @@ class AlertEngine:
         for n in notices:
             log.info("%s: alert %s %s: %s", account_id, n.rule, n.kind, n.message)
         status = AlertStatus(
-            rules=acc.alerts.rule_names(),
+            rules=acc.rule_names,
             active={r: s.since or now for r, s in states.items() if s.firing},
             burn=burn,
             runway_days=runway,
             thresholds=thresholds,
-            steps=warn_steps(acc.alerts.rules(), states, now),
+            steps=warn_steps(acc.rules, states, now),
             spend_total_micro=self._spend_total(account_id),
         )
         return status, notices

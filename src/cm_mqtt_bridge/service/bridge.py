@@ -100,7 +100,10 @@ class Bridge:
                 f"data_dir: cannot use {self.config.data_dir}: {exc.strerror or exc}"
             ) from None
         try:
-            async with aiohttp.ClientSession(connector=connector) as session:
+            # No session-wide timeout: the client's own deadline bounds each exchange, and
+            # aiohttp's default (300 s) would be a second timer on every request.
+            no_timeout = aiohttp.ClientTimeout()
+            async with aiohttp.ClientSession(connector=connector, timeout=no_timeout) as session:
                 self.store = AsyncStore(
                     await self._open_store(), deadline=self.timings.store_deadline
                 )

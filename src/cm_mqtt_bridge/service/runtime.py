@@ -76,17 +76,20 @@ class AccountOutput:
     def publish(self, view: AccountView) -> None:
         # No key of what render reads: render is cheap, and the publisher sends a topic only
         # when its payload differs (an unchanged poll publishes nothing).
+        previous = self.rendered
         rendered = render(
             self.id,
             view,
             self.entities,
             self._topics,
-            previous=self.rendered,
+            previous=previous,
             alerts=self._alerts,
             values=self._values,
         )
         self.rendered = rendered
-        for topic, (payload, kind) in rendered.messages.items():
+        # The same values as last time (most polls): the publisher already holds them.
+        same = previous is not None and rendered.values is previous.values
+        for topic, (payload, kind) in (rendered.status if same else rendered.messages).items():
             self._publisher.set(topic, payload, kind)
 
     def discovery(self) -> dict[str, Any]:
