@@ -59,6 +59,16 @@ def test_a_non_utf8_byte_names_line_and_column(tmp_path: Path) -> None:
     assert "not UTF-8 at line 5, column 12 (byte 0xe9)" in problem
 
 
+def test_a_non_utf8_key_file_names_line_and_column_but_no_byte_of_it(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"cm-abc\xf1def\n")
+    key_file.chmod(0o600)
+    problem = check_config(tmp_path, f"accounts:\n  - id: main\n    api_key_file: {key_file}\n")
+    assert f"api_key_file: {key_file} is not UTF-8 at line 1, column 7; save it" in problem
+    assert "0xf1" not in problem
+    assert "cm-abc" not in problem
+
+
 def test_duplicate_keys_are_refused_with_their_place(tmp_path: Path) -> None:
     problem = check_config(tmp_path, ACCOUNT + "poll:\n  interval: 60\n  interval: 30\n")
     assert "invalid YAML at line 6, column 3: duplicate key 'interval'" in problem

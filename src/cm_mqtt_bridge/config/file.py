@@ -61,8 +61,9 @@ def read_bounded(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
-def read_text(path: Path, cap: int, what: str) -> str:
-    """At most `cap` bytes of UTF-8 text; FileProblem naming `what`, and where a bad byte is."""
+def read_text(path: Path, cap: int, what: str, *, secret: bool = False) -> str:
+    """At most `cap` bytes of UTF-8 text; FileProblem naming `what`, and where a bad byte is
+    (and its value, unless the file is a secret: no byte of a key or password is shown)."""
     try:
         data = read_bounded(path, cap)
     except FileProblem as exc:
@@ -72,16 +73,16 @@ def read_text(path: Path, cap: int, what: str) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = "" if secret else f" (byte 0x{data[exc.start]:02x})"
         raise FileProblem(
-            f"{what}: {path} is not UTF-8 at line {line}, column {column} "
-            f"(byte 0x{data[exc.start]:02x}); save it as UTF-8"
+            f"{what}: {path} is not UTF-8 at line {line}, column {column}{byte}; save it as UTF-8"
         ) from None
 
 
 def read_secret(path: Path, what: str) -> str:
     """A key, token or secret file (at most 4 KB of UTF-8); FileProblem naming `what`."""
     path = path.expanduser()
-    text = read_text(path, MAX_SECRET_BYTES, what)
+    text = read_text(path, MAX_SECRET_BYTES, what, secret=True)
     warn_if_open(path, what)
     return text
 
