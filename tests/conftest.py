@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mosquitto import Mosquitto, discard
+from tests.mosquitto import Mosquitto, discard, started
 from tests.receivers import Receivers
 from tests.standin import CrossModelStandin
 
@@ -41,8 +41,7 @@ async def hook() -> AsyncIterator[Receivers]:
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path)
-    broker.start()
+    broker = started(tmp_path)
     yield broker
     discard(broker)
 

@@ -22,7 +22,7 @@ from cm_mqtt_bridge.ha.entities import entities_for
 from cm_mqtt_bridge.notify.channels import DeliveryError, WebhookConfig, probe_webhook
 from tests.conftest import KEY
 from tests.helpers import Result, run_main
-from tests.mosquitto import Mosquitto, discard, free_port
+from tests.mosquitto import Mosquitto, discard, free_port, started
 from tests.mqtt_helpers import recording
 from tests.receivers import Receivers
 from tests.standin import CrossModelStandin
@@ -229,7 +229,8 @@ class _Files(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def http_server(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for the loop to look again: every 0.5 s by default.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -324,10 +325,7 @@ async def test_check_broker_not_authorized_names_the_variables(
         capture_output=True,
     )
     passwd.chmod(0o600)
-    broker = Mosquitto(
-        tmp_path, listener_options=f"allow_anonymous false\npassword_file {passwd}\n"
-    )
-    broker.start()
+    broker = started(tmp_path, listener_options=f"allow_anonymous false\npassword_file {passwd}\n")
     try:
         path = tmp_path / "config.yaml"
         path.write_text(

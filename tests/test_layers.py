@@ -24,6 +24,9 @@ def _modules() -> dict[str, Path]:
     }
 
 
+MODULES = _modules()
+
+
 def _imports(name: str, path: Path) -> set[str]:
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found: set[str] = set()
@@ -39,7 +42,7 @@ def _imports(name: str, path: Path) -> set[str]:
             for alias in node.names:
                 # `from ..ha import dashboard` imports a module; `from .x import Name` a name.
                 sub = f"{target}.{alias.name}"
-                found.add(sub if sub in _modules() else target)
+                found.add(sub if sub in MODULES else target)
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("cm_mqtt_bridge")}
     found.discard(name)
@@ -55,7 +58,7 @@ def _layer(module: str) -> int:
     return LAYERS.index(parts[1])
 
 
-GRAPH = {name: _imports(name, path) for name, path in _modules().items()}
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 
 
 def test_the_package_is_in_layers_with_few_top_level_modules() -> None:

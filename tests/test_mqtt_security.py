@@ -13,7 +13,7 @@ import pytest
 from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.service.bridge import Bridge
 from tests.helpers import until
-from tests.mosquitto import Mosquitto, discard
+from tests.mosquitto import Mosquitto, discard, started
 from tests.mqtt_helpers import make_config
 
 PASSWORD = "broker-pass-7f3k"
@@ -76,15 +76,13 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tls_broker(tmp_path: Path, certs: Path) -> Mosquitto:
-    broker = Mosquitto(
+    return started(
         tmp_path,
         listener_options=(
             f"allow_anonymous true\ncafile {certs / 'ca.crt'}\n"
             f"certfile {certs / 'server.crt'}\nkeyfile {certs / 'server.key'}\n"
         ),
     )
-    broker.start()
-    return broker
 
 
 async def _run_until_connected(bridge: Bridge, seconds: float) -> bool:
@@ -162,10 +160,7 @@ async def test_username_and_password(standin, tmp_path, caplog):
         capture_output=True,
     )
     passwd.chmod(0o600)
-    broker = Mosquitto(
-        tmp_path, listener_options=f"allow_anonymous false\npassword_file {passwd}\n"
-    )
-    broker.start()
+    broker = started(tmp_path, listener_options=f"allow_anonymous false\npassword_file {passwd}\n")
     try:
         caplog.set_level(logging.DEBUG)
         good = make_config(standin.url, broker.port, username="bridge", password=PASSWORD)
