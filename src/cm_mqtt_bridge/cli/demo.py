@@ -30,7 +30,7 @@ from ..core.timings import Timings
 from ..crossmodel.simulator import Simulator
 from ..exits import EXIT_INTERRUPTED, EXIT_OK
 from ..service.bridge import Bridge
-from .localbroker import Mosquitto, find_mosquitto
+from .localbroker import Mosquitto, find_mosquitto, start_private
 
 DEMO_KEY = "cm-demo-not-a-real-key"
 DIR_PREFIX = "cm-mqtt-bridge-demo-"
@@ -227,8 +227,7 @@ async def _run(
     try:
         (workdir / PID_FILE).write_text(str(os.getpid()))
         if opts.mqtt_host is None and find_mosquitto() is not None:
-            broker = Mosquitto(workdir)
-            broker.start(die_with_parent=True)  # on this thread: see Mosquitto.start
+            broker = start_private(workdir, die_with_parent=True)  # this thread: see start()
             host, port = "127.0.0.1", broker.port
             out.write(f"Started a private Mosquitto on {host}:{port}\n")
         else:

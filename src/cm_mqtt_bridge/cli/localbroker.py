@@ -54,6 +54,7 @@ class Mosquitto:
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        self.err = workdir / "mosquitto.err"
         # No persistence: a restart loses retained messages, so tests see the bridge republish.
         options = listener_options or "allow_anonymous true\n"
         # Started as root, mosquitto would switch to user "mosquitto" and could not read our
@@ -71,23 +72,45 @@ class Mosquitto:
         the process can still say offline through it. Call it on the main thread: Linux ties
         the death signal to the thread that started the child."""
         linux = sys.platform.startswith("linux")
-        self.proc = subprocess.Popen(  # noqa: S603 - our binary, our config file
-            [self.binary, "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=die_with_parent,
-            preexec_fn=_dies_with(os.getpid()) if die_with_parent and linux else None,
-        )
+        # Mosquitto reports a bad config on stderr, before it opens its log file.
+        with self.err.open("wb") as err:
+            self.proc = subprocess.Popen(  # noqa: S603 - our binary, our config file
+                [self.binary, "-c", str(self.conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=die_with_parent,
+                preexec_fn=_dies_with(os.getpid()) if die_with_parent and linux else None,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log.read_text(errors='replace')}")
+                raise RuntimeError(f"mosquitto exited: {self._said()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening")
+
+    def _said(self) -> str:
+        said = [f.read_text(errors="replace").strip() for f in (self.log, self.err) if f.exists()]
+        return (
+            "\n".join(t for t in said if t) or f"exit status {self.proc and self.proc.returncode}"
+        )
+
+    def owns_port(self) -> bool:
+        """Whether this broker's process holds the listening socket on its port, waiting until
+        it does or has exited. `free_port` hands its port back before Mosquitto binds it, so
+        another process can take it in between, and `start()`'s probe may then reach that
+        process's listener. Linux (/proc); elsewhere the probe is trusted."""
+        if not Path("/proc/net/tcp").exists() or self.proc is None:
+            return True
+        deadline = time.monotonic() + 10
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            if _listener(self.port) in _sockets(self.proc.pid):
+                return True
+            time.sleep(0.01)
+        return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -98,3 +121,42 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+
+def start_private(
+    workdir: Path, listener_options: str = "", *, die_with_parent: bool = False
+) -> Mosquitto:
+    """A running Mosquitto on a free loopback port; started again on a new port when another
+    process took the first one before Mosquitto could bind it."""
+    for _ in range(4):
+        broker = Mosquitto(workdir, listener_options=listener_options)
+        try:
+            broker.start(die_with_parent=die_with_parent)
+        except RuntimeError as exc:  # what Mosquitto said, in the message
+            if "Address already in use" not in str(exc):
+                raise
+            continue
+        if broker.owns_port():
+            return broker
+        broker.stop()
+    raise RuntimeError("mosquitto lost its port to another process four times")
+
+
+LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
+
+
+def _listener(port: int) -> str | None:
+    """The loopback listening socket on `port`, as /proc/PID/fd names it."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()  # sl, local address, remote address, state, ..., inode
+        if fields[3] == LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            return f"socket:[{fields[9]}]"
+    return None
+
+
+def _sockets(pid: int) -> set[str]:
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return {os.readlink(fds / fd) for fd in os.listdir(fds)}
+    except (FileNotFoundError, ProcessLookupError):
+        return set()
