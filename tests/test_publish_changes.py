@@ -5,6 +5,7 @@ list would never be republished)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -70,7 +71,15 @@ class Broker:
     def __init__(self) -> None:
         self.topics: dict[str, bytes] = {}
 
-    def set(self, topic: str, payload: str | bytes, kind: Kind, *, once: bool = False) -> None:
+    def set(
+        self,
+        topic: str,
+        payload: str | bytes,
+        kind: Kind,
+        *,
+        once: bool = False,
+        source: Callable[[], str | bytes] | None = None,
+    ) -> None:
         self.topics[topic] = payload.encode() if isinstance(payload, str) else payload
 
 

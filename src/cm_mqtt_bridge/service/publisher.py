@@ -10,6 +10,7 @@ restart; an unchanged value is never sent twice on one connection. Non-retained 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import ssl
@@ -48,11 +49,28 @@ _MQTT_LOG = logging.getLogger("cm_mqtt_bridge.mqtt")
 _MQTT_LOG.addFilter(_QuietPending())
 
 
+Payload = str | bytes
+
+
 @dataclass(slots=True)
 class _Entry:
     kind: Kind
-    payload: bytes
+    payload: Payload  # with a `source`: the digest of the payload, which is not kept
     once: bool = False  # e.g. a device removal: send once, then forget
+    # Gives the payload again, the same bytes, when it must be sent: a large payload that is
+    # rarely sent (discovery) need not stay in memory for every account.
+    source: Callable[[], Payload] | None = None
+
+    def data(self) -> Payload:
+        return self.payload if self.source is None else self.source()
+
+
+def _as_bytes(payload: Payload) -> bytes:
+    return payload.encode() if isinstance(payload, str) else payload
+
+
+def _digest(payload: Payload) -> bytes:
+    return hashlib.blake2b(_as_bytes(payload), digest_size=16).digest()
 
 
 class PublishError(Exception):
@@ -177,7 +195,7 @@ class Publisher:
         self._reconnect = timings.reconnect_backoff
         self._rng = rng or random.Random()
         self._desired: dict[str, _Entry] = {}
-        self._sent: dict[str, bytes] = {}
+        self._sent: dict[str, Payload] = {}  # topic -> its entry's payload (or digest)
         # Topics that may differ from what this connection sent (an ordered set): a flush
         # looks at these only, not at every retained topic.
         self._unsent: dict[str, None] = {}
@@ -194,11 +212,21 @@ class Publisher:
 
     # ---- what should be on the broker --------------------------------------------------
 
-    def set(self, topic: str, payload: str | bytes, kind: Kind, *, once: bool = False) -> None:
-        data = payload.encode() if isinstance(payload, str) else payload
+    def set(
+        self,
+        topic: str,
+        payload: Payload,
+        kind: Kind,
+        *,
+        once: bool = False,
+        source: Callable[[], Payload] | None = None,
+    ) -> None:
+        """What `topic` should hold, kept as given (not encoded: shared with the caller's str).
+        With `source`, only a digest: `source()` gives it again until it changes."""
+        held = payload if source is None else _digest(payload)
         entry = self._desired.get(topic)
-        if entry is None or entry.payload != data or entry.kind != kind:
-            self._desired[topic] = _Entry(kind, data, once)
+        if entry is None or entry.payload != held or entry.kind != kind:
+            self._desired[topic] = _Entry(kind, held, once, source)
             self._unsent[topic] = None
             self._dirty.set()
 
@@ -343,7 +371,7 @@ class Publisher:
         self, client: aiomqtt.Client, work: Iterator[tuple[str, _Entry]]
     ) -> None:
         for topic, entry in work:
-            await client.publish(topic, entry.payload, qos=self._cfg.qos, retain=True)
+            await client.publish(topic, entry.data(), qos=self._cfg.qos, retain=True)
             self.metrics.mqtt_messages.inc()
             if entry.once and self._desired.get(topic) is entry:
                 del self._desired[topic]
@@ -361,7 +389,8 @@ class Publisher:
 
     def retained(self) -> list[tuple[str, bytes]]:
         """What the broker should hold, in publish order within each kind."""
-        return [(t, e.payload) for t, e in sorted(self._desired.items(), key=lambda i: i[1].kind)]
+        desired = sorted(self._desired.items(), key=lambda i: i[1].kind)
+        return [(t, _as_bytes(e.data())) for t, e in desired]
 
     async def publish_now(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1 and return once the broker acknowledged it; raise PublishError
