@@ -183,7 +183,7 @@ class Publisher:
         metrics: Metrics | None = None,
     ) -> None:
         self._cfg = cfg
-        self.metrics = metrics or Metrics(per_account=False)
+        self.metrics = metrics or Metrics(enabled=False)
         self.broker = Broker(cfg, topics)
         self._topics = topics
         self._clock = clock
