@@ -54,6 +54,7 @@ async def measure(accounts: int, top: int) -> dict[str, Any]:
         bridge, observed, stop, task = await start_bridge(config)
         try:
             await observed.until(accounts, timeout=300)
+            await asyncio.sleep(2.0)  # the last tasks of the first cycle end
             gc.collect()
             after = tracemalloc.take_snapshot()
         finally:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..config.settings import AccountConfig, PollConfig
-from ..core.clock import Clock, format_until, spawn
+from ..core.clock import Clock, Flag, format_until, spawn
 from ..core.model import Snapshot
 from ..core.money import format_money
 from ..core.timings import DEFAULTS, Timings
@@ -71,7 +71,9 @@ class AccountOutput:
         self._publisher = publisher
         self._qos = qos
         self._alerts = alerts
-        self._values = document_values(entities)
+        self._values = document_values(tuple(entities))
+        self._availability = topics.availability(cfg.id)
+        self._alerts_active = topics.alerts_active(cfg.id)
         self.rendered: Rendered | None = None  # what was published last
         self.currency: str | None = None
         # Components removed in the discovery payload now published (sent once: the next
@@ -97,10 +99,14 @@ class AccountOutput:
             values=self._values,
         )
         self.rendered = rendered
+        publisher = self._publisher
+        publisher.set(self._availability, rendered.availability, Kind.AVAILABILITY)
         # The same values as last time (most polls): the publisher already holds them.
-        same = previous is not None and rendered.values is previous.values
-        for topic, (payload, kind) in (rendered.status if same else rendered.messages).items():
-            self._publisher.set(topic, payload, kind)
+        if previous is None or rendered.values is not previous.values:
+            for topic, payload in rendered.values.items():
+                publisher.set(topic, payload, Kind.STATE)
+        if rendered.alerts is not None:
+            publisher.set(self._alerts_active, rendered.alerts, Kind.STATE)
 
     def discovery(self) -> dict[str, Any]:
         return device_payload(
@@ -201,9 +207,9 @@ class AccountRuntime:
         self.alert_retry = AlertRetry(shared.timings.retry_backoff)
         self.polls = 0
         self.last_success: float | None = None  # monotonic time of the last good /credits
-        self.refresh_requested = asyncio.Event()
+        self.refresh_requested = Flag()
         self._announce = True
-        self._changed = asyncio.Event()  # wakes `watch`
+        self._changed = Flag()  # wakes `watch`
         self._eval_lock = asyncio.Lock()
         self._retrying: asyncio.Task[None] | None = None
 
