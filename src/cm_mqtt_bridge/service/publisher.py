@@ -60,6 +60,9 @@ class _Entry:
     # Gives the payload again, the same bytes, when it must be sent: a large payload that is
     # rarely sent (discovery) need not stay in memory for every account.
     source: Callable[[], Payload] | None = None
+    # What this connection last published on the topic (its digest, with a `source`): one
+    # field here instead of a second topic-keyed dict.
+    sent: Payload | None = None
 
     def data(self) -> Payload:
         return self.payload if self.source is None else self.source()
@@ -195,7 +198,6 @@ class Publisher:
         self._reconnect = timings.reconnect_backoff
         self._rng = rng or random.Random()
         self._desired: dict[str, _Entry] = {}
-        self._sent: dict[str, Payload] = {}  # topic -> its entry's payload (or digest)
         # Topics that may differ from what this connection sent (an ordered set): a flush
         # looks at these only, not at every retained topic.
         self._unsent: dict[str, None] = {}
@@ -226,7 +228,8 @@ class Publisher:
         held = payload if source is None else _digest(payload)
         entry = self._desired.get(topic)
         if entry is None or entry.payload != held or entry.kind != kind:
-            self._desired[topic] = _Entry(kind, held, once, source)
+            sent = None if entry is None else entry.sent
+            self._desired[topic] = _Entry(kind, held, once, source, sent)
             self._unsent[topic] = None
             self._dirty.set()
 
@@ -234,7 +237,7 @@ class Publisher:
         """Forget that these kinds were sent on this connection (HA restarted and lost them)."""
         for topic, entry in self._desired.items():
             if entry.kind in kinds:
-                self._sent.pop(topic, None)
+                entry.sent = None
                 self._unsent[topic] = None
         self._dirty.set()
 
@@ -284,7 +287,8 @@ class Publisher:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._client = client
-        self._sent.clear()
+        for entry in self._desired.values():
+            entry.sent = None
         self._unsent = dict.fromkeys(self._desired)
         self._retained_commands = 0
         self.metrics.mqtt_connections.inc()
@@ -349,8 +353,7 @@ class Publisher:
         pending = [
             (topic, entry)
             for topic in todo
-            if (entry := self._desired.get(topic)) is not None
-            and self._sent.get(topic) != entry.payload
+            if (entry := self._desired.get(topic)) is not None and entry.sent != entry.payload
         ]
         try:
             for kind in Kind:
@@ -373,10 +376,11 @@ class Publisher:
         for topic, entry in work:
             await client.publish(topic, entry.data(), qos=self._cfg.qos, retain=True)
             self.metrics.mqtt_messages.inc()
-            if entry.once and self._desired.get(topic) is entry:
+            current = self._desired.get(topic)
+            if entry.once and current is entry:
                 del self._desired[topic]
-            else:
-                self._sent[topic] = entry.payload
+            elif current is not None:  # `entry`, or what replaced it meanwhile
+                current.sent = entry.payload
 
     def in_sync(self) -> bool:
         """Connected, and every retained topic holds what it should (the health report)."""
@@ -384,7 +388,7 @@ class Publisher:
             self.connected.is_set()
             and not self._dirty.is_set()
             and not self._flushing
-            and all(self._sent.get(t) == e.payload for t, e in self._desired.items())
+            and all(e.sent == e.payload for e in self._desired.values())
         )
 
     def retained(self) -> list[tuple[str, bytes]]:
