@@ -5,7 +5,6 @@ list would never be republished)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -71,15 +70,7 @@ class Broker:
     def __init__(self) -> None:
         self.topics: dict[str, bytes] = {}
 
-    def set(
-        self,
-        topic: str,
-        payload: str | bytes,
-        kind: Kind,
-        *,
-        once: bool = False,
-        source: Callable[[], str | bytes] | None = None,
-    ) -> None:
+    def set(self, topic: str, payload: str | bytes, kind: Kind, **_: Any) -> None:
         self.topics[topic] = payload.encode() if isinstance(payload, str) else payload
 
 

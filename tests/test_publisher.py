@@ -19,16 +19,15 @@ async def _ignore(topic: str, payload: bytes) -> None:
     return None
 
 
+def _publisher(port: int, client_id: str) -> Publisher:
+    cfg = MqttConfig(host="127.0.0.1", port=port, client_id=client_id)
+    topics = Topics("cm_mqtt_bridge", "homeassistant")
+    return Publisher(cfg, topics, SystemClock(), subscriptions=(), on_message=_ignore)
+
+
 async def test_twenty_thousand_retained_topics_go_out_on_one_connection(mosquitto):
     # Starting every publish at once once made this time out and reconnect forever.
-    cfg = MqttConfig(host="127.0.0.1", port=mosquitto.port, client_id="reconciler-test")
-    pub = Publisher(
-        cfg,
-        Topics("cm_mqtt_bridge", "homeassistant"),
-        SystemClock(),
-        subscriptions=(),
-        on_message=_ignore,
-    )
+    pub = _publisher(mosquitto.port, "reconciler-test")
     for i in range(20_000):
         pub.set(f"cm_mqtt_bridge/acc{i // 10}/value{i % 10}", str(i), Kind.STATE)
     async with recording(mosquitto.port, "cm_mqtt_bridge/acc1999/#") as rec:
@@ -53,14 +52,7 @@ def _device(i: int, version: int = 1) -> str:
 
 
 async def test_a_payload_with_a_source_is_not_kept_yet_every_resend_is_the_same(mosquitto):
-    cfg = MqttConfig(host="127.0.0.1", port=mosquitto.port, client_id="source-test")
-    pub = Publisher(
-        cfg,
-        Topics("cm_mqtt_bridge", "homeassistant"),
-        SystemClock(),
-        subscriptions=(),
-        on_message=_ignore,
-    )
+    pub = _publisher(mosquitto.port, "source-test")
     topics = [f"homeassistant/device/cm_acc{i}/config" for i in range(200)]
     tracemalloc.start()
     try:
