@@ -8,26 +8,39 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# Everything `run` imports before it reads the config, and what the bridge runs with.
+# Everything `run` imports before it reads the config, and what the bridge runs with: a
+# Bridge built from a config without the health endpoint.
 PROBE = """
-import sys
+import sys, tempfile
 import cm_mqtt_bridge.cli.main
 import cm_mqtt_bridge.service.bridge
 import cm_mqtt_bridge.service.health
-print(",".join(m for m in ("aiohttp.web", "apprise") if m in sys.modules))
+from cm_mqtt_bridge.config.settings import Config
+config = Config.model_validate(
+    {"accounts": [{"id": "main", "api_key": "cm-test-0123456789abcdef"}],
+     "data_dir": tempfile.mkdtemp()}
+)
+cm_mqtt_bridge.service.bridge.Bridge(config)
+print(",".join(m for m in sys.argv[1:] if m in sys.modules))
 """
+ONLY_FOR = ("aiohttp.web", "apprise", "prometheus_client", "difflib", "getpass")
 
 
 def loaded_by_run() -> str:
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", PROBE, *ONLY_FOR],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return done.stdout.strip()
 
 
-def test_run_without_health_does_not_import_aiohttp_web_or_apprise() -> None:
-    # aiohttp.web is only the health endpoint's server (about 4 MiB of RSS); Apprise only an
-    # Apprise channel's.
+def test_run_without_health_does_not_import_aiohttp_web_apprise_or_prometheus() -> None:
+    # aiohttp.web is only the health endpoint's server (about 4 MiB of RSS), prometheus_client
+    # only its /metrics (about 1.5 MiB); Apprise only an Apprise channel's; difflib only a
+    # config with errors, getpass only `set-api-key` at a terminal.
     assert loaded_by_run() == ""
 
 
@@ -79,6 +92,10 @@ def test_per_account_metrics_only_when_something_serves_them(tmp_path: Path) -> 
         metrics = bridge(health).metrics
         metrics.poll("main", "ok", 0.1)
         metrics.snapshot(_snapshot())
+        metrics.restarted("poll:main")
+        metrics.mqtt_connected(True)
         text = metrics.render().decode()
         assert ('cm_bridge_balance{account="main"' in text) is series
         assert ('cm_bridge_polls_total{account="main"' in text) is series
+        assert ('cm_bridge_task_restarts_total{task="poll:main"} 1.0' in text) is series
+        assert ("cm_bridge_mqtt_connected 1.0" in text) is series

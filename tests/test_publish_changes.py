@@ -70,7 +70,7 @@ class Broker:
     def __init__(self) -> None:
         self.topics: dict[str, bytes] = {}
 
-    def set(self, topic: str, payload: str | bytes, kind: Kind, *, once: bool = False) -> None:
+    def set(self, topic: str, payload: str | bytes, kind: Kind, **_: Any) -> None:
         self.topics[topic] = payload.encode() if isinstance(payload, str) else payload
 
 

@@ -620,6 +620,20 @@ async def test_dropped_component_is_sent_as_bare_platform(standin, mosquitto):
     assert len(rec.on(DEVICE)) == 2
 
 
+async def test_a_birth_resends_the_removal_byte_for_byte(standin, mosquitto):
+    # The publisher keeps only a digest of the device message and builds it again to resend
+    # it: the removal it carried must be in the resend too, until the next device message.
+    await publish(mosquitto.port, DEVICE, json.dumps(_previous_run_payload()), retain=True)
+    config = make_config(standin.url, mosquitto.port)
+    async with recording(mosquitto.port) as rec, running(config, rec, birth_delay=(0.0, 0.0)):
+        first = await wait_device(rec, lambda d: d["cmps"]["old_gauge"] == {"p": "sensor"})
+        await settled(rec)
+        index = len(rec.messages)
+        await publish(mosquitto.port, "homeassistant/status", "online")
+        again = await rec.wait_topic(DEVICE, timeout=2, after=index)
+    assert again.payload == first.payload
+
+
 async def test_foreign_device_messages_are_left_alone(standin, mosquitto):
     foreign = "homeassistant/device/cm_other/config"
     theirs = json.loads(json.dumps(expected_discovery()))

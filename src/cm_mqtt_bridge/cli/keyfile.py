@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +42,8 @@ def cmd_set_api_key(args: argparse.Namespace, env: Mapping[str, str], stdin: Tex
     if args.stdin or not stdin.isatty():
         raw = stdin.read()
     else:
+        import getpass  # only this command reads from a terminal
+
         raw = getpass.getpass("CrossModel API key (input hidden): ")
     try:
         key = normalize_api_key(raw)

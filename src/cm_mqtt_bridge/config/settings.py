@@ -7,7 +7,6 @@ no pydantic traceback and no secret ever reaches the user.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 import socket
@@ -690,6 +689,8 @@ def _pair_typos(errors: list[Any]) -> list[Any]:
         for e in errors
         if e["type"] == "missing" and e["loc"]
     }
+    import difflib  # only for a config with errors: `run` does not load it otherwise
+
     out: list[Any] = []
     meant: set[int] = set()
     for err in errors:

@@ -41,4 +41,4 @@ Amount = Annotated[int, BeforeValidator(_micro), Field(ge=0, le=10**15)]
 class StrictModel(BaseModel):
     """Every config section: frozen, and unknown (misspelt) options are errors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)

@@ -17,7 +17,7 @@ Count = Annotated[StrictInt, Field(ge=0, le=_ABSURD)]
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
 
 def _currency(value: object) -> str:

@@ -8,6 +8,7 @@ this table only; alert entities are derived from the rule registry.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -411,6 +412,7 @@ def alert_entities(rules: tuple[RuleSpec, ...]) -> tuple[Entity, ...]:
     return tuple(out)
 
 
+@functools.cache  # accounts with the same rules share one table
 def entities_for(rules: tuple[RuleSpec, ...]) -> tuple[Entity, ...]:
     """Every entity of an account with these alert rules enabled."""
     return ENTITIES + alert_entities(rules)

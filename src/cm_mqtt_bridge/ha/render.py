@@ -1,13 +1,15 @@
 """What is published for an account, as a pure function of its view.
 
 `render` generates, from the entity table, the JSON state document, the plain value topics,
-the availability and the list of active alerts: {topic: (payload, kind)}. What Home Assistant
-sees is testable without a broker.
+the availability and the list of active alerts. What Home Assistant sees is testable without a
+broker.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -15,16 +17,15 @@ from typing import Any
 
 from ..core.view import AccountView
 from .entities import DOCUMENT_ONLY, POLL_TIME_KEYS, Entity, Value
-from .topics import Kind, Topics
-
-Messages = dict[str, tuple[str, Kind]]
+from .topics import Topics
 
 
 def dumps(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def document_values(entities: Sequence[Entity]) -> tuple[Value, ...]:
+@functools.cache  # accounts with the same entity table share one
+def document_values(entities: tuple[Entity, ...]) -> tuple[Value, ...]:
     """Every key of the state document with its reader (a runtime lists them once)."""
     return (*(value for entity in entities for value in entity.values()), *DOCUMENT_ONLY)
 
@@ -37,7 +38,7 @@ def state_document(
 
     Money is a decimal string (exact, and HA parses it); a value not known yet is null, which
     HA shows as unknown."""
-    return {value.key: value.read(view) for value in values or document_values(entities)}
+    return {value.key: value.read(view) for value in values or document_values(tuple(entities))}
 
 
 def settle(prev: dict[str, Any] | None, doc: dict[str, Any], entities: Sequence[Entity]) -> None:
@@ -98,10 +99,13 @@ def active_alerts(view: AccountView) -> list[dict[str, str]]:
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
+    """An account's retained topics but its discovery: its state topics by topic, and the
+    payloads of its availability and (with alert rules) `alerts/active` topics."""
+
     doc: dict[str, Any]  # the state document now published (kept for the next render)
-    messages: Messages
-    values: Messages  # the state document and plain topics (reused while `doc` stays)
-    status: Messages  # the rest: availability and active alerts
+    values: dict[str, str]  # {topic: payload} of the document and the plain topics (STATE)
+    availability: str
+    alerts: str | None
 
 
 def render(
@@ -114,8 +118,8 @@ def render(
     alerts: bool,
     values: Sequence[Value] | None = None,
 ) -> Rendered:
-    """Every retained topic of the account but its discovery. `previous` is what was rendered
-    last; while only the poll time differs, its document stays (nothing is resent).
+    """What the account's retained topics hold. `previous` is what was rendered last; while
+    only the poll time differs, its document and values stay (nothing is resent).
     `values`: `document_values(entities)`, if already at hand."""
     published = previous.doc if previous is not None else None
     doc = state_document(view, entities, values)
@@ -124,14 +128,14 @@ def render(
         shown = previous.values
         doc = previous.doc
     else:
-        shown = {topics.state(account_id): (dumps(doc), Kind.STATE)}
+        # Interned: the publisher keeps the first copy of each topic, and every later render
+        # would otherwise hold a second one.
+        shown = {sys.intern(topics.state(account_id)): dumps(doc)}
         for key, text in plain_values(doc, entities).items():
-            shown[topics.value(account_id, key)] = (text, Kind.STATE)
-    availability = topics.availability(account_id)
-    online = ("online" if view.fresh else "offline", Kind.AVAILABILITY)
-    messages: Messages = {availability: online, **shown}
-    status: Messages = {availability: online}
-    if alerts:
-        topic = topics.alerts_active(account_id)
-        messages[topic] = status[topic] = (dumps(active_alerts(view)), Kind.STATE)
-    return Rendered(doc, messages, shown, status)
+            shown[sys.intern(topics.value(account_id, key))] = text
+    return Rendered(
+        doc,
+        shown,
+        "online" if view.fresh else "offline",
+        dumps(active_alerts(view)) if alerts else None,
+    )

@@ -57,7 +57,7 @@ class Bridge:
         self.rng = rng or random.Random()
         self.timings = timings
         self.topics = Topics(base=config.mqtt.base_topic, prefix=config.mqtt.discovery_prefix)
-        self.metrics = Metrics(per_account=config.health.enabled)
+        self.metrics = Metrics(enabled=config.health.enabled)
         self.accounts: dict[str, AccountRuntime] = {}
         self.births = Births(self.clock, self.rng, self._resend, delay=timings.birth_delay)
         self.commands = Commands(self.topics, self.accounts, self.births, self.clock)
@@ -79,7 +79,7 @@ class Bridge:
         self.supervisor = Supervisor(
             self.clock,
             backoff=timings.restart_backoff,
-            on_restart=lambda task: self.metrics.restarts.labels(task).inc(),
+            on_restart=self.metrics.restarted,
         )
         self.health: HealthServer | None = None
         self.store: AsyncStore | None = None
@@ -185,7 +185,7 @@ class Bridge:
             channels,
             self.clock,
             timings=self.timings,
-            on_refused=lambda channel: self.metrics.alert_failed.labels(channel).inc(),
+            on_refused=self.metrics.refused,
         )
         self.dispatcher = dispatcher
         cfg = self.config
@@ -248,7 +248,7 @@ class Bridge:
     # ---- callbacks from the publisher -------------------------------------------------------
 
     def _on_connection(self, connected: bool) -> None:
-        self.metrics.connected.set(1 if connected else 0)
+        self.metrics.mqtt_connected(connected)
         if connected and self.dispatcher is not None:
             # Alerts that waited for the broker go out now, not after their backoff.
             self.dispatcher.resume("mqtt")

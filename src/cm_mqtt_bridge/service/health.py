@@ -8,8 +8,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from ..config.settings import PollConfig
 from ..core.clock import Clock
 from ..crossmodel.client import retry_budget
@@ -149,7 +147,7 @@ class HealthServer:
             # CONTENT_TYPE_LATEST carries a charset parameter, which aiohttp wants separately.
             from aiohttp import web
 
-            ctype, _, charset = CONTENT_TYPE_LATEST.partition("; charset=")
+            ctype, _, charset = self.metrics.content_type.partition("; charset=")
             body = await self._metrics_text()
             return web.Response(body=body, content_type=ctype, charset=charset or None)
 

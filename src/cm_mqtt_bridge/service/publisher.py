@@ -10,6 +10,7 @@ restart; an unchanged value is never sent twice on one connection. Non-retained 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import ssl
@@ -48,11 +49,31 @@ _MQTT_LOG = logging.getLogger("cm_mqtt_bridge.mqtt")
 _MQTT_LOG.addFilter(_QuietPending())
 
 
+Payload = str | bytes
+
+
 @dataclass(slots=True)
 class _Entry:
     kind: Kind
-    payload: bytes
+    payload: Payload  # with a `source`: the digest of the payload, which is not kept
     once: bool = False  # e.g. a device removal: send once, then forget
+    # Gives the payload again, the same bytes, when it must be sent: a large payload that is
+    # rarely sent (discovery) need not stay in memory for every account.
+    source: Callable[[], Payload] | None = None
+    # What this connection last published on the topic (its digest, with a `source`): one
+    # field here instead of a second topic-keyed dict.
+    sent: Payload | None = None
+
+    def data(self) -> Payload:
+        return self.payload if self.source is None else self.source()
+
+
+def _as_bytes(payload: Payload) -> bytes:
+    return payload.encode() if isinstance(payload, str) else payload
+
+
+def _digest(payload: Payload) -> bytes:
+    return hashlib.blake2b(_as_bytes(payload), digest_size=16).digest()
 
 
 class PublishError(Exception):
@@ -165,7 +186,7 @@ class Publisher:
         metrics: Metrics | None = None,
     ) -> None:
         self._cfg = cfg
-        self.metrics = metrics or Metrics(per_account=False)
+        self.metrics = metrics or Metrics(enabled=False)
         self.broker = Broker(cfg, topics)
         self._topics = topics
         self._clock = clock
@@ -177,7 +198,6 @@ class Publisher:
         self._reconnect = timings.reconnect_backoff
         self._rng = rng or random.Random()
         self._desired: dict[str, _Entry] = {}
-        self._sent: dict[str, bytes] = {}
         # Topics that may differ from what this connection sent (an ordered set): a flush
         # looks at these only, not at every retained topic.
         self._unsent: dict[str, None] = {}
@@ -194,11 +214,22 @@ class Publisher:
 
     # ---- what should be on the broker --------------------------------------------------
 
-    def set(self, topic: str, payload: str | bytes, kind: Kind, *, once: bool = False) -> None:
-        data = payload.encode() if isinstance(payload, str) else payload
+    def set(
+        self,
+        topic: str,
+        payload: Payload,
+        kind: Kind,
+        *,
+        once: bool = False,
+        source: Callable[[], Payload] | None = None,
+    ) -> None:
+        """What `topic` should hold, kept as given (not encoded: shared with the caller's str).
+        With `source`, only a digest: `source()` gives it again until it changes."""
+        held = payload if source is None else _digest(payload)
         entry = self._desired.get(topic)
-        if entry is None or entry.payload != data or entry.kind != kind:
-            self._desired[topic] = _Entry(kind, data, once)
+        if entry is None or entry.payload != held or entry.kind != kind:
+            sent = None if entry is None else entry.sent
+            self._desired[topic] = _Entry(kind, held, once, source, sent)
             self._unsent[topic] = None
             self._dirty.set()
 
@@ -206,7 +237,7 @@ class Publisher:
         """Forget that these kinds were sent on this connection (HA restarted and lost them)."""
         for topic, entry in self._desired.items():
             if entry.kind in kinds:
-                self._sent.pop(topic, None)
+                entry.sent = None
                 self._unsent[topic] = None
         self._dirty.set()
 
@@ -256,7 +287,8 @@ class Publisher:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._client = client
-        self._sent.clear()
+        for entry in self._desired.values():
+            entry.sent = None
         self._unsent = dict.fromkeys(self._desired)
         self._retained_commands = 0
         self.metrics.mqtt_connections.inc()
@@ -321,8 +353,7 @@ class Publisher:
         pending = [
             (topic, entry)
             for topic in todo
-            if (entry := self._desired.get(topic)) is not None
-            and self._sent.get(topic) != entry.payload
+            if (entry := self._desired.get(topic)) is not None and entry.sent != entry.payload
         ]
         try:
             for kind in Kind:
@@ -343,12 +374,13 @@ class Publisher:
         self, client: aiomqtt.Client, work: Iterator[tuple[str, _Entry]]
     ) -> None:
         for topic, entry in work:
-            await client.publish(topic, entry.payload, qos=self._cfg.qos, retain=True)
+            await client.publish(topic, entry.data(), qos=self._cfg.qos, retain=True)
             self.metrics.mqtt_messages.inc()
-            if entry.once and self._desired.get(topic) is entry:
+            current = self._desired.get(topic)
+            if entry.once and current is entry:
                 del self._desired[topic]
-            else:
-                self._sent[topic] = entry.payload
+            elif current is not None:  # `entry`, or what replaced it meanwhile
+                current.sent = entry.payload
 
     def in_sync(self) -> bool:
         """Connected, and every retained topic holds what it should (the health report)."""
@@ -356,12 +388,13 @@ class Publisher:
             self.connected.is_set()
             and not self._dirty.is_set()
             and not self._flushing
-            and all(self._sent.get(t) == e.payload for t, e in self._desired.items())
+            and all(e.sent == e.payload for e in self._desired.values())
         )
 
     def retained(self) -> list[tuple[str, bytes]]:
         """What the broker should hold, in publish order within each kind."""
-        return [(t, e.payload) for t, e in sorted(self._desired.items(), key=lambda i: i[1].kind)]
+        desired = sorted(self._desired.items(), key=lambda i: i[1].kind)
+        return [(t, _as_bytes(e.data())) for t, e in desired]
 
     async def publish_now(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1 and return once the broker acknowledged it; raise PublishError

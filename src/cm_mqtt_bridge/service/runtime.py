@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..config.settings import AccountConfig, PollConfig
-from ..core.clock import Clock, format_until, spawn
+from ..core.clock import Clock, Flag, format_until, spawn
 from ..core.model import Snapshot
 from ..core.money import format_money
 from ..core.timings import DEFAULTS, Timings
@@ -39,7 +39,15 @@ log = logging.getLogger(__name__)
 class Retained(Protocol):
     """Where the retained topics go (the Publisher; a list in tests)."""
 
-    def set(self, topic: str, payload: str | bytes, kind: Kind, *, once: bool = False) -> None: ...
+    def set(
+        self,
+        topic: str,
+        payload: str | bytes,
+        kind: Kind,
+        *,
+        once: bool = False,
+        source: Callable[[], str | bytes] | None = None,
+    ) -> None: ...
 
 
 class AccountOutput:
@@ -63,10 +71,14 @@ class AccountOutput:
         self._publisher = publisher
         self._qos = qos
         self._alerts = alerts
-        self._values = document_values(entities)
+        self._values = document_values(tuple(entities))
+        self._availability = topics.availability(cfg.id)
+        self._alerts_active = topics.alerts_active(cfg.id)
         self.rendered: Rendered | None = None  # what was published last
         self.currency: str | None = None
-        self.removed: dict[str, str] = {}  # components to remove in the next discovery
+        # Components removed in the discovery payload now published (sent once: the next
+        # payload leaves them out); kept so that the payload can be built again to resend it.
+        self._removed: dict[str, str] = {}
         # Discovery waits for the first poll (it brings the currency the money entities need):
         # Home Assistant 2024.11-2025.4 can drop a component of a device message that comes
         # while it still handles the one before. The runtime announces it anyway when the
@@ -87,10 +99,14 @@ class AccountOutput:
             values=self._values,
         )
         self.rendered = rendered
+        publisher = self._publisher
+        publisher.set(self._availability, rendered.availability, Kind.AVAILABILITY)
         # The same values as last time (most polls): the publisher already holds them.
-        same = previous is not None and rendered.values is previous.values
-        for topic, (payload, kind) in (rendered.status if same else rendered.messages).items():
-            self._publisher.set(topic, payload, kind)
+        if previous is None or rendered.values is not previous.values:
+            for topic, payload in rendered.values.items():
+                publisher.set(topic, payload, Kind.STATE)
+        if rendered.alerts is not None:
+            publisher.set(self._alerts_active, rendered.alerts, Kind.STATE)
 
     def discovery(self) -> dict[str, Any]:
         return device_payload(
@@ -100,8 +116,13 @@ class AccountOutput:
             currency=self.currency,
             qos=self._qos,
             entities=self.entities,
-            removed=self.removed,
+            removed=self._removed,
         )
+
+    def discovery_payload(self) -> str:
+        """The device message as published: the publisher keeps only its digest and calls
+        this again when it must resend it (a broker or Home Assistant restart)."""
+        return dumps(self.discovery())
 
     def announce(self) -> None:
         """Announce the device, unless it is already."""
@@ -114,19 +135,24 @@ class AccountOutput:
             self.announce()
         return self.announced_discovery
 
-    def set_discovery(self) -> None:
+    def set_discovery(self, removed: dict[str, str] | None = None) -> None:
+        """Publish the device message, with `removed` components ({"p": …}) in it once."""
         self.announced_discovery = True
-        self._publisher.set(self._topics.device(self.id), dumps(self.discovery()), Kind.DISCOVERY)
-        # A removal ({"p": …}) goes out once, in this payload; later payloads leave it out.
-        self.removed = {}
+        self._removed = removed or {}
+        self._publisher.set(
+            self._topics.device(self.id),
+            self.discovery_payload(),
+            Kind.DISCOVERY,
+            source=self.discovery_payload,
+        )
 
     def announced(self, found: Announced) -> None:
         """What an earlier run announced: keep its currency, remove what is gone since."""
         if self.currency is None:
             self.currency = found.currency
+        self._removed = {}
         current = set(self.discovery()["cmps"])
-        self.removed = {k: p for k, p in found.components.items() if k not in current}
-        self.set_discovery()
+        self.set_discovery({k: p for k, p in found.components.items() if k not in current})
 
     def currency_seen(self, currency: str) -> None:
         if currency == self.currency:
@@ -181,9 +207,9 @@ class AccountRuntime:
         self.alert_retry = AlertRetry(shared.timings.retry_backoff)
         self.polls = 0
         self.last_success: float | None = None  # monotonic time of the last good /credits
-        self.refresh_requested = asyncio.Event()
+        self.refresh_requested = Flag()
         self._announce = True
-        self._changed = asyncio.Event()  # wakes `watch`
+        self._changed = Flag()  # wakes `watch`
         self._eval_lock = asyncio.Lock()
         self._retrying: asyncio.Task[None] | None = None
 
