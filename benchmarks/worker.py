@@ -39,7 +39,7 @@ from cm_mqtt_bridge.core.timings import Timings
 from cm_mqtt_bridge.ha.entities import ENTITIES
 from cm_mqtt_bridge.ha.topics import Kind
 from cm_mqtt_bridge.service.bridge import Bridge
-from cm_mqtt_bridge.service.publisher import _MQTT_LOG
+from cm_mqtt_bridge.service.publisher import _MQTT_LOG, IN_FLIGHT
 from cm_mqtt_bridge.service.runtime import AccountRuntime
 
 
@@ -391,7 +391,9 @@ def profiled(path: str | None) -> Iterator[None]:
 
 def raw_client(args: argparse.Namespace) -> aiomqtt.Client:
     # The bridge's own aiomqtt logger (it filters aiomqtt's pending-calls warning).
-    return aiomqtt.Client("127.0.0.1", args.mqtt_port, identifier="raw-bench", logger=_MQTT_LOG)
+    client = aiomqtt.Client("127.0.0.1", args.mqtt_port, identifier="raw-bench", logger=_MQTT_LOG)
+    client.pending_calls_threshold = 2 * IN_FLIGHT  # as the bridge's own client
+    return client
 
 
 def raw_session(out: dict[str, Any]) -> aiohttp.ClientSession:

@@ -60,12 +60,12 @@ class Anchors:
 
     def __init__(self, store: AsyncStore) -> None:
         self._store = store
-        self._anchors: dict[tuple[str, str], tuple[Sample | None, datetime | None]] = {}
+        # By account, then by anchor (e.g. "burn"): a new sample touches its account's only.
+        self._anchors: dict[str, dict[str, tuple[Sample | None, datetime | None]]] = {}
         self._oldest: dict[str, Sample | None] = {}
 
     async def anchor(self, account_id: str, which: str, at: datetime) -> Sample | None:
-        key = (account_id, which)
-        cached = self._anchors.get(key)
+        cached = self._anchors.get(account_id, {}).get(which)
         if (
             cached is not None
             and (cached[1] is None or at < cached[1])
@@ -73,7 +73,7 @@ class Anchors:
         ):
             return cached[0]
         found = await self._store.call(Store.anchor, account_id, at)
-        self._anchors[key] = found
+        self._anchors.setdefault(account_id, {})[which] = found
         return found[0]
 
     async def oldest(self, account_id: str) -> Sample | None:
@@ -85,14 +85,14 @@ class Anchors:
         """A new sample: the anchors with no next sample yet have one now."""
         if self._oldest.get(account_id, sample) is None:
             self._oldest[account_id] = sample  # the first sample ever
-        for key, (found, next_at) in list(self._anchors.items()):
-            if key[0] == account_id and next_at is None:
-                self._anchors[key] = (found, sample.at)
+        anchors = self._anchors.get(account_id, {})
+        for which, (found, next_at) in anchors.items():
+            if next_at is None:
+                anchors[which] = (found, sample.at)
 
     def forget(self, account_id: str) -> None:
         self._oldest.pop(account_id, None)
-        for key in [k for k in self._anchors if k[0] == account_id]:
-            del self._anchors[key]
+        self._anchors.pop(account_id, None)
 
     def clear(self) -> None:
         self._anchors.clear()

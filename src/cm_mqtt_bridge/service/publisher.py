@@ -40,7 +40,8 @@ MAX_PACKET_BYTES = 1024 * 1024
 
 
 class _QuietPending(logging.Filter):
-    # aiomqtt warns once more than 10 publishes await their ack; we keep up to 20 on purpose.
+    # aiomqtt warns once more than `pending_calls_threshold` publishes await their ack (see
+    # Broker.client); a backlog of alert events while the broker stalls must not flood the log.
     def filter(self, record: logging.LogRecord) -> bool:
         return "pending publish calls" not in record.getMessage()
 
@@ -122,7 +123,7 @@ class Broker:
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.MaximumPacketSize = MAX_PACKET_BYTES
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             cfg.host,
             cfg.port,
             username=cfg.username,
@@ -143,6 +144,11 @@ class Broker:
             properties=properties,
             timeout=10,
         )
+        # A flush keeps up to IN_FLIGHT publishes awaiting their ack on purpose (and an alert
+        # event may come on top): aiomqtt's warning past 10 would be built, then filtered, for
+        # most publishes of a busy flush.
+        client.pending_calls_threshold = 2 * IN_FLIGHT
+        return client
 
     def fall_back(self, exc: BaseException) -> bool:
         """A broker without MQTT 5 (an old Mosquitto, Aedes, VerneMQ by default) answers the
