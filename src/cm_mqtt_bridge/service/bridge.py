@@ -199,16 +199,16 @@ class Bridge:
         await engine.load()  # if the store does not answer, each account loads when it can
         shared = Shared(
             poll=cfg.poll,
+            concurrency=asyncio.Semaphore(cfg.poll.max_concurrency),
             clock=self.clock,
             rng=self.rng,
+            timings=self.timings,
             topics=self.topics,
             publisher=self.publisher,
+            qos=cfg.mqtt.qos,
             metrics=self.metrics,
             engine=engine,
-            qos=cfg.mqtt.qos,
-            concurrency=asyncio.Semaphore(cfg.poll.max_concurrency),
             on_notices=dispatcher.wake,
-            timings=self.timings,
             spread=len(cfg.accounts) > 1,
         )
         for acc in cfg.accounts:

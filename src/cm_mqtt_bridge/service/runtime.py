@@ -19,7 +19,7 @@ from ..config.settings import AccountConfig, PollConfig
 from ..core.clock import Clock, Flag, format_until, spawn
 from ..core.model import Snapshot
 from ..core.money import format_money
-from ..core.timings import DEFAULTS, Timings
+from ..core.timings import Timings
 from ..core.view import AccountView, AlertsEvaluated, Event, Polled, PollFailed, WentStale, reduce
 from ..crossmodel.client import ApiError, CrossModelClient
 from ..crossmodel.fetch import fetch_snapshot
@@ -172,17 +172,20 @@ class AccountOutput:
 class Shared:
     """What every account of a bridge runs with: one object, not a dozen references each."""
 
+    # Polling: its settings, how many accounts poll at once, on what time.
     poll: PollConfig
+    concurrency: asyncio.Semaphore
     clock: Clock
     rng: random.Random
+    timings: Timings
+    # Where the values go.
     topics: Topics
     publisher: Publisher
-    metrics: Metrics
-    engine: AlertEngine
     qos: int
-    concurrency: asyncio.Semaphore
+    metrics: Metrics
+    # The alert engine, and what wakes the delivery of its notices.
+    engine: AlertEngine
     on_notices: Callable[[], None] = lambda: None
-    timings: Timings = DEFAULTS
     spread: bool = False  # several accounts: spread their first polls
 
 
