@@ -135,12 +135,12 @@ class Observed:
         self.flushes += 1
         self._check()
 
-    def all_sent(self) -> bool:
+    def in_sync(self) -> bool:
         # False while a flush is due; the flush calls _check again when done.
         return self.bridge.publisher.in_sync()
 
     def _check(self) -> None:
-        if self.polls_done >= self._want_polls and self.all_sent():
+        if self.polls_done >= self._want_polls and self.in_sync():
             self._done.set()
 
     async def until(self, polls: int, timeout: float = 120.0) -> None:
@@ -550,22 +550,20 @@ async def mode_idle(args: argparse.Namespace) -> dict[str, Any]:
         # The first poll waits a random part of the jitter (virtual time): move time on,
         # timer by timer, until it has happened.
         while observed.polls_done < 1:
-            await settle(clock, min_sleepers=min_sleepers, idle=observed.all_sent, quiet=0.1)
+            await settle(clock, min_sleepers=min_sleepers, idle=observed.in_sync, quiet=0.1)
             deadline = clock.next_deadline()
             if observed.polls_done or deadline is None:
                 break
             clock.advance_to(deadline)
         await observed.until(1)
-        await settle(clock, min_sleepers=min_sleepers, idle=observed.all_sent, quiet=0.1)
+        await settle(clock, min_sleepers=min_sleepers, idle=observed.in_sync, quiet=0.1)
         polls0, count0, seen0 = (
             observed.polls_done,
             int(bridge.metrics.total("mqtt_messages")),
             len(seen),
         )
         wall0 = time.perf_counter()
-        steps = await run_for(
-            clock, args.seconds, min_sleepers=min_sleepers, idle=observed.all_sent
-        )
+        steps = await run_for(clock, args.seconds, min_sleepers=min_sleepers, idle=observed.in_sync)
         await asyncio.sleep(0.2)  # let the recorder catch the last messages
         wall = time.perf_counter() - wall0
         recorder.cancel()
