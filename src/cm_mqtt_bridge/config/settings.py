@@ -7,6 +7,7 @@ no pydantic traceback and no secret ever reaches the user.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -53,6 +54,7 @@ _KEY_SHAPED_RE = re.compile(r"(?i)(?<![a-z0-9])cm-[A-Za-z0-9._~+/=-]{12,}")
 KEY_SHAPED = "looks like an API key; put the key in api_key_file, not here"
 
 
+@functools.cache  # one short string per account; a resent discovery payload asks ~50 times
 def entity_slug(account_id: str) -> str:
     """The account id as topics and HA entity ids allow it: [a-z0-9_], no '__', no '_' at ends."""
     return re.sub("_+", "_", account_id.replace("-", "_")).strip("_") or "account"

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import __version__
 from .entities import CURRENCY_PROBE, Entity, Value, entities_for
-from .topics import Topics, default_entity_id, device_id, object_id, unique_id
+from .topics import Topics, device_id, object_id, unique_id
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,16 @@ def _attributes_template(attributes: Iterable[tuple[str, Value]]) -> str:
 def component(
     entity: Entity, account_id: str, topics: Topics, currency: str | None, qos: int
 ) -> dict[str, Any]:
+    oid = object_id(account_id, entity.key)
     cfg: dict[str, Any] = {
         "p": entity.platform,
         "name": entity.name,
         "unique_id": unique_id(account_id, entity.key),
-        "default_entity_id": default_entity_id(entity.platform, account_id, entity.key),
+        "default_entity_id": f"{entity.platform}.{oid}",
         # The same id for Home Assistant before 2025.10, which reads only `object_id` (without
         # it, it derives the id from the device and entity names). 2025.10 to 2026.3 use
         # default_entity_id and do not warn about object_id next to it; 2026.4+ drop it unread.
-        "object_id": object_id(account_id, entity.key),
+        "object_id": oid,
         "qos": qos,
     }
     gates = [topics.bridge_status]
