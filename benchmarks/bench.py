@@ -65,17 +65,18 @@ OUTSIDE_BASELINE = (
 )
 RAW_MQTT_WINDOW = 20  # benchmarks/worker.py: paho's default max_inflight_messages
 
-# A process that imports modules (named in a JSON file, or on the command line) and reports.
+# A process that imports the modules named in a JSON file (argv[2]), then prints the
+# /proc/self/status figure named by argv[1] (VmRSS, or VmHWM for the peak). A module that is
+# not installed is skipped.
 IMPORT_ONLY = """
 import importlib, json, sys
-names = json.load(open(sys.argv[1])) if sys.argv[1].endswith(".json") else sys.argv[1:]
-for name in names:
+for name in json.load(open(sys.argv[2])):
     try:
         importlib.import_module(name)
     except Exception:
         pass
 for line in open("/proc/self/status"):
-    if line.startswith("VmRSS:"):
+    if line.startswith(sys.argv[1] + ":"):
         print(line.split()[1])
 """
 
@@ -149,14 +150,15 @@ async def worker(mode: str, *args: str, timeout: float = 150.0) -> dict[str, Any
     return result
 
 
-async def import_only(names: list[str]) -> tuple[int, float]:
-    """(VmRSS kB, wall seconds from spawn to exit) of a Python that imports `names` and exits."""
+async def import_only(names: list[str], figure: str = "VmRSS") -> tuple[int, float]:
+    """(`figure` kB, wall seconds from spawn to exit) of a Python that imports `names` and
+    exits; `figure`: VmRSS, or VmHWM (its peak)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(names, f)
         f.flush()
         t0 = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
-            PY, "-c", IMPORT_ONLY, f.name, stdout=asyncio.subprocess.PIPE
+            PY, "-c", IMPORT_ONLY, figure, f.name, stdout=asyncio.subprocess.PIPE
         )
         out, _ = await proc.communicate()
         wall = time.perf_counter() - t0

@@ -33,18 +33,6 @@ BASE_TOPIC = "cm_mqtt_bridge"
 BASELINE_IMPORTS = ("aiohttp", "aiomqtt", "paho.mqtt.client", "pydantic", "tenacity", "yaml")
 RAW_CONCURRENCY = 20
 
-IMPORT_ONLY = """
-import importlib, sys
-for name in sys.argv[1:]:
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        pass
-for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-        print(line.split()[1])
-"""
-
 # A raw aiohttp process: on each stdin line, the same 2N GETs the bridge makes (the same URLs
 # and keys), then "done".
 RAW = """
@@ -244,16 +232,10 @@ async def run_raw(api: str, accounts: int, cycles: int) -> dict[str, Any]:
 
 
 async def import_baseline() -> int:
-    proc = await asyncio.create_subprocess_exec(
-        PY,
-        "-c",
-        IMPORT_ONLY,
-        *BASELINE_IMPORTS,
-        "pydantic_settings",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    return int(out.decode().split()[0])
+    """VmHWM of a process that only imports the dependencies (pydantic-settings if installed)."""
+    from benchmarks.bench import import_only
+
+    return (await import_only([*BASELINE_IMPORTS, "pydantic_settings"], "VmHWM"))[0]
 
 
 def med(values: list[float]) -> float:
